@@ -1,0 +1,69 @@
+"""What the API relay costs: streamed generation through :9337 vs straight to llama-server.
+
+Starts one real node (solo, SmolLM2), then alternates runs against its API port and
+against the same llama-server's own port, and prints medians and ratios. Also the
+node's peak RSS (VmHWM) while serving.
+
+    .venv/bin/python bench/api_overhead.py [--reps 15] [--tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import median, stream_once  # noqa: E402
+from nodes import NodeProcess  # noqa: E402
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def measure(node: NodeProcess, reps: int, tokens: int) -> None:
+    direct = f"http://127.0.0.1:{node.status()['llama_server']['port']}"
+    runs: dict[str, list] = {"direct": [], "mesh-llm": []}
+    async with aiohttp.ClientSession() as session:
+        for base in (direct, node.api):  # warm-up, not counted
+            await stream_once(session, base, tokens)
+        for _ in range(reps):
+            for name, base in (("direct", direct), ("mesh-llm", node.api)):
+                runs[name].append(await stream_once(session, base, tokens))
+    tps = {k: median([r.gen_tps for r in v]) for k, v in runs.items()}
+    ttft = {k: median([r.ttft_ms for r in v]) for k, v in runs.items()}
+    print(f"{reps} reps × {tokens} tokens, streamed, medians")
+    for name in runs:
+        print(f"  {name:<9} gen {tps[name]:7.1f} tok/s   TTFT {ttft[name]:6.2f} ms")
+    print(f"  ratio (mesh-llm / direct) gen tok/s: {tps['mesh-llm'] / tps['direct']:.3f}"
+          f"   (target ≥ 0.98)")
+    print(f"  added TTFT: {ttft['mesh-llm'] - ttft['direct']:+.2f} ms   (target ≤ 2 ms)")
+    print(f"  mesh-llm peak RSS: {peak_rss_mb(node.proc.pid):.1f} MB   (target ≤ 100 MB)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--tokens", type=int, default=128)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        node = NodeProcess(Path(tmp) / "home").start()
+        try:
+            node.wait_ready()
+            asyncio.run(measure(node, args.reps, args.tokens))
+        finally:
+            node.stop()
+
+
+if __name__ == "__main__":
+    main()

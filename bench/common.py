@@ -1,0 +1,49 @@
+"""Shared bench helpers: streamed generation timing and medians."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
+          {"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+
+
+@dataclass(frozen=True)
+class Run:
+    ttft_ms: float  # request sent → first token
+    gen_tps: float  # tokens after the first / time from first to last token
+    tokens: int
+
+
+async def stream_once(session: aiohttp.ClientSession, base: str, tokens: int = 128,
+                      messages: list[dict[str, str]] | None = None) -> Run:
+    """One streamed chat completion of exactly `tokens` tokens, timed on the client side."""
+    body = {"messages": messages or PROMPT, "max_tokens": tokens, "temperature": 0,
+            "stream": True, "ignore_eos": True}
+    start = time.perf_counter()
+    stamps: list[float] = []
+    async with session.post(base + "/v1/chat/completions", json=body) as resp:
+        resp.raise_for_status()
+        buffer = b""
+        async for chunk in resp.content.iter_any():
+            buffer += chunk
+            *events, buffer = buffer.split(b"\n\n")
+            for event in events:
+                if not event.startswith(b"data: ") or event == b"data: [DONE]":
+                    continue
+                choices = json.loads(event[6:]).get("choices") or [{}]
+                if choices[0].get("delta", {}).get("content"):
+                    stamps.append(time.perf_counter())
+    if len(stamps) < 2:
+        raise RuntimeError(f"only {len(stamps)} tokens streamed from {base}")
+    return Run((stamps[0] - start) * 1e3, (len(stamps) - 1) / (stamps[-1] - stamps[0]),
+               len(stamps))
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

@@ -1,0 +1,227 @@
+"""`mesh-llm`: parse the command line, then run a node or a subcommand.
+
+Every user mistake ends in one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from . import __version__
+from .config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, NodeConfig, default_home
+from .errors import UserError
+from .models.catalog import CATALOG, DEFAULT_MODEL
+
+SUBCOMMANDS = ("models", "download", "status", "stop", "doctor")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"mesh-llm: error: {message} (see mesh-llm --help)\n")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def node_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="mesh-llm",
+        description="Pool the GPUs and CPUs of several machines into one OpenAI-compatible "
+                    f"LLM service. Subcommands: {', '.join(SUBCOMMANDS)} "
+                    "(mesh-llm SUBCOMMAND --help).",
+    )
+    p.add_argument("--version", action="version", version=f"mesh-llm {__version__}")
+    p.add_argument("--model", metavar="M",
+                   help=f"catalog name or path to a .gguf file (default {DEFAULT_MODEL})")
+    p.add_argument("--join", metavar="TOKEN", action="append", default=[],
+                   help="invite token of a running node (repeatable: the first that works wins)")
+    p.add_argument("--client", action="store_true",
+                   help="lite client: no model, no GPU; the API is tunnelled to the host")
+    p.add_argument("--bind-port", type=_port, default=0, metavar="P",
+                   help="UDP port for QUIC (stable invite token); default ephemeral")
+    p.add_argument("--advertise", action="append", default=[], metavar="HOST:PORT",
+                   help="an address other nodes can reach this one at (repeatable)")
+    p.add_argument("--port", type=_port, default=DEFAULT_API_PORT,
+                   help=f"OpenAI API port (default {DEFAULT_API_PORT})")
+    p.add_argument("--console", type=_port, nargs="?", const=DEFAULT_CONSOLE_PORT, default=None,
+                   metavar="PORT", help=f"serve the web console (default port "
+                                        f"{DEFAULT_CONSOLE_PORT})")
+    p.add_argument("--split", action="store_true",
+                   help="always split the model over the workers, even if it fits the host")
+    p.add_argument("--max-vram", type=_positive_float, metavar="GB",
+                   help="cap the memory this node offers for models")
+    draft = p.add_mutually_exclusive_group()
+    draft.add_argument("--draft", metavar="PATH", help="draft model for speculative decoding")
+    draft.add_argument("--no-draft", action="store_true", help="no speculative decoding")
+    p.add_argument("--draft-max", type=int, default=8, metavar="N",
+                   help="most tokens drafted per step (default 8)")
+    p.add_argument("--bin-dir", type=Path, metavar="DIR",
+                   help="use the llama.cpp binaries in DIR (e.g. a CUDA or Metal build)")
+    p.add_argument("--device", metavar="DEV", help="llama.cpp device to use (--device)")
+    p.add_argument("--home", type=Path, default=None, metavar="DIR",
+                   help="node home: keys, logs (default $MESH_LLM_HOME or ~/.mesh-llm)")
+    p.add_argument("--listen-all", action="store_true",
+                   help="serve the API on 0.0.0.0 (requires --api-key)")
+    p.add_argument("--api-key", metavar="KEY", help="Bearer key required by the API")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    if args.client and not args.join:
+        raise UserError("--client needs --join TOKEN: a lite client joins an existing mesh", 2)
+    if args.listen_all and not args.api_key:
+        raise UserError("--listen-all exposes the API to the network: also give --api-key KEY",
+                        2)
+    if args.draft_max < 1:
+        raise UserError("--draft-max must be at least 1", 2)
+    model = args.model
+    if args.client and model:
+        logging.getLogger("mesh_llm").warning("--model %s ignored: a client serves no model",
+                                              model)
+        model = None
+    if not args.client and not model:
+        model = DEFAULT_MODEL
+    device_args = ("--device", args.device) if args.device else ()
+    return NodeConfig(
+        model=model, home=args.home or default_home(), join=tuple(args.join),
+        client=args.client, api_port=args.port, console_port=args.console,
+        bind_port=args.bind_port, advertise=tuple(args.advertise), split=args.split,
+        max_vram_gb=args.max_vram, draft=args.draft, no_draft=args.no_draft,
+        draft_max=args.draft_max, bin_dir=args.bin_dir, device=args.device,
+        listen_all=args.listen_all, api_key=args.api_key, llama_args=device_args,
+    )
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("mesh_llm")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+# --- subcommands --------------------------------------------------------------------------
+
+
+def cmd_models(_argv: Sequence[str]) -> int:
+    from .models.resolve import resolve_model
+
+    for entry in CATALOG:
+        try:
+            where = str(resolve_model(entry.name).path)
+        except UserError:
+            where = f"not downloaded ({entry.source})"
+        draft = f", draft {entry.draft}" if entry.draft else ""
+        print(f"{entry.name:<22} {entry.size_gb:>5.1f} GB{draft}\n    {where}")
+    return 0
+
+
+def cmd_download(argv: Sequence[str]) -> int:
+    p = _Parser(prog="mesh-llm download", description="fetch a catalog model (and its draft)")
+    p.add_argument("name", help="catalog name (see mesh-llm models)")
+    p.add_argument("--no-draft", action="store_true", help="skip the draft model")
+    args = p.parse_args(argv)
+    from .models.download import download
+
+    download(args.name, with_draft=not args.no_draft)
+    return 0
+
+
+def _home_arg(prog: str, description: str, argv: Sequence[str]) -> Path:
+    p = _Parser(prog=prog, description=description)
+    p.add_argument("--home", type=Path, default=None, metavar="DIR")
+    return p.parse_args(argv).home or default_home()
+
+
+def cmd_stop(argv: Sequence[str]) -> int:
+    from .home import running_pid
+
+    home = _home_arg("mesh-llm stop", "stop the node that runs with this home dir", argv)
+    pid = running_pid(home)
+    if pid is None:
+        raise UserError(f"no mesh-llm is running with home {home}")
+    os.kill(pid, signal.SIGTERM)
+    print(f"sent SIGTERM to mesh-llm pid {pid}")
+    return 0
+
+
+def cmd_status(argv: Sequence[str]) -> int:
+    import json
+    import urllib.request
+
+    p = _Parser(prog="mesh-llm status", description="print a running node's status JSON")
+    p.add_argument("--console", type=_port, default=DEFAULT_CONSOLE_PORT, metavar="PORT")
+    args = p.parse_args(argv)
+    url = f"http://127.0.0.1:{args.console}/api/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            print(json.dumps(json.load(resp), indent=2))
+    except OSError as err:
+        raise UserError(f"no console answers at {url} ({err}); start the node with --console") \
+            from None
+    return 0
+
+
+def cmd_doctor(_argv: Sequence[str]) -> int:
+    """Check that the engine and the default model are installed (used by scripts/setup)."""
+    from .inference.engine import find_engine
+    from .models.resolve import resolve_model
+
+    engine = find_engine()
+    model = resolve_model(DEFAULT_MODEL)
+    print(f"engine: {engine.llama_server.parent} (llama-server, ggml-rpc-server)")
+    print(f"default model: {model.name} at {model.path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging("-v" in argv or "--verbose" in argv)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            handler = {"models": cmd_models, "download": cmd_download, "status": cmd_status,
+                       "stop": cmd_stop, "doctor": cmd_doctor}[argv[0]]
+            return handler(argv[1:])
+        config = config_from_args(node_parser().parse_args(argv))
+        from .node import run_node
+
+        asyncio.run(run_node(config))
+        return 0
+    except UserError as err:
+        print(f"mesh-llm: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

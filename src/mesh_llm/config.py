@@ -1,0 +1,40 @@
+"""Everything a node is started with, after the command line has been checked."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_API_PORT = 9337
+DEFAULT_CONSOLE_PORT = 3131
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("MESH_LLM_HOME") or Path.home() / ".mesh-llm")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    model: str | None
+    home: Path
+    join: tuple[str, ...] = ()
+    client: bool = False
+    api_port: int = DEFAULT_API_PORT
+    console_port: int | None = None
+    bind_port: int = 0
+    advertise: tuple[str, ...] = ()
+    split: bool = False
+    max_vram_gb: float | None = None
+    draft: str | None = None
+    no_draft: bool = False
+    draft_max: int = 8
+    bin_dir: Path | None = None
+    device: str | None = None
+    listen_all: bool = False
+    api_key: str | None = None
+    llama_args: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def listen_host(self) -> str:
+        return "0.0.0.0" if self.listen_all else "127.0.0.1"

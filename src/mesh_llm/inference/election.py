@@ -1,0 +1,75 @@
+"""Who hosts the model and how it is spread: pure functions of the gossiped state.
+
+Every node runs the same functions on the same announcements, so every node
+predicts the same host without a vote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+HEADROOM = 1.1  # a model needs its size × 1.1 of VRAM (KV cache, buffers)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    node_id: str
+    role: str  # "host" | "worker" | "client" as announced; clients never host nor serve
+    vram_bytes: int
+    rtt_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str  # "solo" | "split" | "waiting"
+    host: str
+    workers: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()  # host first, then workers in order
+    reason: str = ""
+
+
+def elect_host(candidates: Iterable[Candidate]) -> str | None:
+    """The serving node with the most VRAM; ties go to the larger node id."""
+    serving = [c for c in candidates if c.role != "client"]
+    if not serving:
+        return None
+    return max(serving, key=lambda c: (c.vram_bytes, c.node_id)).node_id
+
+
+def tensor_split(vrams: Sequence[int]) -> tuple[float, ...]:
+    """Shares proportional to VRAM, rounded to 2 places and summing to 1."""
+    total = sum(vrams)
+    if total <= 0:
+        return tuple(round(1 / len(vrams), 2) for _ in vrams) if vrams else ()
+    shares = [round(v / total, 2) for v in vrams]
+    shares[-1] = round(1 - sum(shares[:-1]), 2)
+    return tuple(shares)
+
+
+def make_plan(host: Candidate, others: Iterable[Candidate], model_bytes: int,
+              force_split: bool = False) -> Plan:
+    """Solo when the host alone fits the model; else split over the nearest workers that fit."""
+    need = int(model_bytes * HEADROOM)
+    workers = [c for c in others if c.role != "client" and c.node_id != host.node_id]
+    if host.vram_bytes >= need and not force_split:
+        return Plan("solo", host.node_id, tensor_split=(1.0,))
+    if force_split:
+        chosen = sorted(workers, key=lambda c: c.node_id)
+    else:
+        chosen = []
+        total = host.vram_bytes
+        for worker in sorted(workers, key=lambda c: (c.rtt_ms is None, c.rtt_ms or 0, c.node_id)):
+            if total >= need:
+                break
+            chosen.append(worker)
+            total += worker.vram_bytes
+    total = host.vram_bytes + sum(c.vram_bytes for c in chosen)
+    if total < need:
+        return Plan("waiting", host.node_id, reason=(
+            f"waiting for more VRAM: need {need / 1e9:.1f} GB, mesh has {total / 1e9:.1f} GB"))
+    if not chosen:
+        return Plan("solo", host.node_id, tensor_split=(1.0,),
+                    reason="--split given but no worker has joined yet")
+    vrams = [host.vram_bytes] + [c.vram_bytes for c in chosen]
+    return Plan("split", host.node_id, tuple(c.node_id for c in chosen), tensor_split(vrams))

@@ -1,0 +1,131 @@
+"""The host's llama-server: argv from the plan, supervision, readiness by /health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from ..netutil import free_port
+from .engine import Engine
+from .processes import SupervisedProcess
+
+log = logging.getLogger("mesh_llm.llama")
+
+HEALTH_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class LlamaPlan:
+    """What llama-server is started with; a new plan means a restart."""
+
+    model: Path
+    alias: str
+    rpc: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
+    draft: Path | None = None
+    draft_max: int = 8
+    extra: tuple[str, ...] = field(default_factory=tuple)
+
+
+def llama_server_argv(engine: Engine, plan: LlamaPlan, port: int) -> list[str]:
+    """The command line for one llama-server start (pure, so it can be tested)."""
+    argv = [
+        str(engine.llama_server),
+        "--model", str(plan.model),
+        "--alias", plan.alias,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--no-webui",
+        "--jinja",
+    ]
+    if plan.rpc:
+        argv += ["--rpc", ",".join(plan.rpc), "-ngl", "999"]
+    if plan.tensor_split:
+        argv += ["--tensor-split", ",".join(f"{share:g}" for share in plan.tensor_split)]
+    if plan.draft is not None:
+        argv += [
+            "-md", str(plan.draft),
+            "--spec-type", "draft-simple",
+            "--spec-draft-n-max", str(plan.draft_max),
+            "-devd", "none", "-ngld", "0",
+        ]
+    argv += list(plan.extra)
+    return argv
+
+
+class LlamaServer:
+    """One supervised llama-server on a loopback port, with a ready flag."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        plan: LlamaPlan,
+        log_path: Path,
+        on_change: Callable[[], None],
+    ) -> None:
+        self.engine = engine
+        self.plan = plan
+        self.port: int | None = None
+        self.ready = False
+        self.load_seconds: float | None = None
+        self._on_change = on_change
+        self._proc = SupervisedProcess(
+            "llama-server",
+            self._argv,
+            log_path,
+            env={"GGML_RPC_NO_RDMA": "1"},
+            on_start=self._await_ready,
+            on_exit=self._exited,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    @property
+    def url(self) -> str | None:
+        return f"http://127.0.0.1:{self.port}" if self.ready else None
+
+    def _argv(self) -> list[str]:
+        self.port = free_port()
+        return llama_server_argv(self.engine, self.plan, self.port)
+
+    def start(self) -> None:
+        self._proc.start()
+
+    async def stop(self) -> None:
+        await self._proc.stop()
+        self.ready = False
+
+    def _exited(self, code: int) -> None:
+        if self.ready:
+            self.ready = False
+            self._on_change()
+
+    async def _await_ready(self, proc: asyncio.subprocess.Process) -> None:
+        """Poll /health until llama-server has loaded the model (or died)."""
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{self.port}/health"
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while proc.returncode is None:
+                try:
+                    async with session.get(url) as resp:
+                        if resp.status == 200:
+                            break
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                await asyncio.sleep(HEALTH_POLL_S)
+            else:
+                return
+        self.load_seconds = time.monotonic() - started
+        self.ready = True
+        log.info("llama-server ready on 127.0.0.1:%d (loaded in %.1f s)", self.port,
+                 self.load_seconds)
+        self._on_change()

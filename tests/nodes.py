@@ -1,0 +1,106 @@
+"""Real mesh-llm processes for tests: each with its own home and ports on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mesh_llm.netutil import free_port
+
+READY_TIMEOUT_S = 120.0
+POLL_S = 0.05
+
+
+def http_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    """GET url → (status, parsed JSON body); HTTP errors are returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+class NodeProcess:
+    """`python -m mesh_llm ...` with its output in a log file under its home."""
+
+    def __init__(self, home: Path, *args: str, console: bool = True) -> None:
+        self.home = home
+        self.api_port = free_port()
+        self.console_port = free_port() if console else None
+        self.args = ["--home", str(home), "--port", str(self.api_port), *args]
+        if self.console_port is not None:
+            self.args += ["--console", str(self.console_port)]
+        self.log_path = home.parent / f"{home.name}.out"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> NodeProcess:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mesh_llm", *self.args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        return self
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def console(self) -> str:
+        return f"http://127.0.0.1:{self.console_port}"
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"mesh-llm exited with {self.proc.returncode}:\n{self.output()}")
+
+    def wait_for(self, predicate, what: str, timeout: float = READY_TIMEOUT_S):  # type: ignore[no-untyped-def]
+        """Poll `predicate()` until it returns something truthy, the node dies, or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                found = predicate()
+            except (OSError, ValueError):
+                found = None
+            if found:
+                return found
+            time.sleep(POLL_S)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.output()[-3000:]}")
+
+    def status(self) -> dict[str, Any]:
+        code, body = http_json(self.console + "/api/status")
+        assert code == 200, body
+        return body
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> NodeProcess:
+        self.wait_for(lambda: http_json(self.api + "/health", 2)[0] == 200, "/health 200",
+                      timeout)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"mesh-llm ignored SIGTERM for {timeout} s") from None
+        return self.proc.returncode

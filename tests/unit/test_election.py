@@ -1,0 +1,54 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mesh_llm.inference.election import Candidate, elect_host, make_plan, tensor_split
+
+GB = 10**9
+
+
+def c(node_id: str, vram_gb: float, role: str = "worker", rtt: float | None = None) -> Candidate:
+    return Candidate(node_id, role, int(vram_gb * GB), rtt)
+
+
+def test_most_vram_hosts_and_ties_go_to_the_larger_id() -> None:
+    assert elect_host([c("aa", 8), c("bb", 16), c("cc", 4)]) == "bb"
+    assert elect_host([c("aa", 8), c("ff", 8), c("bb", 8)]) == "ff"
+
+
+def test_clients_never_host() -> None:
+    assert elect_host([c("zz", 0, "client"), c("aa", 1)]) == "aa"
+    assert elect_host([c("zz", 100, "client")]) is None
+
+
+def test_seed_split_shares() -> None:
+    assert tensor_split([103 * GB, 51 * GB]) == (0.67, 0.33)
+    assert tensor_split([2 * GB, 1 * GB]) == (0.67, 0.33)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10**13), min_size=1, max_size=8))
+def test_tensor_split_sums_to_one(vrams: list[int]) -> None:
+    shares = tensor_split(vrams)
+    assert len(shares) == len(vrams)
+    assert abs(sum(shares) - 1) < 1e-9
+
+
+def test_solo_when_the_model_fits() -> None:
+    plan = make_plan(c("h", 10, "host"), [c("w", 10)], 5 * GB)
+    assert (plan.mode, plan.workers, plan.tensor_split) == ("solo", (), (1.0,))
+
+
+def test_split_when_forced_uses_every_worker_but_clients() -> None:
+    plan = make_plan(c("h", 2, "host"), [c("w", 1), c("x", 9, "client")], GB // 10,
+                     force_split=True)
+    assert (plan.mode, plan.workers, plan.tensor_split) == ("split", ("w",), (0.67, 0.33))
+
+
+def test_split_takes_nearest_workers_until_the_model_fits() -> None:
+    workers = [c("far", 10, rtt=50), c("near", 10, rtt=1), c("mid", 10, rtt=10)]
+    plan = make_plan(c("h", 10, "host"), workers, 25 * GB)
+    assert plan.mode == "split" and plan.workers == ("near", "mid")
+
+
+def test_waiting_when_the_mesh_is_too_small() -> None:
+    plan = make_plan(c("h", 1, "host"), [c("w", 1)], 10 * GB)
+    assert plan.mode == "waiting" and "need 11.0 GB" in plan.reason
