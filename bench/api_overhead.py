@@ -20,8 +20,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import median, stream_once  # noqa: E402
-from nodes import NodeProcess  # noqa: E402
+from common import median, stream_once
+from nodes import NodeProcess
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -1,67 +1,456 @@
 "use strict";
+// The mesh-llm console. Status arrives only over SSE (GET /api/events); chat streams from
+// POST /api/chat. The view functions are pure (status in, plain data out) and accept any
+// partial status, so a missing field shows as "–" instead of breaking the page.
+
+// ---------- pure helpers ----------
+
+const ROLES = ["host", "worker", "client"];
+
+function gb(bytes) {
+  const n = Number(bytes);
+  return Number.isFinite(n) && n > 0 ? (n / 1e9).toFixed(1) + " GB" : "0 GB";
+}
+
+function shortId(id) {
+  return id ? String(id).slice(0, 8) : "?";
+}
+
+function percent(share) {
+  return Math.round(share * 100) + "%";
+}
+
+function list(x) {
+  return Array.isArray(x) ? x : [];
+}
+
+function capitalize(text) {
+  return text ? text[0].toUpperCase() + text.slice(1) : text;
+}
+
+/** The fraction of the model a node holds: plan.tensor_split is host first, then workers. */
+function shareOf(plan, id) {
+  if (!plan || !id || plan.mode === "waiting") return null;
+  const order = [plan.host, ...list(plan.workers)];
+  const index = order.indexOf(id);
+  if (index < 0) return null;
+  const share = Number(list(plan.tensor_split)[index]);
+  if (Number.isFinite(share)) return share;
+  return plan.mode === "solo" && index === 0 ? 1 : null;
+}
+
+/** This node and its peers as the diagram shows them: {host, workers, clients, links}. */
+function meshView(s) {
+  s = s || {};
+  const plan = s.plan && typeof s.plan === "object" ? s.plan : null;
+  const me = { id: s.node_id || "", role: s.role, vram_bytes: s.vram_bytes,
+               models: s.model ? [s.model] : [], rtt_ms: null, self: true };
+  const seen = new Set([me.id]);
+  const nodes = [me];
+  for (const p of list(s.peers)) {
+    if (!p || typeof p !== "object" || seen.has(p.id)) continue;
+    seen.add(p.id);
+    nodes.push({ ...p, self: false });
+  }
+  const hostId = s.host || (plan && plan.host) || (nodes.find((n) => n.role === "host") || {}).id;
+  const inSplit = new Set(plan && plan.mode === "split" ? list(plan.workers) : []);
+  const all = nodes.map((n) => {
+    let role = ROLES.includes(n.role) ? n.role : "worker";
+    if (n.id && n.id === hostId && role !== "client") role = "host";
+    return { id: n.id || "", role, self: n.self,
+             vram_bytes: role === "client" ? 0 : Number(n.vram_bytes) || 0,
+             models: list(n.models), rtt_ms: n.rtt_ms, share: shareOf(plan, n.id) };
+  });
+  const host = all.find((n) => n.id && n.id === hostId && n.role === "host")
+    || all.find((n) => n.role === "host") || null;
+  const view = { hostId: hostId || null, host, workers: [], clients: [], links: [] };
+  for (const node of all) {
+    if (node === host) continue;
+    if (node.role === "client") {
+      view.clients.push(node);
+      view.links.push({ kind: "http", from: node.id, to: hostId || null,
+                        label: "QUIC · HTTP", note: "API tunnel" });
+    } else {
+      view.workers.push(node);
+      const serving = inSplit.has(node.id);
+      view.links.push({ kind: "rpc", from: hostId || null, to: node.id, label: "QUIC · RPC",
+                        note: serving ? "layers " + percent(node.share || 0) : "standby",
+                        serving });
+    }
+  }
+  return view;
+}
+
+function nodeCount(s) {
+  const v = meshView(s);
+  return (v.host ? 1 : 0) + v.workers.length + v.clients.length;
+}
+
+/** What the mesh is doing, in words. */
+function statusLine(s) {
+  if (!s || typeof s !== "object") return "Connecting…";
+  const plan = s.plan && typeof s.plan === "object" ? s.plan : null;
+  const n = nodeCount(s);
+  const running = `Running · ${n} node${n === 1 ? "" : "s"} · ${gb(s.mesh_vram_bytes)}`;
+  if (s.state === "stopping") return "Stopping…";
+  if (s.is_client || s.role === "client") {
+    if (!s.host) return "Waiting for host";
+    return s.state === "running" ? running : `Connected to host ${shortId(s.host)}`;
+  }
+  switch (s.state) {
+    case "running": return running;
+    case "loading": return `Loading ${s.model || "the model"}…`;
+    case "waiting":
+      if (plan && plan.reason) return capitalize(plan.reason);
+      return s.host ? "Waiting" : "Waiting for host";
+    case "starting": return "Starting…";
+    default: return s.state ? capitalize(String(s.state)) : "Connecting…";
+  }
+}
+
+/** The plan in one line: solo, split with shares, or waiting. */
+function planText(s) {
+  const plan = s && s.plan;
+  if (!plan || typeof plan !== "object") return s && s.is_client ? "uses the host's plan" : "–";
+  if (plan.mode === "solo") return "solo: the whole model on the host";
+  if (plan.mode === "split") {
+    const shares = list(plan.tensor_split).map(percent).join(" / ");
+    const nodes = 1 + list(plan.workers).length;
+    return `split over ${nodes} nodes` + (shares ? ` (${shares})` : "");
+  }
+  return plan.reason || String(plan.mode || "–");
+}
+
+function shellWord(word) {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : "'" + String(word).replace(/'/g, "'\\''") + "'";
+}
+
+/** The commands that add a node to this mesh. */
+function joinCommands(s) {
+  s = s || {};
+  const token = s.token || "TOKEN";
+  const hostPeer = list(s.peers).find((p) => p && p.id === s.host) || {};
+  const model = s.model || list(hostPeer.models)[0] || "MODEL";
+  return {
+    node: `mesh-llm --model ${shellWord(model)} --join ${shellWord(token)}`,
+    client: `mesh-llm --client --join ${shellWord(token)}`,
+  };
+}
+
+function apiUrl(s, hostname) {
+  if (!s || !s.api_port) return "–";
+  return `http://${hostname || "127.0.0.1"}:${s.api_port}/v1`;
+}
+
+/** Split a growing text/event-stream buffer into complete `data:` payloads and the rest. */
+function sseData(buffer) {
+  const blocks = buffer.split(/\r?\n\r?\n/);
+  const rest = blocks.pop();
+  const data = [];
+  for (const block of blocks) {
+    const lines = block.split(/\r?\n/).filter((l) => l.startsWith("data:"));
+    if (lines.length) data.push(lines.map((l) => l.slice(5).replace(/^ /, "")).join("\n"));
+  }
+  return { data, rest };
+}
+
+function timingsText(t) {
+  if (!t || typeof t !== "object") return "";
+  const parts = [];
+  if (t.predicted_n) parts.push(`${t.predicted_n} tokens`);
+  if (t.predicted_per_second) parts.push(`${Number(t.predicted_per_second).toFixed(1)} tok/s`);
+  if (t.draft_n) parts.push(`draft ${t.draft_n_accepted || 0}/${t.draft_n} accepted`);
+  return parts.join(" · ");
+}
+
+// ---------- DOM ----------
+
 const $ = (id) => document.getElementById(id);
-const gb = (bytes) => (bytes / 1e9).toFixed(1) + " GB";
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "style") node.style.cssText = value;
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined && child !== false) node.append(child);
+  }
+  return node;
+}
+
+function nodeCard(n) {
+  const label = n.role.toUpperCase();
+  const about = [label, shortId(n.id), n.self ? "(this node)" : ""].join(" ").trim();
+  const models = n.models.length ? n.models.join(", ") : null;
+  return el("article", { class: `node role-${n.role}` + (n.self ? " self" : ""),
+                         "data-role": n.role, "data-id": n.id, "aria-label": about },
+    el("div", { class: "node-head" },
+      el("span", { class: "badge" }, label),
+      n.self ? el("span", { class: "you" }, "this node") : null),
+    el("code", { class: "nid", title: n.id }, shortId(n.id)),
+    n.role === "client"
+      ? el("span", { class: "vram" }, "no model · API only")
+      : el("span", { class: "vram" }, gb(n.vram_bytes) + " VRAM"),
+    n.share === null || n.share === undefined ? null : el("div", { class: "share" },
+      el("span", { class: "bar", "aria-hidden": "true" },
+        el("span", { style: `width:${Math.max(0, Math.min(100, n.share * 100))}%` })),
+      el("span", { class: "share-text" }, percent(n.share) + " of the model")),
+    models && n.role !== "client" && !n.self ? el("span", { class: "models" }, models) : null,
+    Number.isFinite(n.rtt_ms) ? el("span", { class: "rtt" }, `rtt ${n.rtt_ms.toFixed(1)} ms`)
+                              : null);
+}
+
+function linkEl(link) {
+  return el("div", { class: `link link-${link.kind}` + (link.serving === false ? " idle" : ""),
+                     "data-kind": link.kind, "data-from": link.from || "",
+                     "data-to": link.to || "" },
+    el("span", { class: "link-label" }, link.label),
+    el("span", { class: "link-note" }, link.note));
+}
+
+function renderDiagram(view) {
+  const linkTo = (id) => view.links.find((l) => l.from === id || l.to === id);
+  const hostCard = view.host ? nodeCard(view.host)
+    : el("article", { class: "node placeholder", "aria-label": "no host yet" },
+        el("span", { class: "vram" }, "Waiting for host"));
+  return [
+    view.clients.length ? el("div", { class: "tier tier-clients" },
+      view.clients.map((c) => el("div", { class: "col" }, nodeCard(c), linkEl(linkTo(c.id)))))
+      : null,
+    el("div", { class: "tier tier-host" }, el("div", { class: "col" }, hostCard)),
+    view.workers.length ? el("div", { class: "tier tier-workers" },
+      view.workers.map((w) => el("div", { class: "col" }, linkEl(linkTo(w.id)), nodeCard(w))))
+      : null,
+  ].filter(Boolean);
+}
+
+let current = null;
 
 function render(s) {
-  $("role").textContent = s.role.toUpperCase();
-  $("model").textContent = s.model || "–";
-  $("api").textContent = `http://127.0.0.1:${s.api_port}/v1`;
-  $("vram").textContent = `${gb(s.vram_bytes)} (mesh ${gb(s.mesh_vram_bytes)})`;
-  $("peers").textContent = String(s.peers.length);
-  const words = { running: "Running", loading: "Loading " + (s.model || "") + "…",
-                  waiting: (s.plan && s.plan.reason) || "Waiting", starting: "Starting…" };
-  $("status-line").textContent = words[s.state] || s.state;
+  current = s;
+  $("status-line").textContent = statusLine(s);
+  document.body.dataset.state = s.state || "";
+  document.body.dataset.role = s.role || "";
+  $("diagram").replaceChildren(...renderDiagram(meshView(s)));
+  $("model").textContent = s.model || (s.is_client ? "the host's model" : "–");
+  $("draft").textContent = s.draft || "none";
+  $("plan").textContent = planText(s);
+  $("api").textContent = apiUrl(s, location.hostname);
+  $("node-id").textContent = shortId(s.node_id);
+  $("node-id").title = s.node_id || "";
+  $("version").textContent = s.version ? "v" + s.version : "";
+  $("token").value = s.token || "";
+  const commands = joinCommands(s);
+  $("cmd-node").textContent = commands.node;
+  $("cmd-client").textContent = commands.client;
+  for (const button of document.querySelectorAll("button.copy")) button.disabled = !s.token;
+}
+
+// ---------- live updates ----------
+
+function setLive(state) {
+  $("live").dataset.state = state;
+  $("live").textContent = state;
+  if (state !== "live") $("status-line").textContent = "Reconnecting…";
 }
 
 function connect() {
-  const events = new EventSource("/api/events");
-  events.addEventListener("status", (e) => render(JSON.parse(e.data)));
-  events.onerror = () => { $("status-line").textContent = "Reconnecting…"; };
+  const source = new EventSource("/api/events");
+  source.addEventListener("open", () => setLive("live"));
+  source.addEventListener("status", (event) => {
+    let s;
+    try { s = JSON.parse(event.data); } catch { return; }
+    if (s && typeof s === "object") {
+      setLive("live");
+      render(s);
+    }
+  });
+  source.addEventListener("error", () => {
+    setLive("reconnecting");
+    // The browser retries by itself unless the stream is closed for good (e.g. a 5xx reply).
+    if (source.readyState === EventSource.CLOSED) {
+      source.close();
+      setTimeout(connect, 2000);
+    }
+  });
 }
 
+// ---------- copy ----------
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    const area = el("textarea", { class: "sr-only" }, text);
+    document.body.append(area);
+    area.select();
+    const ok = document.execCommand("copy");
+    area.remove();
+    return ok;
+  }
+}
+
+document.addEventListener("click", async (event) => {
+  const button = event.target.closest("button.copy");
+  if (!button) return;
+  const source = $(button.dataset.copy);
+  const text = source.value !== undefined ? source.value : source.textContent;
+  const ok = await copyText(text);
+  $("copy-note").textContent = ok ? "Copied to the clipboard." : "Copy failed: select the text.";
+  button.textContent = ok ? "Copied" : "Copy";
+  setTimeout(() => { button.textContent = "Copy"; }, 1500);
+});
+
+// ---------- chat ----------
+
+const history = [];
+let controller = null;
+let conversation = 0;  // bumped by "New chat", so a late answer cannot leak into the next one
+
 function addMessage(kind, text) {
-  const div = document.createElement("div");
-  div.className = "msg " + kind;
-  div.textContent = text;
-  $("messages").appendChild(div);
-  return div;
+  const empty = $("messages").querySelector(".empty");
+  if (empty) empty.remove();
+  const body = el("div", { class: "text" }, text);
+  const msg = el("div", { class: "msg " + kind },
+    el("span", { class: "who" }, { user: "You", assistant: "Mesh", error: "Error" }[kind]), body);
+  $("messages").append(msg);
+  scrollDown(true);
+  return msg;
+}
+
+function scrollDown(force) {
+  const box = $("messages");
+  if (force || box.scrollHeight - box.scrollTop - box.clientHeight < 80) {
+    box.scrollTop = box.scrollHeight;
+  }
+}
+
+function setBusy(busy) {
+  $("send").disabled = busy;
+  $("stop").disabled = !busy;
+  $("chat-form").setAttribute("aria-busy", String(busy));
+}
+
+function showError(msg, text) {
+  msg.className = "msg error";
+  msg.querySelector(".who").textContent = "Error";
+  msg.querySelector(".text").textContent = text;
+}
+
+async function errorText(resp) {
+  const text = await resp.text().catch(() => "");
+  try {
+    const body = JSON.parse(text);
+    if (body && body.error) return body.error.message || JSON.stringify(body.error);
+  } catch { /* not JSON */ }
+  return text.trim() || `HTTP ${resp.status} ${resp.statusText}`;
 }
 
 async function chat(prompt) {
+  const started = conversation;
+  history.push({ role: "user", content: prompt });
   addMessage("user", prompt);
-  const out = addMessage("assistant", "");
-  const resp = await fetch("/api/chat", {
-    method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ messages: [{ role: "user", content: prompt }], stream: true }),
-  });
-  if (!resp.ok) {
-    const body = await resp.json().catch(() => ({}));
-    out.className = "msg error";
-    out.textContent = (body.error && body.error.message) || `HTTP ${resp.status}`;
-    return;
-  }
-  const reader = resp.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    const lines = buffer.split("\n");
-    buffer = lines.pop();
-    for (const line of lines) {
-      if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
-      const delta = JSON.parse(line.slice(6)).choices?.[0]?.delta?.content;
-      if (delta) out.textContent += delta;
+  const msg = addMessage("assistant", "");
+  const out = msg.querySelector(".text");
+  msg.setAttribute("aria-busy", "true");
+  controller = new AbortController();
+  setBusy(true);
+  let answer = "";
+  let failed = null;
+  let timings = null;
+  try {
+    const resp = await fetch("/api/chat", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ messages: history, stream: true }),
+      signal: controller.signal,
+    });
+    if (!resp.ok) throw new Error(await errorText(resp));
+    const reader = resp.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const parsed = sseData(buffer + decoder.decode(value, { stream: true }));
+      buffer = parsed.rest;
+      for (const data of parsed.data) {
+        if (data === "[DONE]") continue;
+        let chunk;
+        try { chunk = JSON.parse(data); } catch { continue; }
+        if (chunk.error) throw new Error(chunk.error.message || JSON.stringify(chunk.error));
+        const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+        if (delta && delta.content) {
+          answer += delta.content;
+          out.textContent = answer;
+          scrollDown(false);
+        }
+        if (chunk.timings) timings = chunk.timings;
+      }
     }
+  } catch (err) {
+    failed = err;
+  } finally {
+    controller = null;
+    msg.removeAttribute("aria-busy");
+    setBusy(false);
   }
+  if (failed && failed.name === "AbortError") {
+    msg.classList.add("stopped");
+    msg.append(el("span", { class: "meta" }, "stopped"));
+  } else if (failed) {
+    showError(msg, failed.message || String(failed));
+  } else {
+    const meta = timingsText(timings);
+    if (meta) msg.append(el("span", { class: "meta" }, meta));
+    if (!answer) out.textContent = "(empty answer)";
+  }
+  if (started !== conversation) return;
+  if (answer) history.push({ role: "assistant", content: answer });
+  else history.pop();  // keep the conversation valid for the next question
 }
 
-$("chat-form").addEventListener("submit", (e) => {
-  e.preventDefault();
+function submit() {
   const prompt = $("prompt").value.trim();
-  if (!prompt) return;
+  if (!prompt || controller) return;
   $("prompt").value = "";
   chat(prompt).catch((err) => addMessage("error", String(err)));
+}
+
+function stop() {
+  if (controller) controller.abort();
+}
+
+$("chat-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  submit();
 });
+$("prompt").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    submit();
+  } else if (event.key === "Escape") {
+    stop();
+  }
+});
+$("stop").addEventListener("click", () => {
+  stop();
+  $("prompt").focus();
+});
+$("clear").addEventListener("click", () => {
+  stop();
+  conversation += 1;
+  history.length = 0;
+  $("messages").replaceChildren(el("p", { class: "empty" }, "New conversation."));
+  $("prompt").focus();
+});
+
+// For tests and the curious: the pure view functions and the last status.
+window.meshConsole = { meshView, statusLine, planText, shareOf, joinCommands, apiUrl, sseData,
+                       timingsText, nodeCount, get status() { return current; } };
+
 connect();
