@@ -35,7 +35,8 @@ class NodeProcess:
         self.home = home
         self.api_port = free_port()
         self.console_port = free_port() if console else None
-        self.args = ["--home", str(home), "--port", str(self.api_port), *args]
+        self.args = ["--home", str(home), "--port", str(self.api_port), "--bind-host",
+                     "127.0.0.1", *args]
         if self.console_port is not None:
             self.args += ["--console", str(self.console_port)]
         self.log_path = home.parent / f"{home.name}.out"

@@ -19,6 +19,7 @@ from . import __version__
 from .config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, NodeConfig, default_home
 from .errors import UserError
 from .models.catalog import CATALOG, DEFAULT_MODEL
+from .token import TokenError, decode_token
 
 SUBCOMMANDS = ("models", "download", "status", "stop", "doctor")
 
@@ -66,6 +67,9 @@ def node_parser() -> argparse.ArgumentParser:
                    help="lite client: no model, no GPU; the API is tunnelled to the host")
     p.add_argument("--bind-port", type=_port, default=0, metavar="P",
                    help="UDP port for QUIC (stable invite token); default ephemeral")
+    p.add_argument("--bind-host", default="0.0.0.0", metavar="ADDR",
+                   help="address for the QUIC socket (default 0.0.0.0; 127.0.0.1 keeps the "
+                        "mesh on this machine)")
     p.add_argument("--advertise", action="append", default=[], metavar="HOST:PORT",
                    help="an address other nodes can reach this one at (repeatable)")
     p.add_argument("--port", type=_port, default=DEFAULT_API_PORT,
@@ -100,6 +104,11 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     if args.listen_all and not args.api_key:
         raise UserError("--listen-all exposes the API to the network: also give --api-key KEY",
                         2)
+    for token in args.join:
+        try:
+            decode_token(token)
+        except TokenError as err:
+            raise UserError(f"--join: {err}", 2) from None
     if args.draft_max < 1:
         raise UserError("--draft-max must be at least 1", 2)
     model = args.model
@@ -113,7 +122,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     return NodeConfig(
         model=model, home=args.home or default_home(), join=tuple(args.join),
         client=args.client, api_port=args.port, console_port=args.console,
-        bind_port=args.bind_port, advertise=tuple(args.advertise), split=args.split,
+        bind_host=args.bind_host, bind_port=args.bind_port, advertise=tuple(args.advertise),
+        split=args.split,
         max_vram_gb=args.max_vram, draft=args.draft, no_draft=args.no_draft,
         draft_max=args.draft_max, bin_dir=args.bin_dir, device=args.device,
         listen_all=args.listen_all, api_key=args.api_key, llama_args=device_args,

@@ -22,6 +22,7 @@ class NodeConfig:
     client: bool = False
     api_port: int = DEFAULT_API_PORT
     console_port: int | None = None
+    bind_host: str = "0.0.0.0"
     bind_port: int = 0
     advertise: tuple[str, ...] = ()
     split: bool = False

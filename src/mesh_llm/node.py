@@ -1,4 +1,10 @@
-"""One mesh-llm node: wires home, engine, model, API, console (and the mesh) together."""
+"""One mesh-llm node: wires home, mesh, election, engine, API and console together.
+
+The node reacts to one thing: "something changed" (a peer came or went, llama-server
+became ready or died). Each time it recomputes who hosts (a pure function of the
+gossiped state) and converges: the host runs llama-server, every other node points its
+API at a tunnel to the host.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import __version__
 from .api.proxy import ApiProxy, Upstream
 from .changes import ChangeFeed
 from .config import NodeConfig
@@ -17,14 +24,23 @@ from .console.server import Console
 from .errors import UserError
 from .home import HomeDir
 from .identity import Identity
-from .inference.election import Candidate, Plan, make_plan
+from .inference.election import Candidate, Plan, elect_host, incompatibility, make_plan
 from .inference.engine import Engine, find_engine
 from .inference.llama import LlamaPlan, LlamaServer
+from .mesh.mesh import Mesh, MeshJoinError
+from .mesh.peers import PeerEvent, PeerInfo
+from .mesh.protocol import StreamType
+from .mesh.transport import Stream
+from .mesh.tunnel import TunnelListener, relay_to_tcp
 from .models import hardware
 from .models.resolve import ResolvedModel, resolve_model
-from .status import build_status, plan_json
+from .status import PeerView, build_status, plan_json
+from .token import new_secret
 
 log = logging.getLogger("mesh_llm.node")
+
+JOIN_TIMEOUT_S = 15.0
+RPC_VERSION = ""  # filled in when the RPC tunnel lands; "" means "unknown, do not compare"
 
 
 class Node:
@@ -35,15 +51,26 @@ class Node:
         self.home = HomeDir(config.home)
         self.changes = ChangeFeed()
         self.identity: Identity | None = None
+        self.mesh: Mesh | None = None
         self.model: ResolvedModel | None = None
         self.engine: Engine | None = None
         self.vram_bytes = 0
+        self.host_id: str | None = None
         self.plan: Plan | None = None
         self.llama: LlamaServer | None = None
         self.state = "starting"
+        self.excluded: dict[str, str] = {}  # peer id → why it cannot serve with us
         self.api = ApiProxy(self.upstream, api_key=config.api_key)
         self.console = Console(self.status, self.changes, self.api)
+        self._host_tunnel: TunnelListener | None = None
         self._runners: list[web.AppRunner] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        """Run `coro` in the background, kept until done so shutdown can wait for it."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- start-up checks: everything that can fail fast, before any process starts ---
     def prepare(self) -> None:
@@ -64,56 +91,82 @@ class Node:
         log.info("node id: %s", self.identity.node_id)
 
     # --- what the API and console read ---
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id if self.identity else ""
+
     def role(self) -> str:
         if self.config.client:
             return "client"
-        if self.plan is not None and self.identity is not None \
-                and self.plan.host == self.identity.node_id:
-            return "host"
-        return "worker"
+        return "host" if self.host_id == self.node_id else "worker"
 
     def upstream(self) -> Upstream:
-        if self.llama is not None and self.llama.url is not None:
-            return Upstream(self.llama.url)
-        if self.plan is not None and self.plan.mode == "waiting":
-            return Upstream(None, self.plan.reason)
-        if self.llama is not None:
-            return Upstream(None, f"the model {self.model.name if self.model else ''} is "
-                                  "still loading")
-        return Upstream(None, "no host is ready")
+        if self.host_id == self.node_id:
+            if self.llama is not None and self.llama.url is not None:
+                return Upstream(self.llama.url)
+            if self.plan is not None and self.plan.mode == "waiting":
+                return Upstream(None, self.plan.reason)
+            return Upstream(None, f"the model {self._model_name()} is still loading")
+        host = self._peer(self.host_id)
+        if host is None:
+            return Upstream(None, "no host is ready: waiting for a node that serves a model")
+        if not host.announcement.get("ready"):
+            return Upstream(None, f"the host {host.node_id[:12]} is still loading its model")
+        if self._host_tunnel is None or not self._host_tunnel.port:
+            return Upstream(None, "the tunnel to the host is not open yet")
+        return Upstream(f"http://127.0.0.1:{self._host_tunnel.port}")
+
+    def _model_name(self) -> str:
+        return self.model.name if self.model else ""
+
+    def _peer(self, peer_id: str | None) -> PeerInfo | None:
+        if peer_id is None or self.mesh is None:
+            return None
+        peer = self.mesh.peers.get(peer_id)
+        return peer if peer is not None and peer.connected else None
+
+    def _connected_peers(self) -> list[PeerInfo]:
+        if self.mesh is None:
+            return []
+        return [p for p in self.mesh.peers.values() if p.connected]
 
     def status(self) -> dict[str, Any]:
         llama = self.llama
+        peers = [
+            PeerView(p.node_id, p.role, p.vram_bytes, tuple(p.announcement.get("models", [])),
+                     None if p.rtt_ms is None else round(p.rtt_ms, 3))
+            for p in self._connected_peers()
+        ]
+        host = self._peer(self.host_id)
         return build_status(
-            node_id=self.identity.node_id if self.identity else "",
-            token="",
+            node_id=self.node_id,
+            token=self.mesh.token() if self.mesh is not None else "",
             role=self.role(),
-            host_id=self.plan.host if self.plan else None,
-            llama_ready=bool(llama and llama.ready),
-            model=self.model.name if self.model else None,
+            host_id=self.host_id,
+            llama_ready=bool(llama and llama.ready) or bool(
+                host and host.announcement.get("ready")),
+            model=self.model.name if self.model else (
+                (host.announcement.get("models") or [None])[0] if host else None),
             draft=None,
             api_port=self.config.api_port,
             console_port=self.config.console_port,
             vram_bytes=self.vram_bytes,
-            peers=[],
+            peers=peers,
             plan=plan_json(self.plan, list(llama.plan.rpc) if llama else []),
             state=self.state,
             extra={
                 "llama_server": {"pid": llama.pid, "port": llama.port,
                                  "load_seconds": llama.load_seconds} if llama else None,
+                "excluded_peers": dict(self.excluded),
                 "api_in_flight": self.api.in_flight,
                 "console_streams": self.console.open_streams,
             },
         )
 
-    def _changed(self) -> None:
-        if self.llama is not None:
-            self.state = "running" if self.llama.ready else "loading"
-        self.changes.bump()
-
     # --- lifecycle ---
     async def _serve(self, app: web.Application, port: int, what: str, flag: str) -> None:
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                               shutdown_timeout=2.0)
         await runner.setup()
         self._runners.append(runner)
         try:
@@ -125,55 +178,163 @@ class Node:
             raise UserError(f"cannot listen on {what} port {port}: {err.strerror}") from None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until `stop` is set; then stop every child and every listener."""
+        """Serve until `stop` is set; then leave the mesh and stop every child."""
         try:
             await self._serve(self.api.app(), self.config.api_port, "API", "--port")
             if self.config.console_port is not None:
                 await self._serve(self.console.app(), self.config.console_port, "console",
                                   "--console PORT")
-            self._replan()
-            api = f"http://127.0.0.1:{self.config.api_port}/v1"
-            log.info("API: %s", api)
+            await self._start_mesh()
+            self._reconcile()
+            log.info("API: http://127.0.0.1:%d/v1", self.config.api_port)
             if self.config.console_port is not None:
                 log.info("console: http://127.0.0.1:%d", self.config.console_port)
             await stop.wait()
         finally:
             await self.shutdown()
 
-    def _replan(self) -> None:
+    def _announcement(self) -> dict[str, Any]:
+        ready = bool(self.llama and self.llama.ready and self.host_id == self.node_id)
+        return {
+            "role": self.role(),
+            "vram_bytes": 0 if self.config.client else self.vram_bytes,
+            "models": [self.model.name] if self.model else [],
+            "rpc_version": RPC_VERSION,
+            "version": __version__,
+            "ready": ready,
+        }
+
+    async def _start_mesh(self) -> None:
         assert self.identity is not None
-        if self.config.client or self.model is None or self.engine is None:
-            return
-        me = Candidate(self.identity.node_id, "host", self.vram_bytes)
+        cfg = self.config
+        self.mesh = Mesh(self.identity, new_secret(), self._announcement(),
+                         bind_host=cfg.bind_host, bind_port=cfg.bind_port,
+                         advertise=list(cfg.advertise))
+        await self.mesh.start()
+        self.mesh.peers.add_listener(self._on_peer_event)
+        self.mesh.add_stream_handler(StreamType.HTTP_TUNNEL, self._serve_http_tunnel)
+        if cfg.join:
+            try:
+                joined = await self.mesh.join(list(cfg.join), JOIN_TIMEOUT_S)
+                log.info("joined the mesh through node %s", (joined or "")[:12])
+            except MeshJoinError as err:
+                if cfg.client:
+                    raise
+                log.warning("%s; serving alone", err)
+        log.info("invite token (give it to other nodes with --join):\n%s", self.mesh.token())
+
+    def _on_peer_event(self, event: PeerEvent) -> None:
+        log.info("peer %s %s", event.node_id[:12], event.kind)
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Converge on the current truth: who hosts, what runs here, what we announce."""
+        me = None if self.config.client else Candidate(self.node_id, "worker", self.vram_bytes)
+        candidates = [me] if me else []
+        excluded: dict[str, str] = {}
+        for peer in self._connected_peers():
+            if peer.role == "client":
+                continue
+            if self.model is not None:
+                why = incompatibility(self.model.name, RPC_VERSION,
+                                      peer.announcement.get("models", []),
+                                      str(peer.announcement.get("rpc_version", "")))
+                if why is not None:
+                    excluded[peer.node_id] = why
+                    continue
+            candidates.append(Candidate(peer.node_id, peer.role, peer.vram_bytes, peer.rtt_ms))
+        self.excluded = excluded
+        host_id = elect_host(candidates)
+        if host_id != self.host_id:
+            log.info("host: %s", "this node" if host_id == self.node_id else
+                     (host_id[:12] if host_id else "none"))
+            self.host_id = host_id
+        if me is not None and host_id == self.node_id:
+            self._host(me, [c for c in candidates if c.node_id != self.node_id])
+        else:
+            self._follow(host_id)
+        if self.mesh is not None:
+            self.mesh.update_announcement(**self._announcement())
+        self.changes.bump()
+
+    def _host(self, me: Candidate, others: list[Candidate]) -> None:
+        assert self.model is not None and self.engine is not None
+        self._close_host_tunnel()
         plan = make_plan(me, [], self.model.size_bytes, self.config.split)
-        if plan == self.plan:
+        if plan == self.plan and self.llama is not None:
             return
         self.plan = plan
         if plan.mode == "waiting":
             log.warning("%s", plan.reason)
             self.state = "waiting"
-            self.changes.bump()
             return
+        self._stop_llama()
         llama_plan = LlamaPlan(model=self.model.path, alias=self.model.name,
                                extra=self.config.llama_args)
         self.llama = LlamaServer(self.engine, llama_plan, self.home.logs / "llama-server.log",
-                                 self._announce_ready)
-        log.info("loading %s solo (llama-server log: %s)", self.model.name,
+                                 self._llama_changed)
+        log.info("loading %s %s (llama-server log: %s)", self.model.name, plan.mode,
                  self.home.logs / "llama-server.log")
         self.state = "loading"
         self.llama.start()
-        self.changes.bump()
 
-    def _announce_ready(self) -> None:
-        if self.llama is not None and self.llama.ready:
-            log.info("ready: %s answers on http://127.0.0.1:%d/v1", self.model.name
-                     if self.model else "model", self.config.api_port)
-        self._changed()
+    def _follow(self, host_id: str | None) -> None:
+        """Not the host: no llama-server here; the API goes through a tunnel to the host."""
+        self.plan = None
+        self._stop_llama()
+        host = self._peer(host_id)
+        self.state = "running" if host and host.announcement.get("ready") else "waiting"
+        if host_id is None:
+            self._close_host_tunnel()
+        elif self._host_tunnel is None or self._host_tunnel.name != host_id:
+            self._close_host_tunnel()
+            self._host_tunnel = TunnelListener(self._opener(host_id), host_id)
+            self._spawn(self._host_tunnel.start())
+
+    def _opener(self, host_id: str):  # type: ignore[no-untyped-def]
+        async def open_stream() -> Stream:
+            assert self.mesh is not None
+            return await self.mesh.open_stream(host_id, StreamType.HTTP_TUNNEL)
+        return open_stream
+
+    def _close_host_tunnel(self) -> None:
+        tunnel, self._host_tunnel = self._host_tunnel, None
+        if tunnel is not None:
+            self._spawn(tunnel.stop())
+
+    def _stop_llama(self) -> None:
+        llama, self.llama = self.llama, None
+        if llama is not None:
+            log.info("stopping llama-server (no longer the host)")
+            self._spawn(llama.stop())
+
+    async def _serve_http_tunnel(self, peer_id: str, stream: Stream) -> None:
+        """A peer's API request for our llama-server (we are, or were, the host)."""
+        if self.llama is None or self.llama.url is None or self.llama.port is None:
+            stream.abort()
+            return
+        await relay_to_tcp(stream, "127.0.0.1", self.llama.port)
+
+    def _llama_changed(self) -> None:
+        if self.llama is not None:
+            self.state = "running" if self.llama.ready else "loading"
+            if self.llama.ready:
+                log.info("ready: %s answers on http://127.0.0.1:%d/v1", self._model_name(),
+                         self.config.api_port)
+        if self.mesh is not None:
+            self.mesh.update_announcement(**self._announcement())
+        self.changes.bump()
 
     async def shutdown(self) -> None:
         self.state = "stopping"
+        if self.mesh is not None:
+            await self.mesh.stop()
+        if self._host_tunnel is not None:
+            await self._host_tunnel.stop()
         if self.llama is not None:
             await self.llama.stop()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

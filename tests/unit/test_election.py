@@ -1,7 +1,13 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh_llm.inference.election import Candidate, elect_host, make_plan, tensor_split
+from mesh_llm.inference.election import (
+    Candidate,
+    elect_host,
+    incompatibility,
+    make_plan,
+    tensor_split,
+)
 
 GB = 10**9
 
@@ -52,3 +58,9 @@ def test_split_takes_nearest_workers_until_the_model_fits() -> None:
 def test_waiting_when_the_mesh_is_too_small() -> None:
     plan = make_plan(c("h", 1, "host"), [c("w", 1)], 10 * GB)
     assert plan.mode == "waiting" and "need 11.0 GB" in plan.reason
+
+
+def test_incompatible_peers_are_named_with_a_reason() -> None:
+    assert incompatibility("M", "3.0.0", ["M"], "3.1.0") is None
+    assert "serves N, not M" in (incompatibility("M", "3.0.0", ["N"], "3.0.0") or "")
+    assert "RPC protocol 4.0.0" in (incompatibility("M", "3.0.0", ["M"], "4.0.0") or "")

@@ -15,6 +15,7 @@ from mesh_llm.inference.llama import LlamaPlan, llama_server_argv
 from mesh_llm.inference.processes import Backoff
 from mesh_llm.models.gguf_info import check_gguf
 from mesh_llm.models.resolve import resolve_model
+from mesh_llm.token import InviteToken, encode_token, new_secret
 
 ENGINE = Engine(Path("/e"), Path("/e/llama-server"), Path("/e/ggml-rpc-server"))
 
@@ -76,8 +77,12 @@ def test_cli_defaults_and_client_rules() -> None:
     cfg = config_from_args(node_parser().parse_args([]))
     assert (cfg.model, cfg.api_port, cfg.console_port) == ("SmolLM2-135M-Instruct", 9337, None)
     assert config_from_args(node_parser().parse_args(["--console"])).console_port == 3131
-    client = config_from_args(node_parser().parse_args(["--client", "--join", "T",
+    token = encode_token(InviteToken("ab" * 32, ["127.0.0.1:7842"], new_secret()))
+    client = config_from_args(node_parser().parse_args(["--client", "--join", token,
                                                         "--model", "x"]))
     assert client.client and client.model is None
     with pytest.raises(UserError, match="--client needs --join"):
         config_from_args(node_parser().parse_args(["--client"]))
+    with pytest.raises(UserError, match="--join: token") as info:
+        config_from_args(node_parser().parse_args(["--join", token[:-9]]))
+    assert info.value.exit_code == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -51,6 +52,7 @@ class Console:
         self._api = api
         self._heartbeat_s = heartbeat_s
         self.open_streams = 0
+        self._streams: set[asyncio.Task[Any]] = set()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_CHAT_BYTES, middlewares=[json_errors])
@@ -59,7 +61,13 @@ class Console:
         app.router.add_get("/api/events", self.events)
         app.router.add_post("/api/chat", self.chat)
         app.router.add_static("/static/", STATIC, show_index=False)
+        app.on_shutdown.append(self._end_streams)
         return app
+
+    async def _end_streams(self, _app: web.Application) -> None:
+        """Event streams never end by themselves: end them, or shutdown waits on them."""
+        for task in list(self._streams):
+            task.cancel()
 
     async def index(self, _request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -75,6 +83,9 @@ class Console:
             "X-Accel-Buffering": "no",
         })
         await out.prepare(request)
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
         self.open_streams += 1
         try:
             await out.write(f"retry: {RETRY_MS}\n\n".encode())
@@ -90,6 +101,7 @@ class Console:
             pass  # the browser went away (the node runs with handler cancellation, so rare)
         finally:
             self.open_streams -= 1
+            self._streams.discard(task)
         return out
 
     async def chat(self, request: web.Request) -> web.StreamResponse:

@@ -73,3 +73,15 @@ def make_plan(host: Candidate, others: Iterable[Candidate], model_bytes: int,
                     reason="--split given but no worker has joined yet")
     vrams = [host.vram_bytes] + [c.vram_bytes for c in chosen]
     return Plan("split", host.node_id, tuple(c.node_id for c in chosen), tensor_split(vrams))
+
+
+def incompatibility(model: str, rpc_version: str, peer_models: Sequence[str],
+                    peer_rpc_version: str) -> str | None:
+    """Why a serving peer cannot share our model's work, or None when it can."""
+    if model not in peer_models:
+        shown = ", ".join(peer_models) or "no model"
+        return f"serves {shown}, not {model}"
+    if rpc_version and peer_rpc_version and \
+            rpc_version.split(".")[0] != peer_rpc_version.split(".")[0]:
+        return f"llama.cpp RPC protocol {peer_rpc_version} differs from ours ({rpc_version})"
+    return None

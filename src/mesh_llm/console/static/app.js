@@ -48,7 +48,7 @@ function meshView(s) {
   const seen = new Set([me.id]);
   const nodes = [me];
   for (const p of list(s.peers)) {
-    if (!p || typeof p !== "object" || seen.has(p.id)) continue;
+    if (!p || typeof p !== "object" || !p.id || seen.has(p.id)) continue;
     seen.add(p.id);
     nodes.push({ ...p, self: false });
   }
@@ -111,10 +111,11 @@ function statusLine(s) {
 /** The plan in one line: solo, split with shares, or waiting. */
 function planText(s) {
   const plan = s && s.plan;
-  if (!plan || typeof plan !== "object") return s && s.is_client ? "uses the host's plan" : "–";
+  if (!plan || typeof plan !== "object") return s && s.host && !s.is_host ? "set by the host" : "–";
   if (plan.mode === "solo") return "solo: the whole model on the host";
   if (plan.mode === "split") {
-    const shares = list(plan.tensor_split).map(percent).join(" / ");
+    const shares = list(plan.tensor_split).map(Number).filter(Number.isFinite).map(percent)
+      .join(" / ");
     const nodes = 1 + list(plan.workers).length;
     return `split over ${nodes} nodes` + (shares ? ` (${shares})` : "");
   }
@@ -125,12 +126,18 @@ function shellWord(word) {
   return /^[\w@%+=:,./-]+$/.test(word) ? word : "'" + String(word).replace(/'/g, "'\\''") + "'";
 }
 
+/** The model this mesh serves: this node's, else the one the host announces. */
+function modelName(s) {
+  if (!s) return null;
+  const hostPeer = list(s.peers).find((p) => p && p.id === s.host) || {};
+  return s.model || list(hostPeer.models)[0] || null;
+}
+
 /** The commands that add a node to this mesh. */
 function joinCommands(s) {
   s = s || {};
   const token = s.token || "TOKEN";
-  const hostPeer = list(s.peers).find((p) => p && p.id === s.host) || {};
-  const model = s.model || list(hostPeer.models)[0] || "MODEL";
+  const model = modelName(s) || "MODEL";
   return {
     node: `mesh-llm --model ${shellWord(model)} --join ${shellWord(token)}`,
     client: `mesh-llm --client --join ${shellWord(token)}`,
@@ -181,7 +188,7 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-function nodeCard(n) {
+function nodeCard(n, meshModel) {
   const label = n.role.toUpperCase();
   const about = [label, shortId(n.id), n.self ? "(this node)" : ""].join(" ").trim();
   const models = n.models.length ? n.models.join(", ") : null;
@@ -198,7 +205,8 @@ function nodeCard(n) {
       el("span", { class: "bar", "aria-hidden": "true" },
         el("span", { style: `width:${Math.max(0, Math.min(100, n.share * 100))}%` })),
       el("span", { class: "share-text" }, percent(n.share) + " of the model")),
-    models && n.role !== "client" && !n.self ? el("span", { class: "models" }, models) : null,
+    models && n.role !== "client" && models !== meshModel
+      ? el("span", { class: "models" }, models) : null,
     Number.isFinite(n.rtt_ms) ? el("span", { class: "rtt" }, `rtt ${n.rtt_ms.toFixed(1)} ms`)
                               : null);
 }
@@ -211,18 +219,21 @@ function linkEl(link) {
     el("span", { class: "link-note" }, link.note));
 }
 
-function renderDiagram(view) {
+function renderDiagram(view, meshModel) {
   const linkTo = (id) => view.links.find((l) => l.from === id || l.to === id);
-  const hostCard = view.host ? nodeCard(view.host)
+  const card = (n) => nodeCard(n, meshModel);
+  const hostCard = view.host ? card(view.host)
     : el("article", { class: "node placeholder", "aria-label": "no host yet" },
         el("span", { class: "vram" }, "Waiting for host"));
   return [
     view.clients.length ? el("div", { class: "tier tier-clients" },
-      view.clients.map((c) => el("div", { class: "col" }, nodeCard(c), linkEl(linkTo(c.id)))))
+      view.clients.map((c) => el("div", { class: "col" }, card(c), linkEl(linkTo(c.id)))))
       : null,
-    el("div", { class: "tier tier-host" }, el("div", { class: "col" }, hostCard)),
+    el("div", { class: "tier tier-host" + (view.clients.length ? " above" : "")
+                       + (view.workers.length ? " below" : "") },
+      el("div", { class: "col" }, hostCard)),
     view.workers.length ? el("div", { class: "tier tier-workers" },
-      view.workers.map((w) => el("div", { class: "col" }, linkEl(linkTo(w.id)), nodeCard(w))))
+      view.workers.map((w) => el("div", { class: "col" }, linkEl(linkTo(w.id)), card(w))))
       : null,
   ].filter(Boolean);
 }
@@ -232,10 +243,11 @@ let current = null;
 function render(s) {
   current = s;
   $("status-line").textContent = statusLine(s);
+  document.title = "mesh-llm · " + statusLine(s);
   document.body.dataset.state = s.state || "";
   document.body.dataset.role = s.role || "";
-  $("diagram").replaceChildren(...renderDiagram(meshView(s)));
-  $("model").textContent = s.model || (s.is_client ? "the host's model" : "–");
+  $("diagram").replaceChildren(...renderDiagram(meshView(s), modelName(s)));
+  $("model").textContent = modelName(s) || "–";
   $("draft").textContent = s.draft || "none";
   $("plan").textContent = planText(s);
   $("api").textContent = apiUrl(s, location.hostname);
@@ -252,6 +264,7 @@ function render(s) {
 // ---------- live updates ----------
 
 function setLive(state) {
+  document.body.dataset.live = state;
   $("live").dataset.state = state;
   $("live").textContent = state;
   if (state !== "live") $("status-line").textContent = "Reconnecting…";
@@ -352,6 +365,31 @@ async function errorText(resp) {
 
 async function chat(prompt) {
   const started = conversation;
+  const { answer } = await ask(prompt);
+  if (started !== conversation) return;
+  if (answer) history.push({ role: "assistant", content: answer });
+  else history.pop();  // keep the conversation valid for the next question
+}
+
+/** The JSON chunks of an OpenAI-style event stream, as they arrive. */
+async function* streamChunks(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    const parsed = sseData(buffer + decoder.decode(value, { stream: true }));
+    buffer = parsed.rest;
+    for (const data of parsed.data) {
+      if (data === "[DONE]") continue;
+      try { yield JSON.parse(data); } catch { /* not JSON: skip it */ }
+    }
+  }
+}
+
+/** One question: stream the answer into a new message; returns {answer}. */
+async function ask(prompt) {
   history.push({ role: "user", content: prompt });
   addMessage("user", prompt);
   const msg = addMessage("assistant", "");
@@ -370,18 +408,8 @@ async function chat(prompt) {
       signal: controller.signal,
     });
     if (!resp.ok) throw new Error(await errorText(resp));
-    const reader = resp.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      const parsed = sseData(buffer + decoder.decode(value, { stream: true }));
-      buffer = parsed.rest;
-      for (const data of parsed.data) {
-        if (data === "[DONE]") continue;
-        let chunk;
-        try { chunk = JSON.parse(data); } catch { continue; }
+    if ((resp.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
+      for await (const chunk of streamChunks(resp.body)) {
         if (chunk.error) throw new Error(chunk.error.message || JSON.stringify(chunk.error));
         const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
         if (delta && delta.content) {
@@ -391,6 +419,11 @@ async function chat(prompt) {
         }
         if (chunk.timings) timings = chunk.timings;
       }
+    } else {  // an upstream that answered in one piece
+      const body = await resp.json();
+      answer = ((body.choices && body.choices[0] && body.choices[0].message) || {}).content || "";
+      out.textContent = answer;
+      timings = body.timings;
     }
   } catch (err) {
     failed = err;
@@ -402,6 +435,8 @@ async function chat(prompt) {
   if (failed && failed.name === "AbortError") {
     msg.classList.add("stopped");
     msg.append(el("span", { class: "meta" }, "stopped"));
+  } else if (failed && answer) {
+    addMessage("error", failed.message || String(failed));  // keep what did arrive
   } else if (failed) {
     showError(msg, failed.message || String(failed));
   } else {
@@ -409,9 +444,7 @@ async function chat(prompt) {
     if (meta) msg.append(el("span", { class: "meta" }, meta));
     if (!answer) out.textContent = "(empty answer)";
   }
-  if (started !== conversation) return;
-  if (answer) history.push({ role: "assistant", content: answer });
-  else history.pop();  // keep the conversation valid for the next question
+  return { answer };
 }
 
 function submit() {
@@ -450,7 +483,7 @@ $("clear").addEventListener("click", () => {
 });
 
 // For tests and the curious: the pure view functions and the last status.
-window.meshConsole = { meshView, statusLine, planText, shareOf, joinCommands, apiUrl, sseData,
-                       timingsText, nodeCount, get status() { return current; } };
+window.meshConsole = { meshView, statusLine, planText, shareOf, joinCommands, modelName, apiUrl,
+                       sseData, timingsText, nodeCount, get status() { return current; } };
 
 connect();

@@ -1,0 +1,256 @@
+"""Mutual authentication on the first stream of every connection.
+
+Both sides contribute a fresh 32-byte nonce. The transcript binds this one connection: both
+node ids, both nonces and the fingerprint of the QUIC server's TLS certificate (a relay in
+the middle would have to present its own certificate, so the two ends would sign different
+transcripts). Each side then proves, for its role:
+
+  * its key:   an Ed25519 signature over ("sig", role, transcript)
+  * the mesh:  HMAC-SHA256 keyed with the mesh secret over ("mac", role, transcript)
+
+The secret itself never crosses the wire. Messages (frames on the AUTH stream):
+
+    dialer   -> acceptor  {"t": "hello", "id", "nonce"}
+    acceptor -> dialer    {"t": "hello", "id", "nonce", "sig", "mac"}   (acceptor's proof)
+    dialer   -> acceptor  {"t": "proof", "sig", "mac"}                  (dialer's proof)
+    acceptor -> dialer    {"t": "ok"}
+
+Everything that decides is a pure function below; `run_dialer` / `run_acceptor` are the
+thin I/O shells, bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..identity import Identity, is_node_id, verify
+from .protocol import FrameError, read_frame, write_frame
+
+AUTH_TIMEOUT_S = 5.0
+NONCE_LEN = 32
+FINGERPRINT_LEN = 32
+AUTH_MAX_FRAME = 2048
+_DOMAIN = b"mesh-llm/1 auth\x00"
+
+Role = Literal["dialer", "acceptor"]
+
+
+class AuthError(Exception):
+    """Authentication failed; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    node_id: str
+    nonce: bytes
+
+
+@dataclass(frozen=True)
+class Proof:
+    sig: bytes
+    mac: bytes
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    """Who is on the other end, and a digest that names this connection (both ends agree
+    on it; used to pick one of two duplicate connections deterministically)."""
+
+    peer_id: str
+    dialer_id: str
+    transcript_digest: bytes
+
+
+# ---------------------------------------------------------------------------- pure logic
+
+
+def new_nonce() -> bytes:
+    return secrets.token_bytes(NONCE_LEN)
+
+
+def build_transcript(
+    dialer_id: str,
+    acceptor_id: str,
+    dialer_nonce: bytes,
+    acceptor_nonce: bytes,
+    cert_fingerprint: bytes,
+) -> bytes:
+    """Fixed-layout transcript: no field can bleed into another."""
+    if not (is_node_id(dialer_id) and is_node_id(acceptor_id)):
+        raise AuthError("transcript needs two valid node ids")
+    if len(dialer_nonce) != NONCE_LEN or len(acceptor_nonce) != NONCE_LEN:
+        raise AuthError("transcript needs two 32-byte nonces")
+    if len(cert_fingerprint) != FINGERPRINT_LEN:
+        raise AuthError("transcript needs a 32-byte certificate fingerprint")
+    return b"".join((
+        _DOMAIN,
+        bytes.fromhex(dialer_id),
+        bytes.fromhex(acceptor_id),
+        dialer_nonce,
+        acceptor_nonce,
+        cert_fingerprint,
+    ))
+
+
+def _labelled(kind: bytes, role: Role, transcript: bytes) -> bytes:
+    return kind + b":" + role.encode() + b":" + transcript
+
+
+def make_proof(identity: Identity, secret: bytes, role: Role, transcript: bytes) -> Proof:
+    """This side's proof for `role`: key possession and mesh-secret knowledge."""
+    return Proof(
+        sig=identity.sign(_labelled(b"sig", role, transcript)),
+        mac=hmac.new(secret, _labelled(b"mac", role, transcript), hashlib.sha256).digest(),
+    )
+
+
+def check_proof(
+    peer_id: str, secret: bytes, role: Role, transcript: bytes, proof: Proof
+) -> None:
+    """Raise AuthError unless `proof` is `peer_id`'s valid proof for `role`."""
+    if not verify(peer_id, proof.sig, _labelled(b"sig", role, transcript)):
+        raise AuthError(f"node {peer_id[:12]} failed to prove its key")
+    expected = hmac.new(secret, _labelled(b"mac", role, transcript), hashlib.sha256).digest()
+    if not hmac.compare_digest(expected, proof.mac):
+        raise AuthError(f"node {peer_id[:12]} does not hold this mesh's secret "
+                        "(a token from another mesh?)")
+
+
+def transcript_digest(transcript: bytes) -> bytes:
+    return hashlib.sha256(transcript).digest()
+
+
+def hello_message(node_id: str, nonce: bytes, proof: Proof | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"t": "hello", "id": node_id, "nonce": nonce.hex()}
+    if proof is not None:
+        message["sig"] = proof.sig.hex()
+        message["mac"] = proof.mac.hex()
+    return message
+
+
+def proof_message(proof: Proof) -> dict[str, Any]:
+    return {"t": "proof", "sig": proof.sig.hex(), "mac": proof.mac.hex()}
+
+
+def parse_hello(message: dict[str, Any] | None, own_id: str) -> Hello:
+    """Validate a hello; refuses a connection to ourselves."""
+    if message is None:
+        raise AuthError("peer closed the auth stream before saying hello")
+    if message.get("t") != "hello":
+        raise AuthError(f"expected hello, got {_kind(message)}")
+    node_id = message.get("id")
+    if not is_node_id(node_id):
+        raise AuthError("hello carries no valid node id")
+    assert isinstance(node_id, str)
+    nonce = _hex_field(message, "nonce", NONCE_LEN)
+    if node_id == own_id:
+        raise AuthError("connected to this node itself")
+    return Hello(node_id=node_id, nonce=nonce)
+
+
+def parse_proof(message: dict[str, Any] | None) -> Proof:
+    """Pull sig/mac out of a hello (acceptor) or proof (dialer) message."""
+    if message is None:
+        raise AuthError("peer closed the auth stream before its proof")
+    return Proof(sig=_hex_field(message, "sig", 64), mac=_hex_field(message, "mac", 32))
+
+
+def _hex_field(message: dict[str, Any], name: str, length: int) -> bytes:
+    value = message.get(name)
+    if not isinstance(value, str) or len(value) != 2 * length:
+        raise AuthError(f"auth message field {name!r} must be {length} bytes of hex")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise AuthError(f"auth message field {name!r} is not hex") from None
+
+
+def _kind(message: dict[str, Any]) -> str:
+    kind = message.get("t")
+    if kind == "error":
+        reason = message.get("reason")
+        return f"a refusal: {reason[:120]}" if isinstance(reason, str) else "a refusal"
+    return repr(kind)[:40]
+
+
+# ---------------------------------------------------------------------------- I/O shells
+
+
+async def run_dialer(
+    stream: Any,
+    identity: Identity,
+    secret: bytes,
+    cert_fingerprint: bytes,
+    expected_peer: str | None = None,
+    timeout: float = AUTH_TIMEOUT_S,
+) -> AuthResult:
+    """Dialer side, on a stream whose type byte was already written."""
+    try:
+        async with asyncio.timeout(timeout):
+            nonce = new_nonce()
+            await write_frame(stream, hello_message(identity.node_id, nonce), AUTH_MAX_FRAME)
+            reply = await read_frame(stream, AUTH_MAX_FRAME)
+            hello = parse_hello(reply, identity.node_id)
+            if expected_peer is not None and hello.node_id != expected_peer:
+                raise AuthError(f"expected node {expected_peer[:12]}, "
+                                f"found node {hello.node_id[:12]}")
+            transcript = build_transcript(
+                identity.node_id, hello.node_id, nonce, hello.nonce, cert_fingerprint
+            )
+            check_proof(hello.node_id, secret, "acceptor", transcript, parse_proof(reply))
+            proof = make_proof(identity, secret, "dialer", transcript)
+            await write_frame(stream, proof_message(proof), AUTH_MAX_FRAME)
+            verdict = await read_frame(stream, AUTH_MAX_FRAME)
+            if verdict is None or verdict.get("t") != "ok":
+                what = "no answer" if verdict is None else _kind(verdict)
+                raise AuthError(f"node {hello.node_id[:12]} refused us ({what})")
+    except TimeoutError:
+        raise AuthError(f"authentication did not finish within {timeout:g} s") from None
+    except FrameError as err:
+        raise AuthError(f"bad auth frame: {err}") from None
+    except ConnectionError as err:
+        raise AuthError(f"connection lost during authentication: {err}") from None
+    except asyncio.IncompleteReadError:
+        raise AuthError("auth stream ended early") from None
+    return AuthResult(hello.node_id, identity.node_id, transcript_digest(transcript))
+
+
+async def run_acceptor(
+    stream: Any,
+    identity: Identity,
+    secret: bytes,
+    cert_fingerprint: bytes,
+    timeout: float = AUTH_TIMEOUT_S,
+) -> AuthResult:
+    """Acceptor side, on a stream whose type byte (AUTH) was already read."""
+    peer = "peer"
+    try:
+        async with asyncio.timeout(timeout):
+            hello = parse_hello(await read_frame(stream, AUTH_MAX_FRAME), identity.node_id)
+            peer = hello.node_id[:12]
+            nonce = new_nonce()
+            transcript = build_transcript(
+                hello.node_id, identity.node_id, hello.nonce, nonce, cert_fingerprint
+            )
+            own = make_proof(identity, secret, "acceptor", transcript)
+            await write_frame(stream, hello_message(identity.node_id, nonce, own),
+                              AUTH_MAX_FRAME)
+            message = await read_frame(stream, AUTH_MAX_FRAME)
+            if message is not None and message.get("t") != "proof":
+                raise AuthError(f"expected proof from {peer}, got {_kind(message)}")
+            check_proof(hello.node_id, secret, "dialer", transcript, parse_proof(message))
+            await write_frame(stream, {"t": "ok"}, AUTH_MAX_FRAME)
+    except TimeoutError:
+        raise AuthError(f"{peer} did not authenticate within {timeout:g} s") from None
+    except FrameError as err:
+        raise AuthError(f"bad auth frame from {peer}: {err}") from None
+    except ConnectionError as err:
+        raise AuthError(f"connection lost during authentication: {err}") from None
+    except asyncio.IncompleteReadError:
+        raise AuthError("auth stream ended early") from None
+    return AuthResult(hello.node_id, hello.node_id, transcript_digest(transcript))

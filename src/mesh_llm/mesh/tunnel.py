@@ -1,0 +1,160 @@
+"""TCP ↔ mesh stream relays: how llama.cpp's RPC and the HTTP API cross the mesh.
+
+One TCP connection is carried by one QUIC stream. The data path is callbacks only
+(asyncio.Protocol on the TCP side, push mode on the stream side): no task per message,
+and whatever arrives in one loop pass leaves in one QUIC transmit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from .transport import Stream
+
+log = logging.getLogger("mesh_llm.tunnel")
+
+CONNECT_TIMEOUT_S = 10.0
+
+OpenStream = Callable[[], Awaitable[Stream]]
+
+
+class _Bridge(asyncio.Protocol):
+    """Relays one TCP connection and one stream, with backpressure from the stream side."""
+
+    def __init__(self, on_bytes: Callable[[int], None] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.stream: Stream | None = None
+        self._pending = bytearray()
+        self._tcp_eof = False
+        self._on_bytes = on_bytes
+
+    # --- wiring
+    def attach(self, stream: Stream) -> None:
+        """Start relaying over `stream` (TCP bytes that arrived before are sent first)."""
+        self.stream = stream
+        stream.set_receiver(self._from_stream, self._stream_ended)
+        if self._pending:
+            data, self._pending = bytes(self._pending), bytearray()
+            self._to_stream(data)
+        if self._tcp_eof:
+            stream.write_eof()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # --- TCP side
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.stream is None:
+            transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.stream is None:
+            self._pending += data
+        else:
+            self._to_stream(data)
+
+    def eof_received(self) -> bool:
+        if self.stream is None:
+            self._tcp_eof = True
+        else:
+            self.stream.write_eof()
+        return True  # keep our sending side open until the stream ends too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.abort() if exc is not None else stream.close()
+
+    # --- stream side
+    def _to_stream(self, data: bytes) -> None:
+        assert self.stream is not None and self.transport is not None
+        if self._on_bytes is not None:
+            self._on_bytes(len(data))
+        try:
+            if not self.stream.write_nowait(data):
+                self.transport.pause_reading()
+                self.stream.on_writable(self._resume)
+        except ConnectionError as err:
+            log.debug("tunnel stream failed: %s", err)
+            self.transport.abort()
+
+    def _resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _from_stream(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _stream_ended(self, exc: BaseException | None) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if exc is None and transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.abort()
+
+
+class TunnelListener:
+    """A loopback TCP port whose every connection becomes a new stream from `open_stream`."""
+
+    def __init__(self, open_stream: OpenStream, name: str,
+                 on_bytes: Callable[[int], None] | None = None) -> None:
+        self._open_stream = open_stream
+        self.name = name
+        self._on_bytes = on_bytes
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._accept, host, port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    def _accept(self) -> _Bridge:
+        bridge = _Bridge(self._on_bytes)
+        task = asyncio.create_task(self._connect(bridge), name=f"tunnel {self.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return bridge
+
+    async def _connect(self, bridge: _Bridge) -> None:
+        try:
+            stream = await asyncio.wait_for(self._open_stream(), CONNECT_TIMEOUT_S)
+        except (OSError, ConnectionError, TimeoutError) as err:
+            log.warning("%s: cannot open a mesh stream: %s", self.name, err)
+            if bridge.transport is not None:
+                bridge.transport.abort()
+            return
+        if bridge.transport is None or bridge.transport.is_closing():
+            stream.abort()
+            return
+        bridge.attach(stream)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+
+
+async def relay_to_tcp(stream: Stream, host: str, port: int,
+                       on_bytes: Callable[[int], None] | None = None) -> None:
+    """The accepting end: connect `stream` to a local TCP service and relay until both close."""
+    loop = asyncio.get_running_loop()
+    bridge = _Bridge(on_bytes)
+    try:
+        await asyncio.wait_for(loop.create_connection(lambda: bridge, host, port),
+                               CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as err:
+        log.warning("tunnel: cannot reach 127.0.0.1:%d: %s", port, err)
+        stream.abort()
+        return
+    bridge.attach(stream)

@@ -1,0 +1,326 @@
+"""The console server on a real socket: status JSON, SSE (connect, change, heartbeat, no
+leaks, shutdown) and the chat relay's input checks, with a fake status and a real ChangeFeed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from mesh_llm.api.proxy import ApiProxy, Upstream
+from mesh_llm.changes import ChangeFeed
+from mesh_llm.console.server import MAX_CHAT_BYTES, STATIC, Console
+from mesh_llm.inference.election import Plan
+from mesh_llm.status import PeerView, build_status, plan_json
+
+HOST, WORKER, CLIENT = "a" * 64, "b" * 64, "c" * 64
+NO_HOST = Upstream(None, "no host is ready")
+
+
+def contract_status(**fields: Any) -> dict[str, Any]:
+    """The node's own builder, for a host that splits over one worker and serves a client."""
+    plan = Plan("split", HOST, (WORKER,), (0.67, 0.33))
+    status = build_status(
+        node_id=HOST, token="tok", role="host", host_id=HOST, llama_ready=True,
+        model="SmolLM2-135M-Instruct", draft=None, api_port=9337, console_port=3131,
+        vram_bytes=2_000_000_000,
+        peers=[PeerView(WORKER, "worker", 1_000_000_000, ("SmolLM2-135M-Instruct",), 1.5),
+               PeerView(CLIENT, "client", 8_000_000_000, (), None)],
+        plan=plan_json(plan, ["127.0.0.1:5000"]), state="running",
+        extra={"console_streams": 0})
+    return {**status, **fields}
+
+
+class Harness:
+    """A Console on 127.0.0.1 with a status the test changes, plus a client session."""
+
+    def __init__(self, upstream: Upstream, heartbeat_s: float) -> None:
+        self.state = contract_status()
+        self.changes = ChangeFeed()
+        self.upstream = upstream
+        self.console = Console(lambda: self.state, self.changes,
+                               ApiProxy(lambda: self.upstream), heartbeat_s=heartbeat_s)
+        self.runner = web.AppRunner(self.console.app(), handler_cancellation=True)
+        self.session = aiohttp.ClientSession()
+        self.url = ""
+
+    async def start(self) -> Harness:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        if self.runner.server is not None:
+            await self.runner.cleanup()
+
+    async def close(self) -> None:
+        await self.session.close()
+        await self.stop()
+
+    def change(self, **fields: Any) -> None:
+        self.state = {**self.state, **fields}
+        self.changes.bump()
+
+    async def post_chat(self, data: bytes | str,
+                        headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        async with self.session.post(self.url + "/api/chat", data=data, headers={
+                "Content-Type": "application/json", **(headers or {})}) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Callable[..., Any]]:
+    made: list[Harness] = []
+
+    async def make(upstream: Upstream = NO_HOST, heartbeat_s: float = 15.0) -> Harness:
+        made.append(await Harness(upstream, heartbeat_s).start())
+        return made[-1]
+
+    yield make
+    for h in made:
+        await h.close()
+
+
+async def next_event(resp: aiohttp.ClientResponse) -> tuple[str, str]:
+    """The next SSE block as (event name, data), or ("comment", text) for a comment."""
+    lines: list[str] = []
+    while True:
+        raw = await asyncio.wait_for(resp.content.readline(), 5)
+        assert raw, "the event stream ended"
+        line = raw.decode().rstrip("\r\n")
+        if line:
+            lines.append(line)
+            continue
+        if not lines:
+            continue
+        if all(line.startswith(":") for line in lines):
+            return "comment", "\n".join(line[1:].strip() for line in lines)
+        fields = dict(line.split(": ", 1) for line in lines if not line.startswith(":"))
+        if "event" in fields or "data" in fields:
+            return fields.get("event", "message"), fields.get("data", "")
+        lines = []  # a `retry:` block: not an event
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+# ---------- the status JSON ----------
+
+STATUS_CONTRACT = {  # DESIGN.md section 8, plus what the page reads
+    "node_id": str, "token": str, "role": str, "is_host": bool, "is_client": bool,
+    "llama_ready": bool, "model": (str, type(None)), "draft": (str, type(None)),
+    "api_port": int, "vram_bytes": int, "mesh_vram_bytes": int, "peers": list,
+    "plan": (dict, type(None)), "version": str, "state": str, "host": (str, type(None)),
+}
+
+
+def test_built_status_keeps_the_contract() -> None:
+    status = contract_status()
+    for field, kind in STATUS_CONTRACT.items():
+        assert isinstance(status[field], kind), field
+    assert status["role"] in ("host", "worker", "client")
+    assert status["mesh_vram_bytes"] == 3_000_000_000, "clients' memory is not the mesh's"
+    for peer in status["peers"]:
+        assert set(peer) >= {"id", "role", "vram_bytes", "models", "rtt_ms"}
+    plan = status["plan"]
+    assert plan["mode"] in ("solo", "split", "waiting")
+    assert len(plan["tensor_split"]) == 1 + len(plan["workers"]), "host first, then workers"
+    assert plan["host"] == status["host"]
+    json.dumps(status)  # it must go over the wire as it is
+
+
+async def test_status_is_served_as_built(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness()
+    async with h.session.get(h.url + "/api/status") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("application/json")
+        assert resp.headers["Cache-Control"] == "no-cache"
+        assert await resp.json() == h.state
+
+
+# ---------- SSE ----------
+
+async def test_events_send_the_status_on_connect(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness()
+    async with h.session.get(h.url + "/api/events") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        assert resp.headers["Cache-Control"] == "no-cache"
+        retry = await resp.content.readline()
+        assert re.fullmatch(rb"retry: \d+\n", retry), retry
+        name, data = await next_event(resp)
+        assert name == "status"
+        assert json.loads(data) == h.state
+        assert h.console.open_streams == 1
+
+
+async def test_events_follow_every_change(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness()
+    async with h.session.get(h.url + "/api/events") as resp:
+        assert (await next_event(resp))[0] == "status"
+        h.change(peers=[], mesh_vram_bytes=2_000_000_000)  # both peers left
+        name, data = await next_event(resp)
+        assert name == "status" and json.loads(data)["peers"] == []
+        h.change(role="worker", is_host=False, host=WORKER)
+        name, data = await next_event(resp)
+        assert json.loads(data)["role"] == "worker"
+
+
+async def test_events_carry_heartbeat_comments(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness(heartbeat_s=0.05)
+    async with h.session.get(h.url + "/api/events") as resp:
+        assert (await next_event(resp))[0] == "status"
+        assert await next_event(resp) == ("comment", "keep-alive")
+        assert await next_event(resp) == ("comment", "keep-alive")
+        h.change(state="loading")
+        name, data = await next_event(resp)
+        while name == "comment":
+            name, data = await next_event(resp)
+        assert json.loads(data)["state"] == "loading"
+
+
+async def test_dropped_streams_do_not_leak(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness()
+    responses = []
+    for _ in range(100):
+        resp = await h.session.get(h.url + "/api/events")
+        assert (await next_event(resp))[0] == "status"
+        responses.append(resp)
+    assert h.console.open_streams == 100
+    for resp in responses:
+        resp.close()  # drops the connection, as a closed tab does
+    await wait_until(lambda: h.console.open_streams == 0)
+
+
+async def test_shutdown_ends_open_streams(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness()
+    resp = await h.session.get(h.url + "/api/events")
+    assert (await next_event(resp))[0] == "status"
+    await asyncio.wait_for(h.stop(), 5)  # the node's SIGTERM path must not hang on it
+    assert h.console.open_streams == 0
+    resp.close()
+
+
+# ---------- chat ----------
+
+async def test_chat_without_a_host_says_why(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness(Upstream(None, "waiting for more VRAM: need 2.2 GB, mesh has 1.0 GB"))
+    code, body = await h.post_chat(json.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+    assert code == 503
+    assert body["error"]["message"] == "waiting for more VRAM: need 2.2 GB, mesh has 1.0 GB"
+    assert body["error"]["type"] == "unavailable"
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    ("{not json", "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    ("{}", "`messages`"),
+    ('{"messages": []}', "non-empty"),
+    ('{"messages": "hello"}', "non-empty list"),
+    ('{"messages": ["hello"]}', "messages[0]"),
+    ('{"messages": [{"content": "hi"}]}', "`role`"),
+    ('{"messages": [{"role": "user", "content": 3}]}', "messages[0].content"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "`stream`"),
+])
+async def test_chat_rejects_bad_bodies(harness, data, fragment) -> None:  # type: ignore[no-untyped-def]
+    h = await harness()
+    code, body = await h.post_chat(data)
+    assert code == 400
+    assert fragment in body["error"]["message"]
+    assert body["error"]["type"] == "invalid_request_error"
+
+
+async def test_chat_refuses_a_body_over_the_limit(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness()
+    content = "x" * MAX_CHAT_BYTES
+    code, body = await h.post_chat(json.dumps({"messages": [{"role": "user",
+                                                             "content": content}]}))
+    assert code == 413
+    assert body["error"]["message"] == "request body too large"
+    async with h.session.get(h.url + "/api/status") as resp:
+        assert resp.status == 200  # the server carries on
+
+
+async def test_chat_refuses_other_sites(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness()
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+    code, body = await h.post_chat(good, {"Origin": "http://evil.example"})
+    assert code == 403 and "cross-origin" in body["error"]["message"]
+    code, _ = await h.post_chat(good, {"Origin": h.url})
+    assert code == 503  # same origin: accepted, then told there is no host
+
+
+async def test_chat_is_relayed_to_chat_completions(harness) -> None:  # type: ignore[no-untyped-def]
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        seen.append((request.path, await request.json()))
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        for piece in ("Par", "is"):
+            chunk = {"choices": [{"delta": {"content": piece}}]}
+            await out.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await out.write(b"data: [DONE]\n\n")
+        return out
+
+    upstream_app = web.Application()
+    upstream_app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(upstream_app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        h = await harness(Upstream(f"http://127.0.0.1:{runner.addresses[0][1]}"))
+        message = {"role": "user", "content": "Capital of France?"}
+        async with h.session.post(h.url + "/api/chat", json={"messages": [message]}) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            text = await resp.text()
+        assert text.count("data: ") == 3 and text.endswith("data: [DONE]\n\n")
+        assert seen == [("/v1/chat/completions", {"messages": [message], "stream": True})]
+
+        async with h.session.post(h.url + "/api/chat",
+                                  json={"messages": [message], "stream": False}) as resp:
+            await resp.read()
+        assert seen[-1][1]["stream"] is False  # an explicit choice is kept
+    finally:
+        await runner.cleanup()
+
+
+# ---------- the page ----------
+
+async def test_page_and_assets_are_served_and_self_contained(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness()
+    for path, kind in (("/", "text/html"), ("/static/app.js", "javascript"),
+                       ("/static/style.css", "text/css")):
+        async with h.session.get(h.url + path) as resp:
+            assert resp.status == 200, path
+            assert kind in resp.headers["Content-Type"], path
+            text = await resp.text()
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), path
+        assert not re.search(r"url\(\s*['\"]?(https?:)?//|@import", text), path
+        assert "EventSource" in text or path != "/static/app.js"
+    assert {p.name for p in STATIC.iterdir()} >= {"index.html", "app.js", "style.css"}
+    app_js = (STATIC / "app.js").read_text()
+    assert "setInterval" not in app_js and "/api/status" not in app_js, "no polling"
+
+
+async def test_unknown_routes_are_json_404(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness()
+    async with h.session.get(h.url + "/api/nothing") as resp:
+        assert resp.status == 404
+        assert (await resp.json())["error"]["type"] == "not_found"
