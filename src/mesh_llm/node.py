@@ -34,7 +34,7 @@ from .mesh.transport import Stream
 from .mesh.tunnel import TunnelListener, relay_to_tcp
 from .models import hardware
 from .models.resolve import ResolvedModel, resolve_model
-from .status import PeerView, build_status, plan_json
+from .status import build_status, plan_json
 from .token import new_secret
 
 log = logging.getLogger("mesh_llm.node")
@@ -132,12 +132,12 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         llama = self.llama
-        peers = [
-            PeerView(p.node_id, p.role, p.vram_bytes, tuple(p.announcement.get("models", [])),
-                     None if p.rtt_ms is None else round(p.rtt_ms, 3))
-            for p in self._connected_peers()
-        ]
         host = self._peer(self.host_id)
+        if self.host_id == self.node_id:
+            plan = self._plan_json()
+        else:
+            announced = host.announcement.get("plan") if host else None
+            plan = announced if isinstance(announced, dict) else None
         return build_status(
             node_id=self.node_id,
             token=self.mesh.token() if self.mesh is not None else "",
@@ -151,12 +151,15 @@ class Node:
             api_port=self.config.api_port,
             console_port=self.config.console_port,
             vram_bytes=self.vram_bytes,
-            peers=peers,
-            plan=plan_json(self.plan, list(llama.plan.rpc) if llama else []),
+            peers=[p.to_status() for p in self._connected_peers()],
+            plan=plan,
             state=self.state,
             extra={
                 "llama_server": {"pid": llama.pid, "port": llama.port,
                                  "load_seconds": llama.load_seconds} if llama else None,
+                "api_tunnel": None if self.host_id in (None, self.node_id) else {
+                    "host": self.host_id, "label": "QUIC · HTTP", "description": "API tunnel",
+                    "port": self._host_tunnel.port if self._host_tunnel else None},
                 "excluded_peers": dict(self.excluded),
                 "api_in_flight": self.api.in_flight,
                 "console_streams": self.console.open_streams,
@@ -193,9 +196,14 @@ class Node:
         finally:
             await self.shutdown()
 
+    def _plan_json(self) -> dict[str, Any] | None:
+        return plan_json(self.plan, list(self.llama.plan.rpc) if self.llama else [])
+
     def _announcement(self) -> dict[str, Any]:
-        ready = bool(self.llama and self.llama.ready and self.host_id == self.node_id)
+        hosting = self.host_id == self.node_id
+        ready = bool(self.llama and self.llama.ready and hosting)
         return {
+            "plan": self._plan_json() if hosting else None,
             "role": self.role(),
             "vram_bytes": 0 if self.config.client else self.vram_bytes,
             "models": [self.model.name] if self.model else [],

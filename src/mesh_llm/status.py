@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
 from .inference.election import Plan
-
-
-@dataclass(frozen=True)
-class PeerView:
-    id: str
-    role: str
-    vram_bytes: int
-    models: tuple[str, ...]
-    rtt_ms: float | None
 
 
 def plan_json(plan: Plan | None, rpc: list[str]) -> dict[str, Any] | None:
@@ -37,12 +27,12 @@ def build_status(
     api_port: int,
     console_port: int | None,
     vram_bytes: int,
-    peers: list[PeerView],
+    peers: list[dict[str, Any]],
     plan: dict[str, Any] | None,
     state: str,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    serving_peers = [p for p in peers if p.role != "client"]
+    serving_peers = [p for p in peers if p["role"] != "client"]
     own_vram = 0 if role == "client" else vram_bytes
     return {
         "node_id": node_id,
@@ -57,12 +47,8 @@ def build_status(
         "api_port": api_port,
         "console_port": console_port,
         "vram_bytes": own_vram,
-        "mesh_vram_bytes": own_vram + sum(p.vram_bytes for p in serving_peers),
-        "peers": [
-            {"id": p.id, "role": p.role, "vram_bytes": p.vram_bytes, "models": list(p.models),
-             "rtt_ms": p.rtt_ms}
-            for p in peers
-        ],
+        "mesh_vram_bytes": own_vram + sum(p["vram_bytes"] for p in serving_peers),
+        "peers": peers,
         "plan": plan,
         "state": state,
         "version": __version__,

@@ -28,7 +28,7 @@ LAPTOP = {"width": 1280, "height": 860}
 NO_HOST = Upstream(None, "no host is ready")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # a live sync_playwright loop breaks asyncio tests
 def playwright() -> Iterator[Playwright]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")

@@ -17,7 +17,7 @@ from mesh_llm.api.proxy import ApiProxy, Upstream
 from mesh_llm.changes import ChangeFeed
 from mesh_llm.console.server import MAX_CHAT_BYTES, STATIC, Console
 from mesh_llm.inference.election import Plan
-from mesh_llm.status import PeerView, build_status, plan_json
+from mesh_llm.status import build_status, plan_json
 
 HOST, WORKER, CLIENT = "a" * 64, "b" * 64, "c" * 64
 NO_HOST = Upstream(None, "no host is ready")
@@ -30,8 +30,10 @@ def contract_status(**fields: Any) -> dict[str, Any]:
         node_id=HOST, token="tok", role="host", host_id=HOST, llama_ready=True,
         model="SmolLM2-135M-Instruct", draft=None, api_port=9337, console_port=3131,
         vram_bytes=2_000_000_000,
-        peers=[PeerView(WORKER, "worker", 1_000_000_000, ("SmolLM2-135M-Instruct",), 1.5),
-               PeerView(CLIENT, "client", 8_000_000_000, (), None)],
+        peers=[{"id": WORKER, "role": "worker", "vram_bytes": 1_000_000_000,
+                "models": ["SmolLM2-135M-Instruct"], "rtt_ms": 1.5, "ready": False},
+               {"id": CLIENT, "role": "client", "vram_bytes": 8_000_000_000, "models": [],
+                "rtt_ms": None, "ready": False}],
         plan=plan_json(plan, ["127.0.0.1:5000"]), state="running",
         extra={"console_streams": 0})
     return {**status, **fields}
