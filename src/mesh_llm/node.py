@@ -24,15 +24,24 @@ from .console.server import Console
 from .errors import UserError
 from .home import HomeDir
 from .identity import Identity
-from .inference.election import Candidate, Plan, elect_host, incompatibility, make_plan
+from .inference.election import (
+    Candidate,
+    Plan,
+    elect_host,
+    incompatibility,
+    make_plan,
+    placement,
+)
 from .inference.engine import Engine, find_engine
 from .inference.llama import LlamaPlan, LlamaServer
+from .inference.rpc import RpcServer
 from .mesh.mesh import Mesh, MeshJoinError
 from .mesh.peers import PeerEvent, PeerInfo
 from .mesh.protocol import StreamType
 from .mesh.transport import Stream
 from .mesh.tunnel import TunnelListener, relay_to_tcp
 from .models import hardware
+from .models.gguf_info import block_count
 from .models.resolve import ResolvedModel, resolve_model
 from .status import build_status, plan_json
 from .token import new_secret
@@ -55,6 +64,8 @@ class Node:
         self.model: ResolvedModel | None = None
         self.engine: Engine | None = None
         self.vram_bytes = 0
+        self.has_gpu = False
+        self.rpc: RpcServer | None = None
         self.host_id: str | None = None
         self.plan: Plan | None = None
         self.llama: LlamaServer | None = None
@@ -63,6 +74,9 @@ class Node:
         self.api = ApiProxy(self.upstream, api_key=config.api_key)
         self.console = Console(self.status, self.changes, self.api)
         self._host_tunnel: TunnelListener | None = None
+        self._rpc_tunnels: list[TunnelListener] = []
+        self._launches = 0
+        self.rpc_bytes_sent = 0  # host → workers through RPC tunnels (load and compute)
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -83,6 +97,7 @@ class Node:
             log.info("engine: %s", self.engine.bin_dir)
             detected, source = hardware.detect_vram()
             self.vram_bytes = hardware.capped(detected, cfg.max_vram_gb)
+            self.has_gpu = source != "available RAM"
             capped = " (capped by --max-vram)" if self.vram_bytes < detected else ""
             log.info("memory for models: %.1f GB from %s%s", self.vram_bytes / 1e9, source,
                      capped)
@@ -160,6 +175,9 @@ class Node:
                 "api_tunnel": None if self.host_id in (None, self.node_id) else {
                     "host": self.host_id, "label": "QUIC · HTTP", "description": "API tunnel",
                     "port": self._host_tunnel.port if self._host_tunnel else None},
+                "rpc_server": {"pid": self.rpc.pid, "port": self.rpc.port,
+                               "ready": self.rpc.ready} if self.rpc else None,
+                "rpc_bytes_sent": self.rpc_bytes_sent,
                 "excluded_peers": dict(self.excluded),
                 "api_in_flight": self.api.in_flight,
                 "console_streams": self.console.open_streams,
@@ -210,6 +228,7 @@ class Node:
             "rpc_version": RPC_VERSION,
             "version": __version__,
             "ready": ready,
+            "rpc_ready": bool(self.rpc and self.rpc.ready),
         }
 
     async def _start_mesh(self) -> None:
@@ -221,6 +240,11 @@ class Node:
         await self.mesh.start()
         self.mesh.peers.add_listener(self._on_peer_event)
         self.mesh.add_stream_handler(StreamType.HTTP_TUNNEL, self._serve_http_tunnel)
+        self.mesh.add_stream_handler(StreamType.RPC_TUNNEL, self._serve_rpc_tunnel)
+        if self.engine is not None:
+            self.rpc = RpcServer(self.engine, self.home.logs / "ggml-rpc-server.log",
+                                 self._local_changed, cfg.device)
+            self.rpc.start()
         if cfg.join:
             try:
                 joined = await self.mesh.join(list(cfg.join), JOIN_TIMEOUT_S)
@@ -266,43 +290,85 @@ class Node:
         self.changes.bump()
 
     def _host(self, me: Candidate, others: list[Candidate]) -> None:
-        assert self.model is not None and self.engine is not None
+        assert self.model is not None
         self._close_host_tunnel()
-        plan = make_plan(me, [], self.model.size_bytes, self.config.split)
-        if plan == self.plan and self.llama is not None:
+        workers = [c for c in others if (peer := self._peer(c.node_id)) is not None
+                   and peer.announcement.get("rpc_ready")]
+        plan = make_plan(me, workers, self.model.size_bytes, self.config.split)
+        if plan == self.plan:
             return
         self.plan = plan
         if plan.mode == "waiting":
             log.warning("%s", plan.reason)
             self.state = "waiting"
+            self._spawn(self._stop_serving())
             return
-        self._stop_llama()
-        llama_plan = LlamaPlan(model=self.model.path, alias=self.model.name,
-                               extra=self.config.llama_args)
+        self.state = "loading"
+        self._spawn(self._launch(plan))
+
+    async def _launch(self, plan: Plan) -> None:
+        """(Re)start llama-server on `plan`: tunnels to the workers first, then the server."""
+        assert self.model is not None and self.engine is not None
+        self._launches += 1
+        launch = self._launches
+        await self._stop_serving()
+        endpoints = []
+        for worker in plan.workers:
+            tunnel = TunnelListener(self._opener(worker, StreamType.RPC_TUNNEL), worker,
+                                    on_bytes=self._count_rpc_bytes)
+            self._rpc_tunnels.append(tunnel)
+            endpoints.append(f"127.0.0.1:{await tunnel.start()}")
+        if launch != self._launches:
+            return  # a newer plan took over while we waited
+        extra: dict[str, Any] = {}
+        if plan.workers:
+            where = placement(plan.tensor_split, block_count(self.model.path), self.has_gpu)
+            extra = {"gpu_layers": where.gpu_layers, "tensor_split": where.tensor_split,
+                     "overrides": where.overrides}
+        llama_plan = LlamaPlan(model=self.model.path, alias=self.model.name, rpc=tuple(endpoints),
+                               extra=self.config.llama_args, **extra)
         self.llama = LlamaServer(self.engine, llama_plan, self.home.logs / "llama-server.log",
                                  self._llama_changed)
-        log.info("loading %s %s (llama-server log: %s)", self.model.name, plan.mode,
+        what = f"split over {len(plan.workers)} worker(s) {plan.tensor_split}" if plan.workers \
+            else "solo"
+        log.info("loading %s %s (llama-server log: %s)", self.model.name, what,
                  self.home.logs / "llama-server.log")
-        self.state = "loading"
         self.llama.start()
+        self.changes.bump()
+
+    def _count_rpc_bytes(self, count: int) -> None:
+        self.rpc_bytes_sent += count
+
+    async def _stop_serving(self) -> None:
+        """Stop llama-server and close the RPC tunnels that fed it."""
+        llama, self.llama = self.llama, None
+        tunnels, self._rpc_tunnels = self._rpc_tunnels, []
+        if llama is not None:
+            await llama.stop()
+        for tunnel in tunnels:
+            await tunnel.stop()
 
     def _follow(self, host_id: str | None) -> None:
         """Not the host: no llama-server here; the API goes through a tunnel to the host."""
+        if self.plan is not None or self.llama is not None:
+            log.info("stopping llama-server (no longer the host)")
+            self._launches += 1  # cancels a launch in progress
+            self._spawn(self._stop_serving())
         self.plan = None
-        self._stop_llama()
         host = self._peer(host_id)
         self.state = "running" if host and host.announcement.get("ready") else "waiting"
         if host_id is None:
             self._close_host_tunnel()
         elif self._host_tunnel is None or self._host_tunnel.name != host_id:
             self._close_host_tunnel()
-            self._host_tunnel = TunnelListener(self._opener(host_id), host_id)
+            self._host_tunnel = TunnelListener(self._opener(host_id, StreamType.HTTP_TUNNEL),
+                                               host_id)
             self._spawn(self._host_tunnel.start())
 
-    def _opener(self, host_id: str):  # type: ignore[no-untyped-def]
+    def _opener(self, peer_id: str, kind: StreamType):  # type: ignore[no-untyped-def]
         async def open_stream() -> Stream:
             assert self.mesh is not None
-            return await self.mesh.open_stream(host_id, StreamType.HTTP_TUNNEL)
+            return await self.mesh.open_stream(peer_id, kind)
         return open_stream
 
     def _close_host_tunnel(self) -> None:
@@ -310,18 +376,26 @@ class Node:
         if tunnel is not None:
             self._spawn(tunnel.stop())
 
-    def _stop_llama(self) -> None:
-        llama, self.llama = self.llama, None
-        if llama is not None:
-            log.info("stopping llama-server (no longer the host)")
-            self._spawn(llama.stop())
-
     async def _serve_http_tunnel(self, peer_id: str, stream: Stream) -> None:
         """A peer's API request for our llama-server (we are, or were, the host)."""
         if self.llama is None or self.llama.url is None or self.llama.port is None:
             stream.abort()
             return
         await relay_to_tcp(stream, "127.0.0.1", self.llama.port)
+
+    async def _serve_rpc_tunnel(self, peer_id: str, stream: Stream) -> None:
+        """The host's llama-server reaching our ggml-rpc-server (we are its worker)."""
+        if self.rpc is None or not self.rpc.ready or self.rpc.port is None:
+            stream.abort()
+            return
+        log.info("RPC tunnel from host %s", peer_id[:12])
+        await relay_to_tcp(stream, "127.0.0.1", self.rpc.port)
+
+    def _local_changed(self) -> None:
+        """Our ggml-rpc-server came up or went down: tell the mesh."""
+        if self.mesh is not None:
+            self.mesh.update_announcement(**self._announcement())
+        self.changes.bump()
 
     def _llama_changed(self) -> None:
         if self.llama is not None:
@@ -339,8 +413,10 @@ class Node:
             await self.mesh.stop()
         if self._host_tunnel is not None:
             await self._host_tunnel.stop()
-        if self.llama is not None:
-            await self.llama.stop()
+        self._launches += 1
+        await self._stop_serving()
+        if self.rpc is not None:
+            await self.rpc.stop()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
         for runner in reversed(self._runners):

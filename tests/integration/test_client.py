@@ -69,7 +69,8 @@ def test_client_status_and_it_changes_nothing_on_the_host(make_node) -> None:
     cs = client.status()
     assert (cs["role"], cs["is_client"], cs["is_host"]) == ("client", True, False)
     assert cs["host"] == before["node_id"] and cs["vram_bytes"] == 0
-    assert cs["llama_server"] is None and cs["plan"] is None
+    assert cs["llama_server"] is None and cs["rpc_server"] is None
+    assert cs["plan"] == before["plan"], "a client shows the host's plan"
     assert cs["model"] == "SmolLM2-135M-Instruct"
     host.wait_for(lambda: [p["role"] for p in host.status()["peers"]] == ["client"],
                   "the client in the host's peers", 10)

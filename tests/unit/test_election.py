@@ -2,10 +2,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh_llm.inference.election import (
+    OUTPUT_ON_HOST,
     Candidate,
+    Placement,
     elect_host,
     incompatibility,
     make_plan,
+    placement,
     tensor_split,
 )
 
@@ -64,3 +67,16 @@ def test_incompatible_peers_are_named_with_a_reason() -> None:
     assert incompatibility("M", "3.0.0", ["M"], "3.1.0") is None
     assert "serves N, not M" in (incompatibility("M", "3.0.0", ["N"], "3.0.0") or "")
     assert "RPC protocol 4.0.0" in (incompatibility("M", "3.0.0", ["M"], "4.0.0") or "")
+
+
+def test_cpu_host_sends_the_workers_share_of_layers_and_keeps_the_output_head() -> None:
+    where = placement((0.67, 0.33), 30, host_has_gpu=False)
+    assert where.gpu_layers == 10 + 1, "10 repeating layers plus the output layer, pinned back"
+    assert where.tensor_split == () and where.overrides == (OUTPUT_ON_HOST,)
+    three = placement((0.5, 0.3, 0.2), 30, host_has_gpu=False)
+    assert three.gpu_layers == 16 and three.tensor_split == (0.6, 0.4)
+
+
+def test_gpu_host_is_the_last_device_of_the_split() -> None:
+    where = placement((0.67, 0.33), 30, host_has_gpu=True)
+    assert where == Placement(999, (0.33, 0.67), ())

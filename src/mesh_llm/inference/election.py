@@ -85,3 +85,34 @@ def incompatibility(model: str, rpc_version: str, peer_models: Sequence[str],
             rpc_version.split(".")[0] != peer_rpc_version.split(".")[0]:
         return f"llama.cpp RPC protocol {peer_rpc_version} differs from ours ({rpc_version})"
     return None
+
+
+# Keeps the output head on the host: with -ngl N on a CPU host, llama.cpp would put it on
+# the RPC side and every token would ship the logits back over the network.
+OUTPUT_ON_HOST = r"^(output|token_embd)\.weight$=CPU"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How llama-server spreads the layers: -ngl, --tensor-split, -ot."""
+
+    gpu_layers: int
+    tensor_split: tuple[float, ...]
+    overrides: tuple[str, ...]
+
+
+def placement(shares: Sequence[float], n_layers: int, host_has_gpu: bool) -> Placement:
+    """Turn plan shares (host first, then workers) into llama-server's device arguments.
+
+    llama.cpp orders devices RPC first (in --rpc order), then the local GPU. A GPU host
+    is one more device in the split. A CPU host has no device: `-ngl` counts the layers
+    sent to the RPC devices (plus the output layer, which we pin back on the host).
+    """
+    host_share, worker_shares = shares[0], list(shares[1:])
+    if host_has_gpu:
+        return Placement(999, (*worker_shares, host_share), ())
+    remote = round(n_layers * sum(worker_shares))
+    remote = max(1, min(n_layers, remote))
+    total = sum(worker_shares) or 1.0
+    split = tuple(round(w / total, 4) for w in worker_shares) if len(worker_shares) > 1 else ()
+    return Placement(remote + 1, split, (OUTPUT_ON_HOST,))

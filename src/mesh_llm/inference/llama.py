@@ -27,7 +27,9 @@ class LlamaPlan:
     model: Path
     alias: str
     rpc: tuple[str, ...] = ()
-    tensor_split: tuple[float, ...] = ()
+    tensor_split: tuple[float, ...] = ()  # per llama.cpp device: RPC devices in --rpc order
+    gpu_layers: int | None = None  # -ngl; None leaves llama.cpp's default
+    overrides: tuple[str, ...] = ()  # -ot PATTERN=BUFFER entries
     draft: Path | None = None
     draft_max: int = 8
     extra: tuple[str, ...] = field(default_factory=tuple)
@@ -45,9 +47,14 @@ def llama_server_argv(engine: Engine, plan: LlamaPlan, port: int) -> list[str]:
         "--jinja",
     ]
     if plan.rpc:
-        argv += ["--rpc", ",".join(plan.rpc), "-ngl", "999"]
+        # -lv 4 puts each device's buffer sizes in the log: the split can be checked there.
+        argv += ["--rpc", ",".join(plan.rpc), "-lv", "4"]
+    if plan.gpu_layers is not None:
+        argv += ["-ngl", str(plan.gpu_layers)]
     if plan.tensor_split:
         argv += ["--tensor-split", ",".join(f"{share:g}" for share in plan.tensor_split)]
+    for override in plan.overrides:
+        argv += ["-ot", override]
     if plan.draft is not None:
         argv += [
             "-md", str(plan.draft),

@@ -33,3 +33,18 @@ def check_gguf(path: Path) -> GgufFile:
         raise UserError(f"not a GGUF model file: {path} (expected a .gguf file from llama.cpp)")
     (version,) = struct.unpack("<I", head[4:8])
     return GgufFile(path=path, size_bytes=path.stat().st_size, version=version)
+
+
+def block_count(path: Path) -> int:
+    """The number of repeating layers, from the GGUF metadata (`<arch>.block_count`)."""
+    from gguf import GGUFReader  # numpy-heavy: imported only by a host that splits
+
+    reader = GGUFReader(str(path), "r")
+    arch_field = reader.get_field("general.architecture")
+    if arch_field is None:
+        raise UserError(f"{path}: GGUF metadata has no general.architecture")
+    arch = arch_field.contents()
+    count = reader.get_field(f"{arch}.block_count")
+    if count is None:
+        raise UserError(f"{path}: GGUF metadata has no {arch}.block_count")
+    return int(count.contents())

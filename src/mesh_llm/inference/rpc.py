@@ -1,0 +1,77 @@
+"""A serving node's ggml-rpc-server: the worker half of a split, on loopback only.
+
+It is reached from other machines only through the mesh's RPC tunnel streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ..netutil import free_port
+from .engine import Engine
+from .processes import SupervisedProcess
+
+log = logging.getLogger("mesh_llm.rpc")
+
+PROBE_INTERVAL_S = 0.05
+
+
+def rpc_server_argv(engine: Engine, port: int, threads: int, device: str | None) -> list[str]:
+    assert engine.rpc_server is not None
+    argv = [str(engine.rpc_server), "-H", "127.0.0.1", "-p", str(port), "-t", str(threads)]
+    if device:
+        argv += ["-d", device]
+    return argv
+
+
+class RpcServer:
+    """One supervised ggml-rpc-server; `ready` once it accepts TCP connections."""
+
+    def __init__(self, engine: Engine, log_path: Path, on_change: Callable[[], None],
+                 device: str | None = None) -> None:
+        self.engine = engine
+        self.port: int | None = None
+        self.ready = False
+        self._device = device
+        self._on_change = on_change
+        self._proc = SupervisedProcess("ggml-rpc-server", self._argv, log_path,
+                                       on_start=self._await_ready, on_exit=self._exited)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def _argv(self) -> list[str]:
+        self.port = free_port()
+        return rpc_server_argv(self.engine, self.port, os.cpu_count() or 1, self._device)
+
+    def start(self) -> None:
+        self._proc.start()
+
+    async def stop(self) -> None:
+        await self._proc.stop()
+        self.ready = False
+
+    def _exited(self, _code: int) -> None:
+        if self.ready:
+            self.ready = False
+            self._on_change()
+
+    async def _await_ready(self, proc: asyncio.subprocess.Process) -> None:
+        while proc.returncode is None:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(PROBE_INTERVAL_S)
+                continue
+            writer.close()
+            break
+        else:
+            return
+        self.ready = True
+        log.info("ggml-rpc-server ready on 127.0.0.1:%d", self.port)
+        self._on_change()
