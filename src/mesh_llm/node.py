@@ -12,6 +12,7 @@ import asyncio
 import errno
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -41,6 +42,7 @@ from .mesh.protocol import StreamType
 from .mesh.transport import Stream
 from .mesh.tunnel import TunnelListener, relay_to_tcp
 from .models import hardware
+from .models.draft import find_draft
 from .models.gguf_info import block_count
 from .models.resolve import ResolvedModel, resolve_model
 from .status import build_status, plan_json
@@ -65,6 +67,7 @@ class Node:
         self.engine: Engine | None = None
         self.vram_bytes = 0
         self.has_gpu = False
+        self.draft: Path | None = None
         self.rpc: RpcServer | None = None
         self.host_id: str | None = None
         self.plan: Plan | None = None
@@ -93,6 +96,10 @@ class Node:
             self.model = resolve_model(cfg.model or "")
             log.info("model: %s (%s, %.0f MB)", self.model.name, self.model.path,
                      self.model.size_bytes / 1e6)
+            self.draft = find_draft(self.model, cfg.draft, cfg.no_draft)
+            if self.draft is not None:
+                log.info("draft: %s (speculative decoding, up to %d tokens)", self.draft.name,
+                         cfg.draft_max)
             self.engine = find_engine(cfg.bin_dir)
             log.info("engine: %s", self.engine.bin_dir)
             detected, source = hardware.detect_vram()
@@ -162,7 +169,8 @@ class Node:
                 host and host.announcement.get("ready")),
             model=self.model.name if self.model else (
                 (host.announcement.get("models") or [None])[0] if host else None),
-            draft=None,
+            draft=self._draft_name() if self.host_id == self.node_id else (
+                host.announcement.get("draft") if host else None),
             api_port=self.config.api_port,
             console_port=self.config.console_port,
             vram_bytes=self.vram_bytes,
@@ -214,6 +222,9 @@ class Node:
         finally:
             await self.shutdown()
 
+    def _draft_name(self) -> str | None:
+        return self.draft.stem if self.draft is not None else None
+
     def _plan_json(self) -> dict[str, Any] | None:
         return plan_json(self.plan, list(self.llama.plan.rpc) if self.llama else [])
 
@@ -222,6 +233,7 @@ class Node:
         ready = bool(self.llama and self.llama.ready and hosting)
         return {
             "plan": self._plan_json() if hosting else None,
+            "draft": self._draft_name() if hosting else None,
             "role": self.role(),
             "vram_bytes": 0 if self.config.client else self.vram_bytes,
             "models": [self.model.name] if self.model else [],
@@ -326,6 +338,7 @@ class Node:
             extra = {"gpu_layers": where.gpu_layers, "tensor_split": where.tensor_split,
                      "overrides": where.overrides}
         llama_plan = LlamaPlan(model=self.model.path, alias=self.model.name, rpc=tuple(endpoints),
+                               draft=self.draft, draft_max=self.config.draft_max,
                                extra=self.config.llama_args, **extra)
         self.llama = LlamaServer(self.engine, llama_plan, self.home.logs / "llama-server.log",
                                  self._llama_changed)

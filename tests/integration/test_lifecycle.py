@@ -35,10 +35,13 @@ def gone(pid: int, timeout: float = 10) -> bool:
 def test_sigkill_of_mesh_llm_takes_llama_server_with_it(make_node) -> None:
     node = make_node("n").wait_ready()
     pid = llama_pid(node)
-    assert psutil.Process(pid).ppid() == node.proc.pid
+    rpc = node.wait_for(lambda: (node.status().get("rpc_server") or {}).get("pid"),
+                        "ggml-rpc-server pid")
+    assert psutil.Process(pid).ppid() == psutil.Process(rpc).ppid() == node.proc.pid
     node.proc.kill()
     node.proc.wait()
     assert gone(pid), "llama-server outlived a SIGKILLed mesh-llm"
+    assert gone(rpc), "ggml-rpc-server outlived a SIGKILLed mesh-llm"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -1,0 +1,71 @@
+"""Pick the draft model for speculative decoding: given, paired in the catalog, or found.
+
+A draft only helps when it shares the main model's vocabulary and is much smaller; a
+file next to the model that passes both checks is used when nothing else was named.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..errors import UserError
+from .gguf_info import check_gguf
+from .resolve import ResolvedModel, resolve_model
+
+log = logging.getLogger("mesh_llm.draft")
+
+MAX_DRAFT_FRACTION = 0.5  # a draft at most half the size of the main model
+
+
+def vocabulary(path: Path) -> tuple[str, int, int] | None:
+    """(tokenizer model, vocabulary size, hash of the token list), or None if unreadable."""
+    from gguf import GGUFReader  # numpy-heavy: imported only when drafts are considered
+
+    try:
+        reader = GGUFReader(str(path), "r")
+    except (OSError, ValueError):
+        return None
+    tokens = reader.get_field("tokenizer.ggml.tokens")
+    kind = reader.get_field("tokenizer.ggml.model")
+    if tokens is None:
+        return None
+    listed = tokens.contents()
+    return (kind.contents() if kind else "", len(listed), hash(tuple(listed)))
+
+
+def find_draft(model: ResolvedModel, draft: str | None, no_draft: bool) -> Path | None:
+    """The draft file to load with `model`, or None for no speculative decoding."""
+    if no_draft:
+        return None
+    if draft is not None:
+        path = Path(draft).expanduser()
+        check_gguf(path)
+        if vocabulary(path) != vocabulary(model.path):
+            raise UserError(f"--draft {path} has a different vocabulary from {model.name}: "
+                            "a draft must use the same tokenizer")
+        return path.resolve()
+    if model.entry is not None and model.entry.draft:
+        try:
+            return resolve_model(model.entry.draft).path
+        except UserError as err:
+            log.warning("no draft model: %s", err)
+            return None
+    return _draft_beside(model)
+
+
+def _draft_beside(model: ResolvedModel) -> Path | None:
+    """The largest smaller GGUF in the model's folder with the same vocabulary."""
+    limit = model.size_bytes * MAX_DRAFT_FRACTION
+    candidates = sorted(
+        (p for p in model.path.parent.glob("*.gguf")
+         if p.is_file() and p.resolve() != model.path and p.stat().st_size <= limit),
+        key=lambda p: p.stat().st_size, reverse=True)
+    if not candidates:
+        return None
+    wanted = vocabulary(model.path)
+    for path in candidates[:8]:
+        if wanted is not None and vocabulary(path) == wanted:
+            log.info("draft model found beside the model: %s", path.name)
+            return path.resolve()
+    return None
