@@ -45,6 +45,7 @@ from .models import hardware
 from .models.draft import find_draft
 from .models.gguf_info import block_count
 from .models.resolve import ResolvedModel, resolve_model
+from .models.weights import CodecStats, DedupeDecoder, DedupeEncoder, ModelWeights
 from .status import build_status, plan_json
 from .token import new_secret
 
@@ -68,6 +69,9 @@ class Node:
         self.vram_bytes = 0
         self.has_gpu = False
         self.draft: Path | None = None
+        self.weights: ModelWeights | None = None  # our model file, indexed for RPC dedupe
+        self.fingerprint = ""  # announced while our file has matched every reference
+        self.rpc_stats: list[CodecStats] = []  # host: one per RPC tunnel connection
         self.rpc: RpcServer | None = None
         self.host_id: str | None = None
         self.plan: Plan | None = None
@@ -79,7 +83,6 @@ class Node:
         self._host_tunnel: TunnelListener | None = None
         self._rpc_tunnels: list[TunnelListener] = []
         self._launches = 0
-        self.rpc_bytes_sent = 0  # host → workers through RPC tunnels (load and compute)
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -100,6 +103,8 @@ class Node:
             if self.draft is not None:
                 log.info("draft: %s (speculative decoding, up to %d tokens)", self.draft.name,
                          cfg.draft_max)
+            self.weights = ModelWeights.open(self.model.path)
+            self.fingerprint = self.weights.fingerprint.hex()
             self.engine = find_engine(cfg.bin_dir)
             log.info("engine: %s", self.engine.bin_dir)
             detected, source = hardware.detect_vram()
@@ -185,7 +190,7 @@ class Node:
                     "port": self._host_tunnel.port if self._host_tunnel else None},
                 "rpc_server": {"pid": self.rpc.pid, "port": self.rpc.port,
                                "ready": self.rpc.ready} if self.rpc else None,
-                "rpc_bytes_sent": self.rpc_bytes_sent,
+                "rpc_tunnel": self._rpc_tunnel_stats(),
                 "excluded_peers": dict(self.excluded),
                 "api_in_flight": self.api.in_flight,
                 "console_streams": self.console.open_streams,
@@ -241,6 +246,7 @@ class Node:
             "version": __version__,
             "ready": ready,
             "rpc_ready": bool(self.rpc and self.rpc.ready),
+            "model_fingerprint": self.fingerprint,
         }
 
     async def _start_mesh(self) -> None:
@@ -325,9 +331,10 @@ class Node:
         launch = self._launches
         await self._stop_serving()
         endpoints = []
+        self.rpc_stats.clear()
         for worker in plan.workers:
             tunnel = TunnelListener(self._opener(worker, StreamType.RPC_TUNNEL), worker,
-                                    on_bytes=self._count_rpc_bytes)
+                                    make_encoder=self._encoder_for(worker))
             self._rpc_tunnels.append(tunnel)
             endpoints.append(f"127.0.0.1:{await tunnel.start()}")
         if launch != self._launches:
@@ -341,7 +348,7 @@ class Node:
                                draft=self.draft, draft_max=self.config.draft_max,
                                extra=self.config.llama_args, **extra)
         self.llama = LlamaServer(self.engine, llama_plan, self.home.logs / "llama-server.log",
-                                 self._llama_changed)
+                                 self._llama_changed, before_start=self.rpc_stats.clear)
         what = f"split over {len(plan.workers)} worker(s) {plan.tensor_split}" if plan.workers \
             else "solo"
         log.info("loading %s %s (llama-server log: %s)", self.model.name, what,
@@ -349,8 +356,31 @@ class Node:
         self.llama.start()
         self.changes.bump()
 
-    def _count_rpc_bytes(self, count: int) -> None:
-        self.rpc_bytes_sent += count
+    def _encoder_for(self, worker: str):  # type: ignore[no-untyped-def]
+        """Per connection: references to the weights while the worker announces the same
+        file (checked anew each time, so a restart after a mismatch sends real bytes)."""
+
+        def make() -> DedupeEncoder:
+            peer = self._peer(worker)
+            same_file = bool(self.fingerprint and peer is not None
+                             and peer.announcement.get("model_fingerprint") == self.fingerprint)
+            encoder = DedupeEncoder(self.weights if same_file else None)
+            self.rpc_stats.append(encoder.stats)
+            return encoder
+        return make
+
+    def _rpc_tunnel_stats(self) -> dict[str, int]:
+        """What crossed the mesh to the workers since the current llama-server started."""
+        stats = self.rpc_stats
+        return {
+            "bytes_in": sum(s.in_bytes for s in stats),  # what llama-server wrote
+            "bytes_out": sum(s.out_bytes for s in stats),  # what went over the mesh
+            "weight_bytes": sum(s.weight_bytes for s in stats),
+            "weight_bytes_sent": sum(s.mismatch_bytes for s in stats) if self.fingerprint
+            else 0,
+            "weight_bytes_referenced": sum(s.ref_bytes for s in stats),
+            "connections": len(stats),
+        }
 
     async def _stop_serving(self) -> None:
         """Stop llama-server and close the RPC tunnels that fed it."""
@@ -401,8 +431,19 @@ class Node:
         if self.rpc is None or not self.rpc.ready or self.rpc.port is None:
             stream.abort()
             return
-        log.info("RPC tunnel from host %s", peer_id[:12])
-        await relay_to_tcp(stream, "127.0.0.1", self.rpc.port)
+        log.debug("RPC tunnel from host %s", peer_id[:12])
+        decoder = DedupeDecoder(self.weights if self.fingerprint else None)
+        await relay_to_tcp(stream, "127.0.0.1", self.rpc.port, decoder=decoder,
+                           on_decode_error=self._weights_differ)
+
+    def _weights_differ(self, err: ValueError) -> None:
+        """The host referenced bytes our file does not have: stop claiming the same file,
+        so the host re-plans and sends the real bytes."""
+        if self.fingerprint:
+            log.warning("our model file differs from the host's (%s): asking for the real "
+                        "bytes", err)
+            self.fingerprint = ""
+            self._local_changed()
 
     def _local_changed(self) -> None:
         """Our ggml-rpc-server came up or went down: tell the mesh."""

