@@ -15,12 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import aiohttp
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import median, stream_once
+from common import compare
 from nodes import NodeProcess
 
 
@@ -33,21 +31,10 @@ def peak_rss_mb(pid: int) -> float:
 
 async def measure(node: NodeProcess, reps: int, tokens: int) -> None:
     direct = f"http://127.0.0.1:{node.status()['llama_server']['port']}"
-    runs: dict[str, list] = {"direct": [], "mesh-llm": []}
-    async with aiohttp.ClientSession() as session:
-        for base in (direct, node.api):  # warm-up, not counted
-            await stream_once(session, base, tokens)
-        for _ in range(reps):
-            for name, base in (("direct", direct), ("mesh-llm", node.api)):
-                runs[name].append(await stream_once(session, base, tokens))
-    tps = {k: median([r.gen_tps for r in v]) for k, v in runs.items()}
-    ttft = {k: median([r.ttft_ms for r in v]) for k, v in runs.items()}
-    print(f"{reps} reps × {tokens} tokens, streamed, medians")
-    for name in runs:
-        print(f"  {name:<9} gen {tps[name]:7.1f} tok/s   TTFT {ttft[name]:6.2f} ms")
-    print(f"  ratio (mesh-llm / direct) gen tok/s: {tps['mesh-llm'] / tps['direct']:.3f}"
+    m = await compare({"direct": direct, "mesh-llm": node.api}, reps, tokens)
+    print(f"  ratio (mesh-llm / direct) gen tok/s: {m['mesh-llm'][0] / m['direct'][0]:.3f}"
           f"   (target ≥ 0.98)")
-    print(f"  added TTFT: {ttft['mesh-llm'] - ttft['direct']:+.2f} ms   (target ≤ 2 ms)")
+    print(f"  added TTFT: {m['mesh-llm'][1] - m['direct'][1]:+.2f} ms   (target ≤ 2 ms)")
     print(f"  mesh-llm peak RSS: {peak_rss_mb(node.proc.pid):.1f} MB   (target ≤ 100 MB)")
 
 

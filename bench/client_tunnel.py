@@ -12,31 +12,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-import aiohttp
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import median, stream_once
+from common import compare
 from nodes import NodeProcess
 
 
 async def measure(host: NodeProcess, client: NodeProcess, reps: int, tokens: int) -> None:
-    runs: dict[str, list] = {"host": [], "client": []}
-    async with aiohttp.ClientSession() as session:
-        for node in (host, client):  # warm-up, not counted
-            await stream_once(session, node.api, tokens)
-        for _ in range(reps):
-            for name, node in (("host", host), ("client", client)):
-                runs[name].append(await stream_once(session, node.api, tokens))
-    tps = {k: median([r.gen_tps for r in v]) for k, v in runs.items()}
-    ttft = {k: median([r.ttft_ms for r in v]) for k, v in runs.items()}
-    print(f"{reps} reps × {tokens} tokens, streamed, medians")
-    for name in runs:
-        print(f"  via {name:<7} gen {tps[name]:7.1f} tok/s   TTFT {ttft[name]:6.2f} ms")
-    print(f"  ratio (client / host) gen tok/s: {tps['client'] / tps['host']:.3f}"
+    m = await compare({"host": host.api, "client": client.api}, reps, tokens)
+    print(f"  ratio (client / host) gen tok/s: {m['client'][0] / m['host'][0]:.3f}"
           f"   (target ≥ 0.95)")
-    print(f"  added TTFT through the tunnel: {ttft['client'] - ttft['host']:+.2f} ms")
+    print(f"  added TTFT through the tunnel: {m['client'][1] - m['host'][1]:+.2f} ms")
 
 
 def main() -> None:

@@ -47,3 +47,21 @@ async def stream_once(session: aiohttp.ClientSession, base: str, tokens: int = 1
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+async def compare(bases: dict[str, str], reps: int, tokens: int) -> dict[str, tuple[float, float]]:
+    """Alternate streamed runs over `bases` (name → API base URL); print and return the
+    medians as name → (gen tok/s, TTFT ms). The first run of each is a warm-up."""
+    runs: dict[str, list[Run]] = {name: [] for name in bases}
+    async with aiohttp.ClientSession() as session:
+        for base in bases.values():
+            await stream_once(session, base, tokens)
+        for _ in range(reps):
+            for name, base in bases.items():
+                runs[name].append(await stream_once(session, base, tokens))
+    result = {name: (median([r.gen_tps for r in v]), median([r.ttft_ms for r in v]))
+              for name, v in runs.items()}
+    print(f"{reps} reps × {tokens} tokens, streamed, medians")
+    for name, (tps, ttft) in result.items():
+        print(f"  {name:<9} gen {tps:7.1f} tok/s   TTFT {ttft:6.2f} ms")
+    return result
