@@ -69,6 +69,7 @@ class Node:
         self.vram_bytes = 0
         self.has_gpu = False
         self.draft: Path | None = None
+        self._layers: int | None = None  # the model's repeating layers, read once
         self.weights: ModelWeights | None = None  # our model file, indexed for RPC dedupe
         self.fingerprint = ""  # announced while our file has matched every reference
         self.rpc_stats: list[CodecStats] = []  # host: one per RPC tunnel connection
@@ -341,7 +342,11 @@ class Node:
             return  # a newer plan took over while we waited
         extra: dict[str, Any] = {}
         if plan.workers:
-            where = placement(plan.tensor_split, block_count(self.model.path), self.has_gpu)
+            if self._layers is None:  # reading GGUF metadata takes seconds: not on the loop
+                self._layers = await asyncio.to_thread(block_count, self.model.path)
+            if launch != self._launches:
+                return
+            where = placement(plan.tensor_split, self._layers, self.has_gpu)
             extra = {"gpu_layers": where.gpu_layers, "tensor_split": where.tensor_split,
                      "overrides": where.overrides}
         llama_plan = LlamaPlan(model=self.model.path, alias=self.model.name, rpc=tuple(endpoints),

@@ -454,17 +454,22 @@ def test_bad_chat_input_gets_4xx_json_and_the_node_carries_on(make_node) -> None
 
 
 def test_a_real_mesh_shows_every_role(context, make_node, shoot) -> None:  # type: ignore[no-untyped-def]
-    """Host, worker and lite client as real processes: each console shows the same mesh."""
-    host = make_node("host", "--split").wait_ready(NODE_S)
+    """Host, worker and lite client as real processes: each console shows the same mesh,
+    and the host's page follows a node joining and leaving over SSE."""
+    host = make_node("host", "--split", "--max-vram", "2").wait_ready(NODE_S)
     token = host.status()["token"]
-    if not token:
-        pytest.skip("the mesh is not wired in yet: the host has no invite token")
-    worker = make_node("worker", "--join", token)
+    watching = context.new_page()
+    watching.goto(host.console)
+    worker = make_node("worker", "--max-vram", "1", "--join", token)
     client = make_node("client", "--client", "--join", token)
     ids = {}
     for node, role in ((host, "host"), (worker, "worker"), (client, "client")):
         ids[role] = node.wait_for(lambda n=node: n.status()["node_id"], "a node id", NODE_S)
     host.wait_for(lambda: len(host.status()["peers"]) == 2, "both peers", NODE_S)
+    expect(card(watching, ids["worker"])).to_be_visible(timeout=2000)  # pushed, not polled
+    expect(card(watching, ids["client"])).to_be_visible(timeout=2000)
+    host.wait_for(lambda: (host.status()["plan"] or {}).get("mode") == "split"
+                  and host.status()["llama_ready"], "the split plan", NODE_S)
     for node, name in ((host, "mesh-host"), (worker, "mesh-worker"), (client, "mesh-client")):
         page = context.new_page()
         page.goto(node.console)
@@ -472,14 +477,16 @@ def test_a_real_mesh_shows_every_role(context, make_node, shoot) -> None:  # typ
             expect(card(page, node_id).locator(".badge")).to_have_text(
                 role.upper(), timeout=NODE_S * 1000)
         expect(link(page, ids["worker"]).locator(".link-label")).to_have_text("QUIC · RPC")
+        expect(link(page, ids["worker"]).locator(".link-note")).to_have_text(
+            re.compile(r"^layers 3\d%$"), timeout=NODE_S * 1000)
         expect(link(page, ids["client"]).locator(".link-label")).to_have_text("QUIC · HTTP")
         expect(link(page, ids["client"]).locator(".link-note")).to_have_text("API tunnel")
-        if (host.status()["plan"] or {}).get("mode") == "split":
-            expect(link(page, ids["worker"]).locator(".link-note")).to_have_text(
-                re.compile(r"^layers \d+%$"))
         if node is client:  # chat from a node without a model: through the API tunnel
             client.wait_ready(NODE_S)
             bound_answers(page)
             assert expect_streamed_answer(page, "What is the capital of France?").strip()
         shoot(page, name)
         page.close()
+    assert client.stop() == 0
+    host.wait_for(lambda: len(host.status()["peers"]) == 1, "the client's goodbye", NODE_S)
+    expect(card(watching, ids["client"])).to_have_count(0, timeout=2000)
