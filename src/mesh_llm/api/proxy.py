@@ -105,22 +105,34 @@ class ApiProxy:
                    "Accept": request.headers.get("Accept", "*/*")}
         self.in_flight += 1
         try:
-            async with self.session().request(
-                request.method if body is None else "POST", upstream.url + path,
-                data=body, headers=headers,
-            ) as resp:
-                content_type = resp.headers.get("Content-Type", "application/json")
-                if not content_type.startswith("text/event-stream"):
-                    data = await resp.content.read(MAX_RESPONSE_BYTES)
-                    return web.Response(status=resp.status, body=data,
-                                        headers={"Content-Type": content_type})
-                return await self._stream(request, resp, content_type)
+            for attempt in (1, 2):
+                try:
+                    return await self._forward(request, upstream.url + path, body, headers)
+                except aiohttp.ServerDisconnectedError as err:
+                    # A pooled keep-alive connection the server had already closed: nothing
+                    # reached the client yet, so one fresh try is safe.
+                    if attempt == 2:
+                        raise
+                    log.debug("upstream closed a pooled connection (%s); retrying", err)
+            raise AssertionError("unreachable")
         except (aiohttp.ClientError, TimeoutError) as err:
             log.warning("upstream %s failed: %s", upstream.url, err)
             return json_error(502, f"the host's llama-server did not answer: {err}",
                               "unavailable")
         finally:
             self.in_flight -= 1
+
+    async def _forward(self, request: web.Request, url: str, body: bytes | None,
+                       headers: dict[str, str]) -> web.StreamResponse:
+        async with self.session().request(
+            request.method if body is None else "POST", url, data=body, headers=headers,
+        ) as resp:
+            content_type = resp.headers.get("Content-Type", "application/json")
+            if not content_type.startswith("text/event-stream"):
+                data = await resp.content.read(MAX_RESPONSE_BYTES)
+                return web.Response(status=resp.status, body=data,
+                                    headers={"Content-Type": content_type})
+            return await self._stream(request, resp, content_type)
 
     async def _stream(self, request: web.Request, resp: aiohttp.ClientResponse,
                       content_type: str) -> web.StreamResponse:
