@@ -7,6 +7,7 @@ import socket
 import urllib.request
 from collections.abc import Iterator
 
+import aiohttp
 import openai
 import pytest
 
@@ -121,3 +122,15 @@ def test_client_disconnecting_mid_stream_leaves_nothing_behind(
             received += chunk
     solo.wait_for(lambda: solo.status()["api_in_flight"] == 0, "the relay to finish", 30)
     assert "Paris" in chat(client)
+
+
+async def test_back_to_back_streams_all_succeed(solo: NodeProcess) -> None:
+    """Pooled upstream connections that llama-server has closed must not surface as 502s."""
+    body = {"messages": PROMPT, "max_tokens": 128, "temperature": 0, "stream": True,
+            "ignore_eos": True}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(6):
+            async with session.post(solo.api + "/v1/chat/completions", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                events = (await resp.read()).count(b"data: {")
+            assert events >= 128
