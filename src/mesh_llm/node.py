@@ -52,7 +52,6 @@ from .token import new_secret
 log = logging.getLogger("mesh_llm.node")
 
 JOIN_TIMEOUT_S = 15.0
-RPC_VERSION = ""  # filled in when the RPC tunnel lands; "" means "unknown, do not compare"
 
 
 class Node:
@@ -228,6 +227,11 @@ class Node:
         finally:
             await self.shutdown()
 
+    def _rpc_version(self) -> str:
+        """Our ggml-rpc-server's protocol version ("" until it has answered)."""
+        version = self.rpc.version if self.rpc is not None else None
+        return str(version) if version is not None else ""
+
     def _draft_name(self) -> str | None:
         return self.draft.stem if self.draft is not None else None
 
@@ -243,7 +247,7 @@ class Node:
             "role": self.role(),
             "vram_bytes": 0 if self.config.client else self.vram_bytes,
             "models": [self.model.name] if self.model else [],
-            "rpc_version": RPC_VERSION,
+            "rpc_version": self._rpc_version(),
             "version": __version__,
             "ready": ready,
             "rpc_ready": bool(self.rpc and self.rpc.ready),
@@ -287,7 +291,7 @@ class Node:
             if peer.role == "client":
                 continue
             if self.model is not None:
-                why = incompatibility(self.model.name, RPC_VERSION,
+                why = incompatibility(self.model.name, self._rpc_version(),
                                       peer.announcement.get("models", []),
                                       str(peer.announcement.get("rpc_version", "")))
                 if why is not None:
@@ -451,10 +455,10 @@ class Node:
             self._local_changed()
 
     def _local_changed(self) -> None:
-        """Our ggml-rpc-server came up or went down: tell the mesh."""
+        """Our ggml-rpc-server came up or went down, or our file proved different: tell the
+        mesh, and re-check who can split with us (our RPC version is known only now)."""
         if self.mesh is not None:
-            self.mesh.update_announcement(**self._announcement())
-        self.changes.bump()
+            self._reconcile()
 
     def _llama_changed(self) -> None:
         if self.llama is not None:

@@ -127,10 +127,12 @@ def test_client_disconnecting_mid_stream_leaves_nothing_behind(
 async def test_back_to_back_streams_all_succeed(solo: NodeProcess) -> None:
     """Pooled upstream connections that llama-server has closed must not surface as 502s."""
     body = {"messages": PROMPT, "max_tokens": 128, "temperature": 0, "stream": True,
-            "ignore_eos": True}
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
     async with aiohttp.ClientSession() as session:
         for _ in range(6):
             async with session.post(solo.api + "/v1/chat/completions", json=body) as resp:
                 assert resp.status == 200, await resp.text()
-                events = (await resp.read()).count(b"data: {")
-            assert events >= 128
+                events = (await resp.read()).decode().split("\n\n")
+            assert events[-2] == "data: [DONE]", events[-3:]
+            usage = json.loads(events[-3].removeprefix("data: "))["usage"]
+            assert usage["completion_tokens"] == 128

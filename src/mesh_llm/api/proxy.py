@@ -114,6 +114,15 @@ class ApiProxy:
                     if attempt == 2:
                         raise
                     log.debug("upstream closed a pooled connection (%s); retrying", err)
+                except aiohttp.ClientConnectorError:
+                    # The upstream went away between our look and our connect (a re-plan
+                    # stops llama-server): answer with where things stand now.
+                    now = self._upstream()
+                    if now.url is None:
+                        return json_error(503, now.reason, "unavailable")
+                    if now.url == upstream.url or attempt == 2:
+                        raise
+                    upstream = now
             raise AssertionError("unreachable")
         except (aiohttp.ClientError, TimeoutError) as err:
             log.warning("upstream %s failed: %s", upstream.url, err)

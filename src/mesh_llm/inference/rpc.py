@@ -14,6 +14,7 @@ from pathlib import Path
 from ..netutil import free_port
 from .engine import Engine
 from .processes import SupervisedProcess
+from .rpc_wire import RpcVersion, RpcWireError, probe_server_version
 
 log = logging.getLogger("mesh_llm.rpc")
 
@@ -36,6 +37,7 @@ class RpcServer:
         self.engine = engine
         self.port: int | None = None
         self.ready = False
+        self.version: RpcVersion | None = None  # what the server says in its HELLO
         self._device = device
         self._on_change = on_change
         self._proc = SupervisedProcess("ggml-rpc-server", self._argv, log_path,
@@ -62,16 +64,22 @@ class RpcServer:
             self._on_change()
 
     async def _await_ready(self, proc: asyncio.subprocess.Process) -> None:
+        """Ready once it answers a HELLO; its protocol version decides who it may split with."""
+        assert self.port is not None
         while proc.returncode is None:
             try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
+                self.version = await probe_server_version("127.0.0.1", self.port)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
                 await asyncio.sleep(PROBE_INTERVAL_S)
                 continue
-            writer.close()
+            except RpcWireError as err:
+                log.error("ggml-rpc-server on 127.0.0.1:%d answered HELLO oddly: %s",
+                          self.port, err)
+                return
             break
         else:
             return
         self.ready = True
-        log.info("ggml-rpc-server ready on 127.0.0.1:%d", self.port)
+        log.info("ggml-rpc-server ready on 127.0.0.1:%d (RPC protocol %s)", self.port,
+                 self.version)
         self._on_change()
