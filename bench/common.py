@@ -53,7 +53,8 @@ async def compare(bases: dict[str, str], reps: int, tokens: int) -> dict[str, tu
     """Alternate streamed runs over `bases` (name → API base URL); print and return the
     medians as name → (gen tok/s, TTFT ms). The first run of each is a warm-up."""
     runs: dict[str, list[Run]] = {name: [] for name in bases}
-    async with aiohttp.ClientSession() as session:
+    # llama-server closes a connection after a stream: a fresh one per request, for all.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         for base in bases.values():
             await stream_once(session, base, tokens)
         for _ in range(reps):

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -96,7 +97,7 @@ class SupervisedProcess:
         argv = list(self._make_argv())
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._log_path, "ab") as logf:
-            logf.write(f"\n=== {time.strftime('%F %T')} {' '.join(argv)}\n".encode())
+            logf.write(f"\n=== {time.strftime('%F %T')} {shlex.join(argv)}\n".encode())
             logf.flush()
             return await asyncio.create_subprocess_exec(
                 *argv,
