@@ -105,3 +105,36 @@ class NodeProcess:
                 self.proc.wait()
                 raise AssertionError(f"mesh-llm ignored SIGTERM for {timeout} s") from None
         return self.proc.returncode
+
+
+def openai_client(node: NodeProcess, timeout: float = 120) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=node.api + "/v1", api_key="unused", max_retries=0,
+                         timeout=timeout)
+
+
+def greedy(node: NodeProcess, messages: list[dict[str, str]], max_tokens: int,
+           stream: bool = False) -> str:
+    """The temperature-0 answer through `node`'s API (the official openai client)."""
+    kw = {"model": "SmolLM2-135M-Instruct", "messages": messages, "temperature": 0,
+          "max_tokens": max_tokens}
+    api = openai_client(node)
+    if not stream:
+        return api.chat.completions.create(**kw).choices[0].message.content or ""
+    chunks = api.chat.completions.create(stream=True, **kw)
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def post_chat(node: NodeProcess, messages: list[dict[str, str]],
+              max_tokens: int) -> tuple[int, Any]:
+    """POST a chat completion with urllib: (status, JSON body), error statuses included."""
+    body = json.dumps({"messages": messages, "max_tokens": max_tokens,
+                       "temperature": 0}).encode()
+    req = urllib.request.Request(node.api + "/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())

@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import openai
 import pytest
 
-from nodes import NodeProcess
+from nodes import NodeProcess, greedy, openai_client, post_chat
 
 PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
           {"role": "user", "content": "What is the capital of France?"}]
-
-
-def client_for(node: NodeProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=node.api + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def greedy(node: NodeProcess, stream: bool = False) -> str:
-    kw = {"model": "SmolLM2-135M-Instruct", "messages": PROMPT, "temperature": 0,
-          "max_tokens": 24}
-    if not stream:
-        return client_for(node).chat.completions.create(**kw).choices[0].message.content or ""
-    chunks = client_for(node).chat.completions.create(stream=True, **kw)
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-
-
-def post_chat(node: NodeProcess) -> tuple[int, dict]:
-    body = json.dumps({"messages": PROMPT, "max_tokens": 4, "temperature": 0}).encode()
-    req = urllib.request.Request(node.api + "/v1/chat/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 @pytest.fixture
@@ -52,14 +24,14 @@ def host_and_client(make_node) -> tuple[NodeProcess, NodeProcess]:
 
 def test_client_answers_exactly_like_the_host(host_and_client) -> None:
     host, client = host_and_client
-    expected = greedy(host)
+    expected = greedy(host, PROMPT, 24)
     assert "Paris" in expected
-    assert greedy(client) == expected
-    assert greedy(client, stream=True) == expected
-    reply = client_for(client).chat.completions.create(
+    assert greedy(client, PROMPT, 24) == expected
+    assert greedy(client, PROMPT, 24, stream=True) == expected
+    reply = openai_client(client).chat.completions.create(
         model="x", messages=PROMPT, max_tokens=3, temperature=0)
     assert reply.usage is not None and reply.usage.completion_tokens == 3
-    assert [m.id for m in client_for(client).models.list()] == ["SmolLM2-135M-Instruct"]
+    assert [m.id for m in openai_client(client).models.list()] == ["SmolLM2-135M-Instruct"]
 
 
 def test_client_status_and_it_changes_nothing_on_the_host(make_node) -> None:
@@ -87,7 +59,7 @@ def test_client_status_and_it_changes_nothing_on_the_host(make_node) -> None:
 
 def test_sixteen_concurrent_streams_through_one_client(host_and_client) -> None:
     _, client = host_and_client
-    api = client_for(client)
+    api = openai_client(client)
 
     def one(i: int) -> int:
         chunks = api.chat.completions.create(
@@ -104,16 +76,16 @@ def test_sixteen_concurrent_streams_through_one_client(host_and_client) -> None:
 def test_client_follows_a_new_host_without_restart(make_node) -> None:
     a = make_node("a").wait_ready()
     client = make_node("client", "--client", "--join", a.status()["token"]).wait_ready()
-    expected = greedy(client)
+    expected = greedy(client, PROMPT, 24)
     a.proc.kill()
     # Until the silence is noticed a request fails with a JSON 502; then no host: 503.
-    _, body = client.wait_for(lambda: (r := post_chat(client))[0] == 503 and r,
+    _, body = client.wait_for(lambda: (r := post_chat(client, PROMPT, 4))[0] == 503 and r,
                               "a 503 while no host is ready", 60)
     assert body["error"]["type"] == "unavailable" and "no host" in body["error"]["message"]
     b = make_node("b", "--join", client.status()["token"]).wait_ready()
-    client.wait_for(lambda: post_chat(client)[0] == 200, "the new host to serve", 120)
+    client.wait_for(lambda: post_chat(client, PROMPT, 4)[0] == 200, "the new host to serve", 120)
     assert client.status()["host"] == b.status()["node_id"] == b.status()["host"]
-    assert greedy(client) == expected
+    assert greedy(client, PROMPT, 24) == expected
 
 
 def test_client_with_model_says_it_is_ignored(host_and_client, make_node) -> None:

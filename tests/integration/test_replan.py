@@ -3,29 +3,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
-
-import openai
 
 from mesh_llm.inference.engine import find_engine
 from modelgen import smollm2_path
-from nodes import NodeProcess
+from nodes import NodeProcess, greedy, post_chat
 
 PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
           {"role": "user", "content": "Write one sentence about the sea."}]
-
-
-def greedy(node: NodeProcess) -> str:
-    api = openai.OpenAI(base_url=node.api + "/v1", api_key="unused", max_retries=0, timeout=120)
-    return api.chat.completions.create(model="m", messages=PROMPT, temperature=0,
-                                       max_tokens=40).choices[0].message.content or ""
 
 
 def plan_of(node: NodeProcess) -> dict:
@@ -33,31 +22,20 @@ def plan_of(node: NodeProcess) -> dict:
     return s["plan"] if s["llama_ready"] and s["plan"] else {}
 
 
-def post(node: NodeProcess) -> tuple[int, dict]:
-    body = json.dumps({"messages": PROMPT, "max_tokens": 2}).encode()
-    req = urllib.request.Request(node.api + "/v1/chat/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 def test_a_third_worker_replans_to_two_rpc_entries(make_node) -> None:
     a = make_node("a", "--split", "--max-vram", "3").wait_ready()
     token = a.status()["token"]
-    solo_text = greedy(a)
+    solo_text = greedy(a, PROMPT, 40)
     b = make_node("b", "--max-vram", "2", "--join", token).wait_ready()
     a.wait_for(lambda: len(plan_of(a).get("rpc", [])) == 1, "a split over one worker", 120)
-    assert greedy(b) == solo_text
+    assert greedy(b, PROMPT, 40) == solo_text
 
     answers: list[tuple[int, dict]] = []
     stop = threading.Event()
 
     def hammer() -> None:  # requests during the re-plan: answered or refused, never hung
         while not stop.is_set():
-            answers.append(post(a))
+            answers.append(post_chat(a, PROMPT, 2))
 
     thread = threading.Thread(target=hammer)
     thread.start()
@@ -71,7 +49,7 @@ def test_a_third_worker_replans_to_two_rpc_entries(make_node) -> None:
     assert plan["tensor_split"][0] == 0.5, "the host's share comes first"
     shares = dict(zip(plan["workers"], plan["tensor_split"][1:], strict=True))
     assert shares == {b.status()["node_id"]: 0.33, c.status()["node_id"]: 0.17}
-    assert greedy(c) == greedy(a) == solo_text
+    assert greedy(c, PROMPT, 40) == greedy(a, PROMPT, 40) == solo_text
     assert answers and all(code in (200, 503) for code, _ in answers), \
         [a for a in answers if a[0] not in (200, 503)][:3]
     refused = [body for code, body in answers if code == 503]

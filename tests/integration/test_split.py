@@ -5,23 +5,12 @@ from __future__ import annotations
 import re
 import shutil
 
-import openai
 import pytest
 
-from nodes import NodeProcess
+from nodes import NodeProcess, greedy
 
 PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
           {"role": "user", "content": "Write one sentence about the sea."}]
-
-
-def greedy(node: NodeProcess, stream: bool = False) -> str:
-    api = openai.OpenAI(base_url=node.api + "/v1", api_key="unused", max_retries=0, timeout=120)
-    kw = {"model": "SmolLM2-135M-Instruct", "messages": PROMPT, "temperature": 0,
-          "max_tokens": 40}
-    if not stream:
-        return api.chat.completions.create(**kw).choices[0].message.content or ""
-    chunks = api.chat.completions.create(stream=True, **kw)
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
 def is_split(node: NodeProcess) -> bool:
@@ -33,7 +22,7 @@ def is_split(node: NodeProcess) -> bool:
 def solo_text(tmp_path_factory: pytest.TempPathFactory) -> str:
     node = NodeProcess(tmp_path_factory.mktemp("solo") / "home").start()
     try:
-        return greedy(node.wait_ready())
+        return greedy(node.wait_ready(), PROMPT, 40)
     finally:
         node.stop()
 
@@ -60,9 +49,10 @@ def test_two_node_split_matches_solo_from_both_nodes(make_node, solo_text: str) 
     assert tunnel["weight_bytes_sent"] < 0.01 * held * 2**20
     assert tunnel["bytes_out"] < 0.05 * tunnel["bytes_in"]
 
-    assert solo_text and greedy(host) == solo_text
-    assert greedy(worker) == solo_text
-    assert greedy(worker, stream=True) == greedy(host, stream=True) == solo_text
+    assert solo_text and greedy(host, PROMPT, 40) == solo_text
+    assert greedy(worker, PROMPT, 40) == solo_text
+    streamed = greedy(host, PROMPT, 40, stream=True)
+    assert greedy(worker, PROMPT, 40, stream=True) == streamed == solo_text
 
 
 def test_a_worker_whose_file_differs_gets_the_real_bytes(make_node, tmp_path, solo_text) -> None:  # type: ignore[no-untyped-def]
@@ -91,7 +81,5 @@ def test_a_worker_whose_file_differs_gets_the_real_bytes(make_node, tmp_path, so
     assert "differs from the host's" in worker.output(), "...but the per-range check does"
     tunnel = host.status()["rpc_tunnel"]
     assert tunnel["weight_bytes_referenced"] == 0 and tunnel["bytes_out"] > 20 * 2**20
-    api = openai.OpenAI(base_url=host.api + "/v1", api_key="unused", max_retries=0, timeout=120)
-    text = api.chat.completions.create(model="m", messages=PROMPT, temperature=0,
-                                       max_tokens=40).choices[0].message.content
-    assert text == solo_text, "the host's bytes, not the worker's, are what it computes with"
+    assert greedy(host, PROMPT, 40) == solo_text, \
+        "the host's bytes, not the worker's, are what it computes with"
