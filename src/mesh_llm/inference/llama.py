@@ -11,9 +11,8 @@ from pathlib import Path
 
 import aiohttp
 
-from ..netutil import free_port
 from .engine import Engine
-from .processes import SupervisedProcess
+from .processes import LoopbackServer
 
 log = logging.getLogger("mesh_llm.llama")
 
@@ -66,8 +65,8 @@ def llama_server_argv(engine: Engine, plan: LlamaPlan, port: int) -> list[str]:
     return argv
 
 
-class LlamaServer:
-    """One supervised llama-server on a loopback port, with a ready flag."""
+class LlamaServer(LoopbackServer):
+    """One supervised llama-server on a loopback port, ready once /health answers 200."""
 
     def __init__(
         self,
@@ -77,47 +76,20 @@ class LlamaServer:
         on_change: Callable[[], None],
         before_start: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__("llama-server", log_path, on_change, env={"GGML_RPC_NO_RDMA": "1"})
         self.engine = engine
-        self._before_start = before_start
         self.plan = plan
-        self.port: int | None = None
-        self.ready = False
         self.load_seconds: float | None = None
-        self._on_change = on_change
-        self._proc = SupervisedProcess(
-            "llama-server",
-            self._argv,
-            log_path,
-            env={"GGML_RPC_NO_RDMA": "1"},
-            on_start=self._await_ready,
-            on_exit=self._exited,
-        )
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
+        self._before_start = before_start
 
     @property
     def url(self) -> str | None:
         return f"http://127.0.0.1:{self.port}" if self.ready else None
 
-    def _argv(self) -> list[str]:
+    def argv(self, port: int) -> list[str]:
         if self._before_start is not None:
             self._before_start()
-        self.port = free_port()
-        return llama_server_argv(self.engine, self.plan, self.port)
-
-    def start(self) -> None:
-        self._proc.start()
-
-    async def stop(self) -> None:
-        await self._proc.stop()
-        self.ready = False
-
-    def _exited(self, code: int) -> None:
-        if self.ready:
-            self.ready = False
-            self._on_change()
+        return llama_server_argv(self.engine, self.plan, port)
 
     async def _await_ready(self, proc: asyncio.subprocess.Process) -> None:
         """Poll /health until llama-server has loaded the model (or died)."""
@@ -136,7 +108,6 @@ class LlamaServer:
             else:
                 return
         self.load_seconds = time.monotonic() - started
-        self.ready = True
         log.info("llama-server ready on 127.0.0.1:%d (loaded in %.1f s)", self.port,
                  self.load_seconds)
-        self._on_change()
+        self._became_ready()

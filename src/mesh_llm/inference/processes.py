@@ -20,6 +20,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from ..netutil import free_port
+
 log = logging.getLogger("mesh_llm.processes")
 
 _PR_SET_PDEATHSIG = 1
@@ -153,3 +155,50 @@ class SupervisedProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+class LoopbackServer:
+    """A supervised child that serves on a fresh loopback port and has a `ready` flag.
+
+    The owner hears of every change of `ready` through `on_change`. Subclasses say how
+    to start the child (`argv`) and how to tell that it is ready (`_await_ready`, which
+    calls `_became_ready`). A restart picks a new port.
+    """
+
+    def __init__(self, name: str, log_path: Path, on_change: Callable[[], None],
+                 env: dict[str, str] | None = None) -> None:
+        self.port: int | None = None
+        self.ready = False
+        self._on_change = on_change
+        self._proc = SupervisedProcess(name, self._next_argv, log_path, env=env,
+                                       on_start=self._await_ready, on_exit=self._exited)
+
+    def argv(self, port: int) -> list[str]:
+        raise NotImplementedError
+
+    async def _await_ready(self, proc: asyncio.subprocess.Process) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def _next_argv(self) -> list[str]:
+        self.port = free_port()
+        return self.argv(self.port)
+
+    def start(self) -> None:
+        self._proc.start()
+
+    async def stop(self) -> None:
+        await self._proc.stop()
+        self.ready = False
+
+    def _became_ready(self) -> None:
+        self.ready = True
+        self._on_change()
+
+    def _exited(self, _code: int) -> None:
+        if self.ready:
+            self.ready = False
+            self._on_change()

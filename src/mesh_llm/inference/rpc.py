@@ -11,9 +11,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..netutil import free_port
 from .engine import Engine
-from .processes import SupervisedProcess
+from .processes import LoopbackServer
 from .rpc_wire import RpcVersion, RpcWireError, probe_server_version
 
 log = logging.getLogger("mesh_llm.rpc")
@@ -29,39 +28,18 @@ def rpc_server_argv(engine: Engine, port: int, threads: int, device: str | None)
     return argv
 
 
-class RpcServer:
-    """One supervised ggml-rpc-server; `ready` once it accepts TCP connections."""
+class RpcServer(LoopbackServer):
+    """One supervised ggml-rpc-server; `ready` once it answers a HELLO."""
 
     def __init__(self, engine: Engine, log_path: Path, on_change: Callable[[], None],
                  device: str | None = None) -> None:
+        super().__init__("ggml-rpc-server", log_path, on_change)
         self.engine = engine
-        self.port: int | None = None
-        self.ready = False
         self.version: RpcVersion | None = None  # what the server says in its HELLO
         self._device = device
-        self._on_change = on_change
-        self._proc = SupervisedProcess("ggml-rpc-server", self._argv, log_path,
-                                       on_start=self._await_ready, on_exit=self._exited)
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
-
-    def _argv(self) -> list[str]:
-        self.port = free_port()
-        return rpc_server_argv(self.engine, self.port, os.cpu_count() or 1, self._device)
-
-    def start(self) -> None:
-        self._proc.start()
-
-    async def stop(self) -> None:
-        await self._proc.stop()
-        self.ready = False
-
-    def _exited(self, _code: int) -> None:
-        if self.ready:
-            self.ready = False
-            self._on_change()
+    def argv(self, port: int) -> list[str]:
+        return rpc_server_argv(self.engine, port, os.cpu_count() or 1, self._device)
 
     async def _await_ready(self, proc: asyncio.subprocess.Process) -> None:
         """Ready once it answers a HELLO; its protocol version decides who it may split with."""
@@ -79,7 +57,6 @@ class RpcServer:
             break
         else:
             return
-        self.ready = True
         log.info("ggml-rpc-server ready on 127.0.0.1:%d (RPC protocol %s)", self.port,
                  self.version)
-        self._on_change()
+        self._became_ready()
