@@ -11,9 +11,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
 from .config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, NodeConfig, default_home
@@ -60,9 +60,12 @@ def node_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"mesh-llm {__version__}")
     p.add_argument("--model", metavar="M",
-                   help=f"catalog name or path to a .gguf file (default {DEFAULT_MODEL})")
+                   help=f"catalog name or path to a .gguf file (default {DEFAULT_MODEL}; "
+                        "with --join and no --model: a worker without a model file that "
+                        "serves the host's model, whose weights then come over the mesh)")
     p.add_argument("--join", metavar="TOKEN", action="append", default=[],
-                   help="invite token of a running node (repeatable: the first that works wins)")
+                   help="invite token of a running node (repeatable: the first that works "
+                        "wins); without --model this node needs no model file")
     p.add_argument("--client", action="store_true",
                    help="lite client: no model, no GPU; the API is tunnelled to the host")
     p.add_argument("--bind-port", type=_port, default=0, metavar="P",
@@ -116,8 +119,12 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         logging.getLogger("mesh_llm").warning("--model %s ignored: a client serves no model",
                                               model)
         model = None
-    if not args.client and not model:
-        model = DEFAULT_MODEL
+    if not args.client and not model and not args.join:
+        model = DEFAULT_MODEL  # alone: serve the default model solo
+    # --join without --model: a worker without a model file; it serves the host's model
+    if model is None and args.draft and not args.client:
+        logging.getLogger("mesh_llm").warning(
+            "--draft %s ignored: without --model this node never hosts", args.draft)
     device_args = ("--device", args.device) if args.device else ()
     return NodeConfig(
         model=model, home=args.home or default_home(), join=tuple(args.join),
@@ -213,6 +220,16 @@ def cmd_doctor(_argv: Sequence[str]) -> int:
     return 0
 
 
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop where it exists: it halves what relaying each streamed token costs us."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop has no Windows build
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging("-v" in argv or "--verbose" in argv)
@@ -224,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(node_parser().parse_args(argv))
         from .node import run_node
 
-        asyncio.run(run_node(config))
+        run_event_loop(run_node(config))
         return 0
     except UserError as err:
         print(f"mesh-llm: {err}", file=sys.stderr)

@@ -40,7 +40,7 @@ from .mesh.mesh import Mesh, MeshJoinError
 from .mesh.peers import PeerEvent, PeerInfo
 from .mesh.protocol import StreamType
 from .mesh.transport import Stream
-from .mesh.tunnel import TunnelListener, relay_to_tcp
+from .mesh.tunnel import TunnelListener, relay_to_tcp, stream_connect
 from .models import hardware
 from .models.draft import find_draft
 from .models.gguf_info import block_count
@@ -52,6 +52,8 @@ from .token import new_secret
 log = logging.getLogger("mesh_llm.node")
 
 JOIN_TIMEOUT_S = 15.0
+WAITING_FOR_A_HOST = ("no host is ready: this node has no model file (no --model) and waits "
+                      "for a node that has one to host the model")
 
 
 class Node:
@@ -80,7 +82,6 @@ class Node:
         self.excluded: dict[str, str] = {}  # peer id → why it cannot serve with us
         self.api = ApiProxy(self.upstream, api_key=config.api_key)
         self.console = Console(self.status, self.changes, self.api)
-        self._host_tunnel: TunnelListener | None = None
         self._rpc_tunnels: list[TunnelListener] = []
         self._launches = 0
         self._runners: list[web.AppRunner] = []
@@ -95,8 +96,8 @@ class Node:
     # --- start-up checks: everything that can fail fast, before any process starts ---
     def prepare(self) -> None:
         cfg = self.config
-        if not cfg.client:
-            self.model = resolve_model(cfg.model or "")
+        if not cfg.client and cfg.model:
+            self.model = resolve_model(cfg.model)
             log.info("model: %s (%s, %.0f MB)", self.model.name, self.model.path,
                      self.model.size_bytes / 1e6)
             self.draft = find_draft(self.model, cfg.draft, cfg.no_draft)
@@ -105,6 +106,10 @@ class Node:
                          cfg.draft_max)
             self.weights = ModelWeights.open(self.model.path)
             self.fingerprint = self.weights.fingerprint.hex()
+        elif not cfg.client:
+            log.info("no --model: a worker without a model file; it serves the model of the "
+                     "mesh's host, whose weights come over the mesh")
+        if not cfg.client:
             self.engine = find_engine(cfg.bin_dir)
             log.info("engine: %s", self.engine.bin_dir)
             detected, source = hardware.detect_vram()
@@ -127,24 +132,38 @@ class Node:
             return "client"
         return "host" if self.host_id == self.node_id else "worker"
 
+    @property
+    def model_less(self) -> bool:
+        """A worker without a model file: it serves whatever model the mesh's host serves."""
+        return not self.config.client and self.model is None
+
     def upstream(self) -> Upstream:
         if self.host_id == self.node_id:
-            if self.llama is not None and self.llama.url is not None:
-                return Upstream(self.llama.url)
+            if self.llama is not None and self.llama.port is not None and self.llama.ready:
+                return Upstream.tcp("127.0.0.1", self.llama.port)
             if self.plan is not None and self.plan.mode == "waiting":
                 return Upstream(None, self.plan.reason)
             return Upstream(None, f"the model {self._model_name()} is still loading")
         host = self._peer(self.host_id)
+        if host is None and self.model_less:
+            return Upstream(None, WAITING_FOR_A_HOST)
         if host is None:
             return Upstream(None, "no host is ready: waiting for a node that serves a model")
         if not host.announcement.get("ready"):
             return Upstream(None, f"the host {host.node_id[:12]} is still loading its model")
-        if self._host_tunnel is None or not self._host_tunnel.port:
-            return Upstream(None, "the tunnel to the host is not open yet")
-        return Upstream(f"http://127.0.0.1:{self._host_tunnel.port}")
+        return Upstream(stream_connect(self._opener(host.node_id, StreamType.HTTP_TUNNEL)),
+                        key=f"mesh {host.node_id}")
 
     def _model_name(self) -> str:
         return self.model.name if self.model else ""
+
+    def _models(self) -> list[str]:
+        """What we announce we serve: our file's model; without a file, the host's model
+        (we lend our device to it), or nothing while there is no host."""
+        if self.model is not None:
+            return [self.model.name]
+        host = self._peer(self.host_id) if self.model_less else None
+        return host.models[:1] if host is not None else []
 
     def _peer(self, peer_id: str | None) -> PeerInfo | None:
         if peer_id is None or self.mesh is None:
@@ -165,6 +184,7 @@ class Node:
         else:
             announced = host.announcement.get("plan") if host else None
             plan = announced if isinstance(announced, dict) else None
+        upstream = self.upstream()
         return build_status(
             node_id=self.node_id,
             token=self.mesh.token() if self.mesh is not None else "",
@@ -183,11 +203,12 @@ class Node:
             plan=plan,
             state=self.state,
             extra={
+                "model_file": str(self.model.path) if self.model else None,
+                "reason": None if upstream.connect else upstream.reason,
                 "llama_server": {"pid": llama.pid, "port": llama.port,
                                  "load_seconds": llama.load_seconds} if llama else None,
                 "api_tunnel": None if self.host_id in (None, self.node_id) else {
-                    "host": self.host_id, "label": "QUIC · HTTP", "description": "API tunnel",
-                    "port": self._host_tunnel.port if self._host_tunnel else None},
+                    "host": self.host_id, "label": "QUIC · HTTP", "description": "API tunnel"},
                 "rpc_server": {"pid": self.rpc.pid, "port": self.rpc.port,
                                "ready": self.rpc.ready} if self.rpc else None,
                 "rpc_tunnel": self._rpc_tunnel_stats(),
@@ -246,7 +267,8 @@ class Node:
             "draft": self._draft_name() if hosting else None,
             "role": self.role(),
             "vram_bytes": 0 if self.config.client else self.vram_bytes,
-            "models": [self.model.name] if self.model else [],
+            "models": self._models(),
+            "model_file": self.model is not None,
             "rpc_version": self._rpc_version(),
             "version": __version__,
             "ready": ready,
@@ -275,7 +297,8 @@ class Node:
             except MeshJoinError as err:
                 if cfg.client:
                     raise
-                log.warning("%s; serving alone", err)
+                log.warning("%s; %s", err, "waiting for a host to join us (this node has no "
+                            "model file)" if self.model_less else "serving alone")
         log.info("invite token (give it to other nodes with --join):\n%s", self.mesh.token())
 
     def _on_peer_event(self, event: PeerEvent) -> None:
@@ -284,7 +307,10 @@ class Node:
 
     def _reconcile(self) -> None:
         """Converge on the current truth: who hosts, what runs here, what we announce."""
-        me = None if self.config.client else Candidate(self.node_id, "worker", self.vram_bytes)
+        if self.state == "stopping":
+            return  # peers leaving because we leave must not start a new plan
+        me = None if self.config.client else Candidate(self.node_id, "worker", self.vram_bytes,
+                                                       can_host=self.model is not None)
         candidates = [me] if me else []
         excluded: dict[str, str] = {}
         for peer in self._connected_peers():
@@ -297,12 +323,16 @@ class Node:
                 if why is not None:
                     excluded[peer.node_id] = why
                     continue
-            candidates.append(Candidate(peer.node_id, peer.role, peer.vram_bytes, peer.rtt_ms))
+            candidates.append(Candidate(peer.node_id, peer.role, peer.vram_bytes, peer.rtt_ms,
+                                        can_host=peer.model_file))
         self.excluded = excluded
         host_id = elect_host(candidates)
         if host_id != self.host_id:
-            log.info("host: %s", "this node" if host_id == self.node_id else
-                     (host_id[:12] if host_id else "none"))
+            if host_id is None and self.model_less:
+                log.warning("%s", WAITING_FOR_A_HOST)
+            else:
+                log.info("host: %s", "this node" if host_id == self.node_id else
+                         (host_id[:12] if host_id else "none"))
             self.host_id = host_id
         if me is not None and host_id == self.node_id:
             self._host(me, [c for c in candidates if c.node_id != self.node_id])
@@ -314,7 +344,6 @@ class Node:
 
     def _host(self, me: Candidate, others: list[Candidate]) -> None:
         assert self.model is not None
-        self._close_host_tunnel()
         workers = [c for c in others if (peer := self._peer(c.node_id)) is not None
                    and peer.announcement.get("rpc_ready")]
         plan = make_plan(me, workers, self.model.size_bytes, self.config.split)
@@ -367,13 +396,14 @@ class Node:
 
     def _encoder_for(self, worker: str):  # type: ignore[no-untyped-def]
         """Per connection: references to the weights while the worker announces the same
-        file (checked anew each time, so a restart after a mismatch sends real bytes)."""
+        file (checked anew each time, so a restart after a mismatch sends real bytes); the
+        real bytes to a worker with another file or none."""
 
         def make() -> DedupeEncoder:
             peer = self._peer(worker)
             same_file = bool(self.fingerprint and peer is not None
                              and peer.announcement.get("model_fingerprint") == self.fingerprint)
-            encoder = DedupeEncoder(self.weights if same_file else None)
+            encoder = DedupeEncoder(self.weights, refs=same_file)
             self.rpc_stats.append(encoder.stats)
             return encoder
         return make
@@ -385,8 +415,7 @@ class Node:
             "bytes_in": sum(s.in_bytes for s in stats),  # what llama-server wrote
             "bytes_out": sum(s.out_bytes for s in stats),  # what went over the mesh
             "weight_bytes": sum(s.weight_bytes for s in stats),
-            "weight_bytes_sent": sum(s.mismatch_bytes for s in stats) if self.fingerprint
-            else 0,
+            "weight_bytes_sent": sum(s.weight_bytes - s.ref_bytes for s in stats),
             "weight_bytes_referenced": sum(s.ref_bytes for s in stats),
             "connections": len(stats),
         }
@@ -409,24 +438,12 @@ class Node:
         self.plan = None
         host = self._peer(host_id)
         self.state = "running" if host and host.announcement.get("ready") else "waiting"
-        if host_id is None:
-            self._close_host_tunnel()
-        elif self._host_tunnel is None or self._host_tunnel.name != host_id:
-            self._close_host_tunnel()
-            self._host_tunnel = TunnelListener(self._opener(host_id, StreamType.HTTP_TUNNEL),
-                                               host_id)
-            self._spawn(self._host_tunnel.start())
 
     def _opener(self, peer_id: str, kind: StreamType):  # type: ignore[no-untyped-def]
         async def open_stream() -> Stream:
             assert self.mesh is not None
             return await self.mesh.open_stream(peer_id, kind)
         return open_stream
-
-    def _close_host_tunnel(self) -> None:
-        tunnel, self._host_tunnel = self._host_tunnel, None
-        if tunnel is not None:
-            self._spawn(tunnel.stop())
 
     async def _serve_http_tunnel(self, peer_id: str, stream: Stream) -> None:
         """A peer's API request for our llama-server (we are, or were, the host)."""
@@ -461,7 +478,7 @@ class Node:
             self._reconcile()
 
     def _llama_changed(self) -> None:
-        if self.llama is not None:
+        if self.llama is not None and self.state != "stopping":
             self.state = "running" if self.llama.ready else "loading"
             if self.llama.ready:
                 log.info("ready: %s answers on http://127.0.0.1:%d/v1", self._model_name(),
@@ -474,8 +491,6 @@ class Node:
         self.state = "stopping"
         if self.mesh is not None:
             await self.mesh.stop()
-        if self._host_tunnel is not None:
-            await self._host_tunnel.stop()
         self._launches += 1
         await self._stop_serving()
         if self.rpc is not None:

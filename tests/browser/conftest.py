@@ -131,7 +131,7 @@ class FakeConsole:
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", 0).start()
             self.upstream_runner = runner
-            self.upstream = Upstream(f"http://127.0.0.1:{runner.addresses[0][1]}")
+            self.upstream = Upstream.tcp("127.0.0.1", runner.addresses[0][1])
         self._call(start)
 
     def in_flight(self) -> int:

@@ -82,7 +82,8 @@ def test_client_follows_a_new_host_without_restart(make_node) -> None:
     _, body = client.wait_for(lambda: (r := post_chat(client, PROMPT, 4))[0] == 503 and r,
                               "a 503 while no host is ready", 60)
     assert body["error"]["type"] == "unavailable" and "no host" in body["error"]["message"]
-    b = make_node("b", "--join", client.status()["token"]).wait_ready()
+    b = make_node("b", "--model", "SmolLM2-135M-Instruct", "--join",
+                  client.status()["token"]).wait_ready()
     client.wait_for(lambda: post_chat(client, PROMPT, 4)[0] == 200, "the new host to serve", 120)
     assert client.status()["host"] == b.status()["node_id"] == b.status()["host"]
     assert greedy(client, PROMPT, 24) == expected

@@ -29,7 +29,8 @@ def solo_text(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_two_node_split_matches_solo_from_both_nodes(make_node, solo_text: str) -> None:
     host = make_node("a", "--split", "--max-vram", "2").wait_ready()
-    worker = make_node("b", "--max-vram", "1", "--join", host.status()["token"]).wait_ready()
+    worker = make_node("b", "--model", "SmolLM2-135M-Instruct", "--max-vram", "1", "--join",
+                       host.status()["token"]).wait_ready()
     host.wait_for(lambda: is_split(host), "the split plan to be loaded", 120)
 
     hs, ws = host.status(), worker.status()
@@ -44,7 +45,8 @@ def test_two_node_split_matches_solo_from_both_nodes(make_node, solo_text: str) 
     assert abs(remote - 30 * 0.33) <= 1, "llama.cpp's own placement follows the plan"
     held = float(re.findall(r"RPC0\[[^]]+\] model buffer size = +([\d.]+) MiB", log)[-1])
     tunnel = hs["rpc_tunnel"]
-    # The worker has the same file: its weights cross the mesh as references only.
+    # The worker has the same file: its weights cross the mesh as references only
+    # (test_fileless_worker.py: a worker without it gets the real bytes).
     assert tunnel["weight_bytes_referenced"] >= 0.99 * held * 2**20
     assert tunnel["weight_bytes_sent"] < 0.01 * held * 2**20
     assert tunnel["bytes_out"] < 0.05 * tunnel["bytes_in"]

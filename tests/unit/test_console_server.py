@@ -286,7 +286,7 @@ async def test_chat_is_relayed_to_chat_completions(harness) -> None:  # type: ig
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        h = await harness(Upstream(f"http://127.0.0.1:{runner.addresses[0][1]}"))
+        h = await harness(Upstream.tcp("127.0.0.1", runner.addresses[0][1]))
         message = {"role": "user", "content": "Capital of France?"}
         async with h.session.post(h.url + "/api/chat", json={"messages": [message]}) as resp:
             assert resp.status == 200

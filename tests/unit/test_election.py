@@ -29,9 +29,18 @@ def test_clients_never_host() -> None:
     assert elect_host([c("zz", 100, "client")]) is None
 
 
+def test_a_worker_without_the_model_file_never_hosts_but_serves_in_the_split() -> None:
+    fileless = Candidate("zz", "worker", 100 * GB, can_host=False)
+    assert elect_host([fileless, c("aa", 1)]) == "aa"
+    assert elect_host([fileless]) is None, "no node with the file: no host, it waits"
+    plan = make_plan(c("aa", 2, "host"), [fileless], GB // 10, force_split=True)
+    assert (plan.mode, plan.workers) == ("split", ("zz",))
+
+
 def test_seed_split_shares() -> None:
     assert tensor_split([103 * GB, 51 * GB]) == (0.67, 0.33)
     assert tensor_split([2 * GB, 1 * GB]) == (0.67, 0.33)
+    assert tensor_split([0, 0, 0]) == (0.33, 0.33, 0.34), "no VRAM known: equal, summing to 1"
 
 
 @given(st.lists(st.integers(min_value=0, max_value=10**13), min_size=1, max_size=8))

@@ -78,6 +78,10 @@ def test_cli_defaults_and_client_rules() -> None:
     assert (cfg.model, cfg.api_port, cfg.console_port) == ("SmolLM2-135M-Instruct", 9337, None)
     assert config_from_args(node_parser().parse_args(["--console"])).console_port == 3131
     token = encode_token(InviteToken("ab" * 32, ["127.0.0.1:7842"], new_secret()))
+    worker = config_from_args(node_parser().parse_args(["--join", token]))
+    assert worker.model is None and not worker.client, "joins without a model file"
+    assert config_from_args(node_parser().parse_args(["--join", token, "--model", "m"])).model \
+        == "m"
     client = config_from_args(node_parser().parse_args(["--client", "--join", token,
                                                         "--model", "x"]))
     assert client.client and client.model is None

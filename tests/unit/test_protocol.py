@@ -204,6 +204,7 @@ def test_make_announcement_fills_defaults() -> None:
         ({"rpc_version": 7}, "rpc_version"),
         ({"version": "x" * 65}, "version"),
         ({"ready": "yes"}, "ready"),
+        ({"model_file": 0}, "model_file"),
         ({"addrs": ["nope"]}, "addrs"),
         ({"addrs": "h:1"}, "addrs"),
     ],

@@ -235,6 +235,19 @@ def test_raw_mode_round_trips_without_files(weights: ModelWeights, data: st.Data
     assert out == stream and enc.stats.ref_bytes == 0
 
 
+@SETTINGS
+@given(st.data(), st.lists(st.integers(0, 1 << 16), max_size=20))
+def test_raw_mode_with_weights_counts_what_it_sends(weights: ModelWeights, data: st.DataObject,
+                                                    cuts: list[int]) -> None:
+    """For a worker without the file: every byte RAW, and the weight bytes among them counted."""
+    stream, true_bytes = data.draw(rpc_streams(weights, corrupt=False))
+    enc = DedupeEncoder(weights, refs=False)
+    wire, out = run_codec(enc, DedupeDecoder(), stream, cuts, cuts[::-1])
+    assert wire.startswith(preamble(None)), "it promises no references"
+    assert out == stream and enc.stats.ref_bytes == 0 and enc.stats.mismatch_bytes == 0
+    assert enc.stats.weight_bytes == true_bytes
+
+
 def test_large_upload_is_a_few_references(weights: ModelWeights) -> None:
     name = max(weights.index, key=lambda n: weights.index[n].size)
     data = file_bytes(weights, name)

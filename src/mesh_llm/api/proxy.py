@@ -15,34 +15,45 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
 from .errors import json_error, json_errors
+from .http1 import ResponseHead, request_bytes
+from .upstream import (
+    READ_TIMEOUT_S,
+    Connect,
+    Exchange,
+    UpstreamClosed,
+    open_exchange,
+    tcp_connect,
+)
 
 log = logging.getLogger("mesh_llm.api")
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
 POST_ROUTES = ("/v1/chat/completions", "/v1/completions")
 
 
 @dataclass(frozen=True)
 class Upstream:
-    """Where requests go now: a base URL, or why there is none."""
+    """Where requests go now: how to reach the host's llama-server, or why we cannot."""
 
-    url: str | None
+    connect: Connect | None
     reason: str = "no host is ready"
+    key: str = ""  # names the target, so a retry can tell a new upstream from the same one
+
+    @classmethod
+    def tcp(cls, host: str, port: int) -> Upstream:
+        return cls(tcp_connect(host, port), key=f"tcp {host}:{port}")
 
 
 class ApiProxy:
-    """aiohttp handlers for the OpenAI routes, sharing one pooled client session."""
+    """aiohttp handlers for the OpenAI routes; each request gets its own upstream connection."""
 
     def __init__(self, upstream: Callable[[], Upstream], *, api_key: str | None = None) -> None:
         self._upstream = upstream
         self._api_key = api_key
-        self._session: aiohttp.ClientSession | None = None
         self.in_flight = 0
 
     def app(self) -> web.Application:
@@ -52,7 +63,6 @@ class ApiProxy:
         app.router.add_get("/v1/models", self.relay_get)
         for path in POST_ROUTES:
             app.router.add_post(path, self.relay_post)
-        app.on_cleanup.append(self._close)
         return app
 
     @web.middleware
@@ -64,20 +74,9 @@ class ApiProxy:
                               "authentication_error")
         return await handler(request)
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=UPSTREAM_TIMEOUT,
-                                                  auto_decompress=False)
-        return self._session
-
-    async def _close(self, _app: web.Application) -> None:
-        if self._session is not None:
-            await self._session.close()
-
     async def health(self, _request: web.Request) -> web.Response:
         upstream = self._upstream()
-        if upstream.url is None:
+        if upstream.connect is None:
             return json_error(503, upstream.reason, "unavailable")
         return web.json_response({"status": "ok"})
 
@@ -99,7 +98,7 @@ class ApiProxy:
                     body: bytes | None) -> web.StreamResponse:
         """Send one request upstream and pass the answer back as it arrives."""
         upstream = self._upstream()
-        if upstream.url is None:
+        if upstream.connect is None:
             return json_error(503, upstream.reason, "unavailable")
         headers = {"Content-Type": "application/json",
                    "Accept": request.headers.get("Accept", "*/*")}
@@ -107,59 +106,59 @@ class ApiProxy:
         try:
             for attempt in (1, 2):
                 try:
-                    return await self._forward(request, upstream.url + path, body, headers)
-                except aiohttp.ServerDisconnectedError as err:
-                    # A pooled keep-alive connection the server had already closed: nothing
-                    # reached the client yet, so one fresh try is safe.
-                    if attempt == 2:
-                        raise
-                    log.debug("upstream closed a pooled connection (%s); retrying", err)
-                except aiohttp.ClientConnectorError:
+                    return await self._forward(request, upstream.connect, path, body, headers)
+                except OSError as err:
                     # The upstream went away between our look and our connect (a re-plan
                     # stops llama-server): answer with where things stand now.
                     now = self._upstream()
-                    if now.url is None:
+                    if now.connect is None:
                         return json_error(503, now.reason, "unavailable")
-                    if now.url == upstream.url or attempt == 2:
-                        raise
+                    if now.key == upstream.key or attempt == 2:
+                        raise UpstreamClosed(f"cannot connect: {err}") from err
                     upstream = now
             raise AssertionError("unreachable")
-        except (aiohttp.ClientError, TimeoutError) as err:
-            log.warning("upstream %s failed: %s", upstream.url, err)
-            return json_error(502, f"the host's llama-server did not answer: {err}",
+        except (UpstreamClosed, TimeoutError) as err:
+            log.warning("upstream %s failed: %s", upstream.key, err)
+            return json_error(502, f"the host's llama-server did not answer: {err or 'timeout'}",
                               "unavailable")
         finally:
             self.in_flight -= 1
 
-    async def _forward(self, request: web.Request, url: str, body: bytes | None,
-                       headers: dict[str, str]) -> web.StreamResponse:
-        async with self.session().request(
-            request.method if body is None else "POST", url, data=body, headers=headers,
-        ) as resp:
-            content_type = resp.headers.get("Content-Type", "application/json")
-            if not content_type.startswith("text/event-stream"):
-                data = await resp.content.read(MAX_RESPONSE_BYTES)
-                return web.Response(status=resp.status, body=data,
-                                    headers={"Content-Type": content_type})
-            return await self._stream(request, resp, content_type)
-
-    async def _stream(self, request: web.Request, resp: aiohttp.ClientResponse,
-                      content_type: str) -> web.StreamResponse:
-        out = web.StreamResponse(status=resp.status, headers={
-            "Content-Type": content_type, "Cache-Control": "no-cache",
-        })
-        await out.prepare(request)
+    async def _forward(self, request: web.Request, connect: Connect, path: str,
+                       body: bytes | None, headers: dict[str, str]) -> web.StreamResponse:
+        method = request.method if body is None else "POST"
+        exchange = await open_exchange(
+            connect, request_bytes(method, "127.0.0.1", path, headers, body), MAX_RESPONSE_BYTES)
         try:
-            async for chunk in resp.content.iter_any():
-                await out.write(chunk)
-        except ConnectionResetError:
-            # The client went away: dropping the upstream connection stops the generation.
-            resp.close()
+            try:
+                head = await asyncio.wait_for(exchange.head, READ_TIMEOUT_S)
+            except UpstreamClosed as err:
+                raise ConnectionResetError(str(err)) from err  # nothing answered: retry
+            if not head.content_type.startswith("text/event-stream"):
+                data = await exchange.body()
+                return web.Response(status=head.status, body=data,
+                                    headers={"Content-Type": head.content_type})
+            return await self._stream(request, exchange, head)
+        finally:
+            exchange.close()
+
+    async def _stream(self, request: web.Request, exchange: Exchange,
+                      head: ResponseHead) -> web.StreamResponse:
+        out = web.StreamResponse(status=head.status, headers={
+            "Content-Type": head.content_type, "Cache-Control": "no-cache",
+        })
+        out.enable_chunked_encoding()
+        await out.prepare(request)  # sends the head now, so chunks may follow on the socket
+        client = request.transport
+        if client is None or client.is_closing():
             return out
-        except asyncio.CancelledError:
-            resp.close()
-            raise
-        except (aiohttp.ClientError, TimeoutError) as err:
+        exchange.splice_chunked(client)
+        try:
+            await exchange.wait_done()
+        except UpstreamClosed as err:
+            if client.is_closing():
+                # The client went away: dropping the upstream connection stops generation.
+                return out
             log.warning("upstream stream broke off: %s", err)
             error = {"error": {"message": f"the host's stream broke off: {err}",
                                "type": "unavailable"}}

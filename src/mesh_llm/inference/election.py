@@ -18,6 +18,7 @@ class Candidate:
     role: str  # "host" | "worker" | "client" as announced; clients never host nor serve
     vram_bytes: int
     rtt_ms: float | None = None
+    can_host: bool = True  # False: no local model file (it serves the host's model over RPC)
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,9 @@ class Plan:
 
 
 def elect_host(candidates: Iterable[Candidate]) -> str | None:
-    """The serving node with the most VRAM; ties go to the larger node id."""
-    serving = [c for c in candidates if c.role != "client"]
+    """The serving node with the most VRAM that holds the model file; ties go to the larger
+    node id. A worker without the file can only lend its device to a host that has one."""
+    serving = [c for c in candidates if c.role != "client" and c.can_host]
     if not serving:
         return None
     return max(serving, key=lambda c: (c.vram_bytes, c.node_id)).node_id
@@ -39,11 +41,13 @@ def elect_host(candidates: Iterable[Candidate]) -> str | None:
 
 def tensor_split(vrams: Sequence[int]) -> tuple[float, ...]:
     """Shares proportional to VRAM, rounded to 2 places and summing to 1."""
+    if not vrams:
+        return ()
     total = sum(vrams)
-    if total <= 0:
-        return tuple(round(1 / len(vrams), 2) for _ in vrams) if vrams else ()
+    if total <= 0:  # nobody says how much: equal shares
+        vrams, total = [1] * len(vrams), len(vrams)
     shares = [round(v / total, 2) for v in vrams]
-    shares[-1] = round(1 - sum(shares[:-1]), 2)
+    shares[-1] = round(1.0 - sum(shares[:-1]), 2)
     return tuple(shares)
 
 

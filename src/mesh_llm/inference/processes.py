@@ -28,9 +28,12 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """A preexec_fn: SIGKILL this child when the process that started it dies."""
+    """A preexec_fn: SIGKILL this child when the process that started it dies. Also ignore
+    SIGPIPE in it: ggml-rpc-server writing to a tunnel that was just aborted should get
+    EPIPE and drop that client, not die."""
 
     def preexec() -> None:
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         if sys.platform.startswith("linux"):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

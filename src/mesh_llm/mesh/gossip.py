@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "rpc_version": "",
     "version": "",
     "ready": False,
+    "model_file": True,  # holds a local file of `models` (False: serves the host's over RPC)
 }
 
 
@@ -107,8 +108,9 @@ def validate_announcement(raw: object, node_id: str) -> dict[str, Any]:
         value = ann[name]
         if not isinstance(value, str) or len(value) > MAX_SHORT_STR:
             raise GossipError(f"announcement {name} must be a short string")
-    if not isinstance(ann["ready"], bool):
-        raise GossipError("announcement ready must be true or false")
+    for name in ("ready", "model_file"):
+        if not isinstance(ann[name], bool):
+            raise GossipError(f"announcement {name} must be true or false")
     return ann
 
 

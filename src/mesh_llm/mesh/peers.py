@@ -61,6 +61,11 @@ class PeerInfo:
         value = self.announcement.get("models", [])
         return list(value) if isinstance(value, list) else []
 
+    @property
+    def model_file(self) -> bool:
+        """Whether it holds a file of its models (a worker without one serves the host's)."""
+        return self.announcement.get("model_file", True) is not False
+
     def to_status(self) -> dict[str, Any]:
         """The console's per-peer shape: {id, role, vram_bytes, models, rtt_ms, ...}."""
         rtt = self.rtt_ms
@@ -71,6 +76,7 @@ class PeerInfo:
             "models": self.models,
             "rtt_ms": None if rtt is None else round(rtt, 3),
             "ready": bool(self.announcement.get("ready", False)),
+            "model_file": self.model_file,
             "state": self.state,
             "addrs": list(self.addrs),
         }

@@ -66,6 +66,10 @@ MiB = 1024 * 1024
 CID_LENGTH = 8
 _MIN_INITIAL_DATAGRAM = 1200
 _MAX_PEER_STREAM_GAP = 4 * 1024
+# A lone packet's ACK may wait this long for a second packet to share it (qh3 would send
+# it after 1 ms, so a token stream costs both ends one extra packet per token). Below the
+# 25 ms max_ack_delay that qh3 advertises, so the peer's loss timers are unaffected.
+ACK_HOLD_S = 0.02
 
 # Application error codes carried by CONNECTION_CLOSE / RESET_STREAM. qh3 reports transport
 # errors (an idle timeout is code 1) in the same field, so ours live apart, at 0x4D00+.
@@ -468,6 +472,8 @@ class Connection:
         self.closed_by_peer = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._unacked = 0  # datagrams received since we last sent one
+        self._unacked_since = 0.0
         self._transmit_handle: asyncio.Handle | None = None
         self._aux_timers: list[asyncio.TimerHandle] = []
         self._keepalive_handle: asyncio.TimerHandle | None = None
@@ -621,11 +627,15 @@ class Connection:
     def _datagrams_received(self, datagrams: list[bytes], addr: Any) -> None:
         if self._finalized:
             return
+        now = self._loop.time()
+        if not self._unacked:
+            self._unacked_since = now
+        self._unacked += len(datagrams)
         try:
             if len(datagrams) == 1:
-                self._quic.receive_datagram(datagrams[0], addr, now=self._loop.time())
+                self._quic.receive_datagram(datagrams[0], addr, now=now)
             else:
-                self._quic.receive_many_datagrams(datagrams, addr, now=self._loop.time())
+                self._quic.receive_many_datagrams(datagrams, addr, now=now)
         except QuicConnectionError as err:
             log.info("%r: QUIC error: %s", self, err)
             self._mark_closed(CLOSE_PROTOCOL_ERROR, str(err), by_peer=False)
@@ -805,6 +815,7 @@ class Connection:
             self._finalize()
             return
         if datagrams:
+            self._unacked = 0  # whatever we send carries the pending ACK
             batch: list[bytes] = []
             batch_addr: Any = None
             for data, addr in datagrams:
@@ -814,7 +825,7 @@ class Connection:
                 batch.append(data)
                 batch_addr = addr
             self._endpoint.send_many(batch, batch_addr)
-        timer_at = self._quic.get_timer()
+        timer_at = self._next_timer()
         if self._timer is not None and self._timer_at != timer_at:
             self._timer.cancel()
             self._timer = None
@@ -823,6 +834,17 @@ class Connection:
         self._timer_at = timer_at
         if self._blocked:
             self._check_blocked()
+
+    def _next_timer(self) -> float | None:
+        """qh3's next deadline, except that a lone packet's ACK is held (ACK_HOLD_S)."""
+        core = getattr(self._quic, "_core", None)
+        timer = core.get_timer() if core is not None else None
+        if not isinstance(timer, tuple):
+            return self._quic.get_timer()
+        kind, at = timer
+        if kind == "ack_application" and self._unacked == 1:
+            return max(at, self._unacked_since + ACK_HOLD_S)
+        return at
 
     def _handle_timer(self) -> None:
         self._timer = None

@@ -1,8 +1,10 @@
 """TCP ↔ mesh stream relays: how llama.cpp's RPC and the HTTP API cross the mesh.
 
-One TCP connection is carried by one QUIC stream. The data path is callbacks only
-(asyncio.Protocol on the TCP side, push mode on the stream side): no task per message,
-and whatever arrives in one loop pass leaves in one QUIC transmit.
+One TCP connection is carried by one QUIC stream, except on the API's calling side, where
+the stream itself is the HTTP exchange's transport (StreamTransport: no loopback hop).
+The data path is callbacks only (asyncio.Protocol on the TCP side, push mode on the stream
+side): no task per message, and whatever arrives in one loop pass leaves in one QUIC
+transmit.
 """
 
 from __future__ import annotations
@@ -64,10 +66,9 @@ class _Bridge(asyncio.Protocol):
 
     # --- TCP side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         if self.stream is None:
-            transport.pause_reading()
+            self.transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.stream is None:
@@ -222,3 +223,90 @@ async def relay_to_tcp(stream: Stream, host: str, port: int, *,
         stream.abort()
         return
     bridge.attach(stream)
+
+
+class StreamTransport(asyncio.Transport):
+    """A mesh stream as the transport of an asyncio.Protocol (the API relay's exchange), so
+    a node without llama-server talks HTTP to the host's straight over the stream."""
+
+    def __init__(self, stream: Stream, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self._stream = stream
+        self._protocol = protocol
+        self._paused = False
+        self._held: list[bytes] = []
+        self._end: tuple[BaseException | None] | None = None
+        self._closing = False
+        protocol.connection_made(self)
+        stream.set_receiver(self._on_data, self._on_end)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing:
+            return
+        try:
+            self._stream.write_nowait(data)  # requests are bounded by the API's body limit
+        except ConnectionError as err:
+            self._lost(err)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self._stream.write_eof()
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._stream.close()
+            self._lost(None)
+
+    def abort(self) -> None:
+        if not self._closing:
+            self._stream.abort()
+            self._lost(None)
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        held, self._held = self._held, []
+        for data in held:
+            self._protocol.data_received(data)
+        if self._end is not None and not self._paused:
+            self._lost(self._end[0])
+
+    def is_reading(self) -> bool:
+        return not self._paused
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def _on_data(self, data: bytes) -> None:
+        if self._paused:
+            self._held.append(data)  # QUIC flow control bounds what the peer may send
+        else:
+            self._protocol.data_received(data)
+
+    def _on_end(self, exc: BaseException | None) -> None:
+        if self._paused:
+            self._end = (exc,)
+        else:
+            self._lost(exc)
+
+    def _lost(self, exc: BaseException | None) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        asyncio.get_running_loop().call_soon(
+            self._protocol.connection_lost, exc if isinstance(exc, Exception) else None)
+
+
+def stream_connect(open_stream: OpenStream) -> Callable[[asyncio.Protocol], Awaitable[None]]:
+    """The API relay's connector for an upstream across the mesh: one stream per request."""
+    async def connect(protocol: asyncio.Protocol) -> None:
+        stream = await open_stream()
+        StreamTransport(stream, protocol)
+    return connect

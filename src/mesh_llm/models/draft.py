@@ -6,11 +6,12 @@ file next to the model that passes both checks is used when nothing else was nam
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
 from ..errors import UserError
-from .gguf_info import check_gguf
+from .gguf_info import GgufError, check_gguf, read_metadata
 from .resolve import ResolvedModel, resolve_model
 
 log = logging.getLogger("mesh_llm.draft")
@@ -18,20 +19,20 @@ log = logging.getLogger("mesh_llm.draft")
 MAX_DRAFT_FRACTION = 0.5  # a draft at most half the size of the main model
 
 
-def vocabulary(path: Path) -> tuple[str, int, int] | None:
+def vocabulary(path: Path) -> tuple[bytes, int, bytes] | None:
     """(tokenizer model, vocabulary size, hash of the token list), or None if unreadable."""
-    from gguf import GGUFReader  # numpy-heavy: imported only when drafts are considered
-
+    keys = ("tokenizer.ggml.model", "tokenizer.ggml.tokens")
     try:
-        reader = GGUFReader(str(path), "r")
-    except (OSError, ValueError):
+        meta = read_metadata(path, keys)
+    except (OSError, GgufError):
         return None
-    tokens = reader.get_field("tokenizer.ggml.tokens")
-    kind = reader.get_field("tokenizer.ggml.model")
-    if tokens is None:
+    kind, tokens = meta.get(keys[0]), meta.get(keys[1])
+    if not isinstance(tokens, list):
         return None
-    listed = tokens.contents()
-    return (kind.contents() if kind else "", len(listed), hash(tuple(listed)))
+    digest = hashlib.blake2b(digest_size=16)
+    for token in tokens:
+        digest.update(len(token).to_bytes(4, "little") + token)
+    return (kind if isinstance(kind, bytes) else b"", len(tokens), digest.digest())
 
 
 def find_draft(model: ResolvedModel, draft: str | None, no_draft: bool) -> Path | None:

@@ -21,9 +21,11 @@ xxh3_64 u64`` (REF; addr is an offset into the concatenation of the model's shar
 
 Negotiation is in-band: the tunnel always frames RPC tunnel streams with this codec. The host
 builds ``DedupeEncoder(weights)`` only when the worker gossiped the same fingerprint, else
-``DedupeEncoder(None)`` (RAW only). The worker's decoder checks the preamble against its own
-files before passing on one RPC byte; any ``WeightMismatchError`` means "this worker cannot
-take references": close the stream and re-plan that worker without dedupe.
+``DedupeEncoder(weights, refs=False)`` (RAW only, still counting the weight bytes it carries:
+a worker without the model file gets the real bytes this way). The worker's decoder checks
+the preamble against its own files before passing on one RPC byte; any
+``WeightMismatchError`` means "this worker cannot take references": close the stream and
+re-plan that worker without dedupe.
 """
 
 from __future__ import annotations
@@ -40,12 +42,9 @@ from pathlib import Path
 import xxhash
 
 from ..inference.rpc_wire import DataPiece, RpcStreamParser, RpcWireError
+from .gguf_info import U32, U64, GgufError, read_string, skip_value
 
 # --- errors --------------------------------------------------------------------------------
-
-
-class GgufError(ValueError):
-    """The file is not a GGUF this module can index."""
 
 
 class DedupeError(ValueError):
@@ -73,10 +72,6 @@ GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
     25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2), 34: (256, 54),
     35: (256, 66), 39: (32, 17), 40: (64, 36), 41: (128, 18),
 }
-_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY = 8, 9
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 MAX_TENSORS = 1 << 20
 MAX_DIMS = 8
 FINGERPRINT_SIZE = 16
@@ -102,42 +97,13 @@ class GgufLayout:
     tensors: dict[bytes, tuple[int, int]]
 
 
-def _skip_value(buf: mmap.mmap, pos: int, vtype: int) -> int:
-    if vtype == _STRING:
-        return pos + 8 + _U64.unpack_from(buf, pos)[0]
-    if vtype == _ARRAY:
-        etype = _U32.unpack_from(buf, pos)[0]
-        count = _U64.unpack_from(buf, pos + 4)[0]
-        pos += 12
-        if etype in _SCALAR_SIZES:
-            return pos + count * _SCALAR_SIZES[etype]
-        if etype == _STRING:
-            unpack = _U64.unpack_from
-            for _ in range(count):
-                pos += 8 + unpack(buf, pos)[0]
-            return pos
-        for _ in range(count):  # arrays of arrays: rare, recurse
-            pos = _skip_value(buf, pos, etype)
-        return pos
-    if vtype in _SCALAR_SIZES:
-        return pos + _SCALAR_SIZES[vtype]
-    raise GgufError(f"unknown GGUF value type {vtype}")
-
-
-def _read_string(buf: mmap.mmap, pos: int) -> tuple[bytes, int]:
-    n = _U64.unpack_from(buf, pos)[0]
-    if n > 1 << 16:
-        raise GgufError("GGUF string too long")
-    return buf[pos + 8:pos + 8 + n], pos + 8 + n
-
-
 def parse_gguf_layout(buf: mmap.mmap) -> GgufLayout:
     """Parse a GGUF v2/v3 header from a mapped file; raise ``GgufError`` if it is not one."""
     size = len(buf)
     try:
         if buf[:4] != b"GGUF":
             raise GgufError("not a GGUF file")
-        version = _U32.unpack_from(buf, 4)[0]
+        version = U32.unpack_from(buf, 4)[0]
         if version not in (2, 3):
             raise GgufError(f"unsupported GGUF version {version}")
         n_tensors, n_kv = struct.unpack_from("<QQ", buf, 8)
@@ -145,18 +111,18 @@ def parse_gguf_layout(buf: mmap.mmap) -> GgufLayout:
             raise GgufError(f"GGUF declares {n_tensors} tensors")
         pos, alignment = 24, 32
         for _ in range(n_kv):
-            key, pos = _read_string(buf, pos)
-            vtype = _U32.unpack_from(buf, pos)[0]
+            key, pos = read_string(buf, pos)
+            vtype = U32.unpack_from(buf, pos)[0]
             pos += 4
             if key == b"general.alignment" and vtype == 4:
-                alignment = _U32.unpack_from(buf, pos)[0]
-            pos = _skip_value(buf, pos, vtype)
+                alignment = U32.unpack_from(buf, pos)[0]
+            pos = skip_value(buf, pos, vtype)
             if pos > size:
                 raise GgufError("GGUF metadata runs past the end of the file")
         infos: list[tuple[bytes, int, int, int]] = []
         for _ in range(n_tensors):
-            name, pos = _read_string(buf, pos)
-            n_dims = _U32.unpack_from(buf, pos)[0]
+            name, pos = read_string(buf, pos)
+            n_dims = U32.unpack_from(buf, pos)[0]
             if n_dims > MAX_DIMS:
                 raise GgufError(f"tensor {name!r} has {n_dims} dims")
             dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
@@ -217,7 +183,7 @@ class ModelWeights:
         try:
             sizes: list[int] = []
             digest = hashlib.blake2b(digest_size=FINGERPRINT_SIZE, person=b"mesh-llm-wts-v1")
-            digest.update(_U64.pack(len(shard_paths)))
+            digest.update(U64.pack(len(shard_paths)))
             index: dict[bytes, TensorSpan] = {}
             base = 0
             for shard, path in enumerate(shard_paths):
@@ -228,8 +194,8 @@ class ModelWeights:
                     raise GgufError(f"{path}: too small to be GGUF")
                 with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as buf:
                     layout = parse_gguf_layout(buf)
-                    digest.update(_U64.pack(size))
-                    digest.update(_U64.pack(layout.data_offset))
+                    digest.update(U64.pack(size))
+                    digest.update(U64.pack(layout.data_offset))
                     digest.update(memoryview(buf)[:layout.data_offset])
                     for at in _sample_offsets(layout.data_offset, size):
                         digest.update(buf[at:at + _SAMPLE_SIZE])
@@ -355,21 +321,25 @@ class DedupeEncoder:
     ``feed`` may return ``b""`` (send nothing): the header of a command whose payload has not
     started is held back until payload bytes arrive, which the client sends without waiting
     for a reply (ggml-rpc writes cmd, size and payload as three ``send()``s), so a command
-    costs one tunnel send instead of three. With ``weights=None`` every byte goes RAW.
+    costs one tunnel send instead of three. With ``weights=None`` or ``refs=False`` every
+    byte goes RAW; ``refs=False`` with weights still counts ``stats.weight_bytes``.
     A stream the RPC parser rejects is not an error here: the encoder notes why in
     ``stats.notes`` and carries the rest RAW, which is always correct.
     """
 
-    def __init__(self, weights: ModelWeights | None, *, max_ref: int = DEFAULT_MAX_REF) -> None:
+    def __init__(self, weights: ModelWeights | None, *, refs: bool = True,
+                 max_ref: int = DEFAULT_MAX_REF) -> None:
         if not 0 < max_ref <= MAX_REF:
             raise ValueError("max_ref out of range")
-        self._weights = weights
-        self._index = weights.index if weights is not None else {}
+        self._index = weights.index if weights is not None else {}  # to count weight bytes
+        self._weights = weights if refs else None  # what references may point into
+        self._refs = self._weights is not None
         self._max_ref = max_ref
         self._parser = RpcStreamParser(report_commands=False)
         self._passthrough = False
         self._held = b""
-        self._preamble: bytes | None = preamble(weights.fingerprint if weights else None)
+        self._preamble: bytes | None = preamble(
+            self._weights.fingerprint if self._weights is not None else None)
         self._pend_addr = 0
         self._pend_len = 0
         self._hasher = xxhash.xxh3_64()
@@ -409,7 +379,7 @@ class DedupeEncoder:
             n = ev.end - ev.start
             rel = ev.st.offset + ev.pos
             self.stats.weight_bytes += n
-            if rel + n > span.size:
+            if not self._refs or rel + n > span.size:
                 continue
             piece = data if n == len(data) else data[ev.start:ev.end]
             assert self._weights is not None
