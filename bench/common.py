@@ -6,6 +6,7 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -17,7 +18,8 @@ PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
 class Run:
     ttft_ms: float  # request sent → first token
     gen_tps: float  # tokens after the first / time from first to last token
-    tokens: int
+    tokens: int  # content chunks streamed (one per token, unless a server batches them)
+    timings: dict[str, Any] | None = None  # llama-server's `timings` from the last chunk
 
 
 async def stream_once(session: aiohttp.ClientSession, base: str, tokens: int = 128,
@@ -27,6 +29,7 @@ async def stream_once(session: aiohttp.ClientSession, base: str, tokens: int = 1
             "stream": True, "ignore_eos": True}
     start = time.perf_counter()
     stamps: list[float] = []
+    timings: dict[str, Any] | None = None
     async with session.post(base + "/v1/chat/completions", json=body) as resp:
         resp.raise_for_status()
         buffer = b""
@@ -36,13 +39,15 @@ async def stream_once(session: aiohttp.ClientSession, base: str, tokens: int = 1
             for event in events:
                 if not event.startswith(b"data: ") or event == b"data: [DONE]":
                     continue
-                choices = json.loads(event[6:]).get("choices") or [{}]
+                data = json.loads(event[6:])
+                timings = data.get("timings") or timings
+                choices = data.get("choices") or [{}]
                 if choices[0].get("delta", {}).get("content"):
                     stamps.append(time.perf_counter())
     if len(stamps) < 2:
         raise RuntimeError(f"only {len(stamps)} tokens streamed from {base}")
     return Run((stamps[0] - start) * 1e3, (len(stamps) - 1) / (stamps[-1] - stamps[0]),
-               len(stamps))
+               len(stamps), timings)
 
 
 def median(values: list[float]) -> float:
