@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import compare
+from common import added_ttft, compare, cpu_per_token
 from nodes import NodeProcess
 
 
@@ -23,7 +23,12 @@ async def measure(host: NodeProcess, client: NodeProcess, reps: int, tokens: int
     m = await compare({"host": host.api, "client": client.api}, reps, tokens)
     print(f"  ratio (client / host) gen tok/s: {m['client'][0] / m['host'][0]:.3f}"
           f"   (target ≥ 0.95)")
-    print(f"  added TTFT through the tunnel: {m['client'][1] - m['host'][1]:+.2f} ms")
+    print(f"  TTFT difference of those medians: {m['client'][1] - m['host'][1]:+.2f} ms")
+    ttft = await added_ttft(host.api, client.api, 4 * reps)
+    print(f"  added TTFT through the tunnel, {4 * reps} paired 4-token streams: {ttft:+.2f} ms")
+    cpu = await cpu_per_token({"host": host.proc.pid, "client": client.proc.pid}, client.api)
+    print(f"  CPU per token streamed through the client: host mesh-llm {cpu['host']:.3f} ms, "
+          f"client mesh-llm {cpu['client']:.3f} ms")
 
 
 def main() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -71,3 +73,36 @@ async def compare(bases: dict[str, str], reps: int, tokens: int) -> dict[str, tu
     for name, (tps, ttft) in result.items():
         print(f"  {name:<9} gen {tps:7.1f} tok/s   TTFT {ttft:6.2f} ms")
     return result
+
+
+async def added_ttft(base: str, via: str, reps: int) -> float:
+    """Median over `reps` pairs of (TTFT via `via` − TTFT at `base`), 4-token streams taken
+    back to back: the 128-token runs' TTFT medians drift by ±2 ms between runs here."""
+    diffs: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        for _ in range(3):
+            await stream_once(session, base, 4)
+            await stream_once(session, via, 4)
+        for _ in range(reps):
+            first = await stream_once(session, base, 4)
+            second = await stream_once(session, via, 4)
+            diffs.append(second.ttft_ms - first.ttft_ms)
+    return median(diffs)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_per_token(pids: dict[str, int], base: str, streams: int = 10,
+                        tokens: int = 128) -> dict[str, float]:
+    """ms of CPU each process spends per token streamed through `base`."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        await stream_once(session, base, tokens)
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        for _ in range(streams):
+            await stream_once(session, base, tokens)
+    return {name: (cpu_seconds(pid) - before[name]) * 1e3 / (streams * tokens)
+            for name, pid in pids.items()}
