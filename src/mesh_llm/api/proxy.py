@@ -1,9 +1,10 @@
 """The OpenAI-compatible API every node serves, relayed to whichever llama-server is the host's.
 
-The relay does not parse responses: bytes pass through as they arrive, so streamed
-tokens are not delayed and llama-server's `timings` reach the client unchanged.
-Where the upstream is depends on the node's role (its own llama-server, or a local
-end of a tunnel to the host); the proxy only asks `upstream()` per request.
+The relay reads only the response's HTTP framing (upstream.py): bodies pass through as
+they arrive, so streamed tokens are not delayed and llama-server's `timings` reach the
+client unchanged. Where the upstream is depends on the node's role (its own llama-server
+over loopback TCP, or the host's over a mesh stream); the proxy only asks `upstream()`
+per request.
 """
 
 from __future__ import annotations
