@@ -64,6 +64,11 @@ def test_truncated_and_foreign_files(tmp_path: Path) -> None:
     cut.write_bytes(whole[:40])
     with pytest.raises(UserError):
         block_count(cut)
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    assert vocabulary(empty) is None
+    with pytest.raises(UserError):
+        block_count(empty)
     text = tmp_path / "t.gguf"
     text.write_bytes(b"GGUF but not really" * 4)
     assert vocabulary(text) is None

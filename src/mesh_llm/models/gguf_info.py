@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
 MAX_STRING = 1 << 16
 MAX_KV = 1 << 16
+MAX_LIST = 1 << 22  # vocabularies are ~10^5 tokens
 
 MetaValue = int | float | bool | bytes | list[bytes] | None
 
@@ -92,6 +94,8 @@ def _value(buf: mmap.mmap, pos: int, vtype: int) -> MetaValue:
         return read_string(buf, pos)[0]
     if vtype == ARRAY and U32.unpack_from(buf, pos)[0] == STRING:
         count = U64.unpack_from(buf, pos + 4)[0]
+        if count > MAX_LIST:
+            raise GgufError(f"GGUF string list of {count} items")
         items, pos = [], pos + 12
         for _ in range(count):
             item, pos = read_string(buf, pos)
@@ -104,7 +108,11 @@ def read_metadata(path: Path, keys: Collection[str]) -> dict[str, MetaValue]:
     """The values of `keys` that the GGUF header at `path` holds (OSError, GgufError)."""
     wanted = {key.encode() for key in keys}
     found: dict[str, MetaValue] = {}
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size < 24:
+            raise GgufError("too short for a GGUF header")
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    with buf:
         try:
             if buf[:4] != GGUF_MAGIC or U32.unpack_from(buf, 4)[0] not in (2, 3):
                 raise GgufError("not a GGUF v2/v3 file")
