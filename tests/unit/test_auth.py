@@ -9,6 +9,7 @@ import pytest
 from mesh_llm.identity import Identity
 from mesh_llm.mesh.auth import (
     AuthError,
+    AuthResult,
     Proof,
     build_transcript,
     check_proof,
@@ -174,17 +175,20 @@ async def test_handshake_succeeds_and_agrees() -> None:
     assert rd.transcript_digest == ra.transcript_digest
 
 
+async def closing_acceptor(pipe: Pipe, fingerprint: bytes = FP) -> AuthResult:
+    """The acceptor side, closing its end when it fails so the dialer is not left waiting."""
+    try:
+        return await run_acceptor(pipe, ACCEPTOR, SECRET, fingerprint, timeout=1)
+    finally:
+        pipe.close()
+
+
 async def test_secret_mismatch_fails_both_sides() -> None:
     d, a = pipe_pair()
 
-    async def acceptor() -> None:
-        try:
-            await run_acceptor(a, ACCEPTOR, SECRET, FP, timeout=1)
-        finally:
-            a.close()
-
     results = await asyncio.gather(
-        run_dialer(d, DIALER, b"w" * 32, FP, timeout=1), acceptor(), return_exceptions=True
+        run_dialer(d, DIALER, b"w" * 32, FP, timeout=1), closing_acceptor(a),
+        return_exceptions=True
     )
     assert isinstance(results[0], AuthError) and "secret" in str(results[0])
     assert isinstance(results[1], AuthError)
@@ -194,14 +198,9 @@ async def test_different_cert_fingerprints_fail() -> None:
     # What a relay splicing two TLS sessions would produce.
     d, a = pipe_pair()
 
-    async def acceptor() -> None:
-        try:
-            await run_acceptor(a, ACCEPTOR, SECRET, b"m" * 32, timeout=1)
-        finally:
-            a.close()
-
     results = await asyncio.gather(
-        run_dialer(d, DIALER, SECRET, FP, timeout=1), acceptor(), return_exceptions=True
+        run_dialer(d, DIALER, SECRET, FP, timeout=1), closing_acceptor(a, b"m" * 32),
+        return_exceptions=True
     )
     assert all(isinstance(r, AuthError) for r in results)
 
@@ -209,15 +208,9 @@ async def test_different_cert_fingerprints_fail() -> None:
 async def test_unexpected_peer_is_refused() -> None:
     d, a = pipe_pair()
 
-    async def acceptor() -> None:
-        try:
-            await run_acceptor(a, ACCEPTOR, SECRET, FP, timeout=1)
-        finally:
-            a.close()
-
     results = await asyncio.gather(
         run_dialer(d, DIALER, SECRET, FP, expected_peer="ab" * 32, timeout=1),
-        acceptor(),
+        closing_acceptor(a),
         return_exceptions=True,
     )
     assert isinstance(results[0], AuthError) and "expected node" in str(results[0])

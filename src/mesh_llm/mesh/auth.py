@@ -180,6 +180,21 @@ def _kind(message: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------- I/O shells
 
+_IO_ERRORS = (TimeoutError, FrameError, ConnectionError, asyncio.IncompleteReadError)
+
+
+def _io_failure(err: BaseException, timeout: float, peer: str | None = None) -> AuthError:
+    """One line for what went wrong on the auth stream; `peer` is named on the accepting
+    side (the dialer's own messages name the peer it expected)."""
+    if isinstance(err, TimeoutError):
+        who = f"{peer} did not authenticate" if peer else "authentication did not finish"
+        return AuthError(f"{who} within {timeout:g} s")
+    if isinstance(err, FrameError):
+        return AuthError(f"bad auth frame{f' from {peer}' if peer else ''}: {err}")
+    if isinstance(err, asyncio.IncompleteReadError):
+        return AuthError("auth stream ended early")
+    return AuthError(f"connection lost during authentication: {err}")
+
 
 async def run_dialer(
     stream: Any,
@@ -209,14 +224,8 @@ async def run_dialer(
             if verdict is None or verdict.get("t") != "ok":
                 what = "no answer" if verdict is None else _kind(verdict)
                 raise AuthError(f"node {hello.node_id[:12]} refused us ({what})")
-    except TimeoutError:
-        raise AuthError(f"authentication did not finish within {timeout:g} s") from None
-    except FrameError as err:
-        raise AuthError(f"bad auth frame: {err}") from None
-    except ConnectionError as err:
-        raise AuthError(f"connection lost during authentication: {err}") from None
-    except asyncio.IncompleteReadError:
-        raise AuthError("auth stream ended early") from None
+    except _IO_ERRORS as err:
+        raise _io_failure(err, timeout) from None
     return AuthResult(hello.node_id, identity.node_id, transcript_digest(transcript))
 
 
@@ -245,12 +254,6 @@ async def run_acceptor(
                 raise AuthError(f"expected proof from {peer}, got {_kind(message)}")
             check_proof(hello.node_id, secret, "dialer", transcript, parse_proof(message))
             await write_frame(stream, {"t": "ok"}, AUTH_MAX_FRAME)
-    except TimeoutError:
-        raise AuthError(f"{peer} did not authenticate within {timeout:g} s") from None
-    except FrameError as err:
-        raise AuthError(f"bad auth frame from {peer}: {err}") from None
-    except ConnectionError as err:
-        raise AuthError(f"connection lost during authentication: {err}") from None
-    except asyncio.IncompleteReadError:
-        raise AuthError("auth stream ended early") from None
+    except _IO_ERRORS as err:
+        raise _io_failure(err, timeout, peer) from None
     return AuthResult(hello.node_id, hello.node_id, transcript_digest(transcript))
