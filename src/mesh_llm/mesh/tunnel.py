@@ -19,6 +19,8 @@ from .transport import Stream
 log = logging.getLogger("mesh_llm.tunnel")
 
 CONNECT_TIMEOUT_S = 10.0
+# What a paused reader of a StreamTransport may leave waiting before the stream is reset.
+MAX_HELD_BYTES = 64 * 1024 * 1024
 
 OpenStream = Callable[[], Awaitable[Stream]]
 
@@ -227,7 +229,8 @@ async def relay_to_tcp(stream: Stream, host: str, port: int, *,
 
 class StreamTransport(asyncio.Transport):
     """A mesh stream as the transport of an asyncio.Protocol (the API relay's exchange), so
-    a node without llama-server talks HTTP to the host's straight over the stream."""
+    a node without llama-server talks HTTP to the host's straight over the stream. It has
+    what the exchange uses: write, close, pause and resume reading."""
 
     def __init__(self, stream: Stream, protocol: asyncio.Protocol) -> None:
         super().__init__()
@@ -235,6 +238,7 @@ class StreamTransport(asyncio.Transport):
         self._protocol = protocol
         self._paused = False
         self._held: list[bytes] = []
+        self._held_bytes = 0
         self._end: tuple[BaseException | None] | None = None
         self._closing = False
         protocol.connection_made(self)
@@ -248,12 +252,6 @@ class StreamTransport(asyncio.Transport):
         except ConnectionError as err:
             self._lost(err)
 
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self._stream.write_eof()
-
     def is_closing(self) -> bool:
         return self._closing
 
@@ -262,31 +260,26 @@ class StreamTransport(asyncio.Transport):
             self._stream.close()
             self._lost(None)
 
-    def abort(self) -> None:
-        if not self._closing:
-            self._stream.abort()
-            self._lost(None)
-
     def pause_reading(self) -> None:
         self._paused = True
 
     def resume_reading(self) -> None:
         self._paused = False
-        held, self._held = self._held, []
+        held, self._held, self._held_bytes = self._held, [], 0
         for data in held:
             self._protocol.data_received(data)
         if self._end is not None and not self._paused:
             self._lost(self._end[0])
 
-    def is_reading(self) -> bool:
-        return not self._paused
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
     def _on_data(self, data: bytes) -> None:
         if self._paused:
-            self._held.append(data)  # QUIC flow control bounds what the peer may send
+            self._held_bytes += len(data)
+            if self._held_bytes > MAX_HELD_BYTES:
+                self._stream.abort()
+                self._lost(ConnectionError(f"peer sent over {MAX_HELD_BYTES} bytes that "
+                                           "nobody read"))
+                return
+            self._held.append(data)
         else:
             self._protocol.data_received(data)
 
