@@ -18,10 +18,11 @@ from typing import Any, NoReturn
 from . import __version__
 from .config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, NodeConfig, default_home
 from .errors import UserError
+from .identity import is_node_id
 from .models.catalog import CATALOG, DEFAULT_MODEL
 from .token import TokenError, decode_token
 
-SUBCOMMANDS = ("models", "download", "status", "stop", "doctor")
+SUBCOMMANDS = ("models", "download", "status", "stop", "doctor", "invite")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,7 +66,18 @@ def node_parser() -> argparse.ArgumentParser:
                         "serves the host's model, whose weights then come over the mesh)")
     p.add_argument("--join", metavar="TOKEN", action="append", default=[],
                    help="invite token of a running node (repeatable: the first that works "
-                        "wins); without --model this node needs no model file")
+                        "wins); without --model this node needs no model file. If none "
+                        "works the node exits, unless --standalone")
+    p.add_argument("--standalone", action="store_true",
+                   help="when every --join fails, serve alone as a mesh of its own instead "
+                        "of exiting")
+    p.add_argument("--new-mesh", action="store_true",
+                   help="start a new mesh: a fresh mesh secret instead of the one kept in "
+                        "the home (old tokens and invites stop working)")
+    p.add_argument("--trust-hosts", metavar="ID,...",
+                   help="only these node ids may be elected host (every prompt passes through "
+                        "the host); others serve as workers at most. Default: the ids in "
+                        "HOME/trusted_hosts if that file exists, else any worker may host")
     p.add_argument("--client", action="store_true",
                    help="lite client: no model, no GPU; the API is tunnelled to the host")
     p.add_argument("--bind-port", type=_port, default=0, metavar="P",
@@ -109,9 +121,12 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
                         2)
     for token in args.join:
         try:
-            decode_token(token)
+            kind = decode_token(token).kind
         except TokenError as err:
             raise UserError(f"--join: {err}", 2) from None
+        if kind == "client" and not args.client:
+            raise UserError("--join: that is a client invite, which grants only the API: "
+                            "use it with --client, or ask for a worker invite", 2)
     if args.draft_max < 1:
         raise UserError("--draft-max must be at least 1", 2)
     model = args.model
@@ -126,15 +141,39 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         logging.getLogger("mesh_llm").warning(
             "--draft %s ignored: without --model this node never hosts", args.draft)
     device_args = ("--device", args.device) if args.device else ()
+    home = args.home or default_home()
     return NodeConfig(
-        model=model, home=args.home or default_home(), join=tuple(args.join),
+        model=model, home=home, join=tuple(args.join),
         client=args.client, api_port=args.port, console_port=args.console,
         bind_host=args.bind_host, bind_port=args.bind_port, advertise=tuple(args.advertise),
         split=args.split,
         max_vram_gb=args.max_vram, draft=args.draft, no_draft=args.no_draft,
         draft_max=args.draft_max, bin_dir=args.bin_dir, device=args.device,
         listen_all=args.listen_all, api_key=args.api_key, llama_args=device_args,
+        standalone=args.standalone, new_mesh=args.new_mesh,
+        trust_hosts=trusted_hosts(args.trust_hosts, home),
     )
+
+
+def trusted_hosts(flag: str | None, home: Path) -> frozenset[str] | None:
+    """--trust-hosts, else HOME/trusted_hosts, else None (any worker may host)."""
+    from .home import TRUSTED_HOSTS_NAME, read_trusted_hosts
+
+    if flag is not None:
+        ids, where = [part.strip() for part in flag.split(",") if part.strip()], "--trust-hosts"
+    else:
+        listed = read_trusted_hosts(home)
+        if listed is None:
+            return None
+        ids, where = listed, str(home.expanduser() / TRUSTED_HOSTS_NAME)
+    for node_id in ids:
+        if not is_node_id(node_id):
+            shown = node_id if len(node_id) <= 20 else node_id[:17] + "..."
+            raise UserError(f"{where}: {shown!r} is not a node id (64 lowercase hex characters; "
+                            "see node_id in mesh-llm status)", 2)
+    if not ids:
+        raise UserError(f"{where} names no node id: no node could host", 2)
+    return frozenset(ids)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -170,6 +209,52 @@ def cmd_download(argv: Sequence[str]) -> int:
     from .models.download import download
 
     download(args.name, with_draft=not args.no_draft)
+    return 0
+
+
+def cmd_invite(argv: Sequence[str]) -> int:
+    """Mint an invite for the mesh of the node that runs (or last ran) with this home."""
+    import time
+
+    from .home import read_node_info, read_secret
+    from .identity import Identity
+    from .token import encode_token, mint_invite, parse_duration
+
+    p = _Parser(prog="mesh-llm invite",
+                description="print a new invite to this node's mesh: a client invite grants "
+                            "only the API (a lite client), a worker invite grants serving")
+    kind = p.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--client", action="store_const", const="client", dest="kind",
+                      help="a lite client's invite: the API tunnel, nothing more")
+    kind.add_argument("--worker", action="store_const", const="worker", dest="kind",
+                      help="a serving node's invite (it may also host unless --trust-hosts)")
+    p.add_argument("--expires", metavar="DURATION",
+                   help="refused after this long, e.g. 30m, 24h, 7d (default: never)")
+    p.add_argument("--home", type=Path, default=None, metavar="DIR")
+    args = p.parse_args(argv)
+    home = args.home or default_home()
+    expires = 0
+    if args.expires is not None:
+        try:
+            expires = int(time.time()) + parse_duration(args.expires)
+        except TokenError as err:
+            raise UserError(f"--expires: {err}", 2) from None
+    secret = read_secret(home)
+    info = read_node_info(home)
+    addrs = info.get("addrs") if info is not None else None
+    if secret is None or not isinstance(addrs, list) or not addrs:
+        raise UserError(f"no mesh in {home}: start a node with this home first (mesh-llm "
+                        "--home DIR ...), then mint invites for its mesh")
+    identity = Identity.load_or_create(home)
+    token = mint_invite(identity.node_id, [str(a) for a in addrs], secret, args.kind, expires)
+    try:
+        print(encode_token(token))
+    except TokenError as err:
+        raise UserError(f"cannot mint an invite from {home}: {err}") from None
+    until = time.strftime(" until %Y-%m-%d %H:%M UTC", time.gmtime(expires)) if expires else ""
+    print(f"({args.kind} invite through node {identity.node_id[:12]}{until}; use it with "
+          f"mesh-llm {'--client ' if args.kind == 'client' else ''}--join TOKEN)",
+          file=sys.stderr)
     return 0
 
 
@@ -236,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] in SUBCOMMANDS:
             handler = {"models": cmd_models, "download": cmd_download, "status": cmd_status,
-                       "stop": cmd_stop, "doctor": cmd_doctor}[argv[0]]
+                       "stop": cmd_stop, "doctor": cmd_doctor, "invite": cmd_invite}[argv[0]]
             return handler(argv[1:])
         config = config_from_args(node_parser().parse_args(argv))
         from .node import run_node

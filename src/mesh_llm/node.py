@@ -19,12 +19,13 @@ from aiohttp import web
 
 from . import __version__
 from .api.proxy import ApiProxy, Upstream
+from .api.tunnel_gate import ApiRequestGate
 from .changes import ChangeFeed
 from .config import NodeConfig
 from .console.server import Console
 from .errors import UserError
 from .home import HomeDir
-from .identity import Identity
+from .identity import Identity, is_node_id
 from .inference.election import (
     Candidate,
     Plan,
@@ -36,6 +37,7 @@ from .inference.election import (
 from .inference.engine import Engine, find_engine
 from .inference.llama import LlamaPlan, LlamaServer
 from .inference.rpc import RpcServer
+from .logutil import RateLimitedLog
 from .mesh.mesh import Mesh, MeshJoinError
 from .mesh.peers import PeerEvent, PeerInfo
 from .mesh.protocol import StreamType
@@ -47,11 +49,12 @@ from .models.gguf_info import block_count
 from .models.resolve import ResolvedModel, resolve_model
 from .models.weights import CodecStats, DedupeDecoder, DedupeEncoder, ModelWeights
 from .status import build_status, plan_json
-from .token import new_secret
 
 log = logging.getLogger("mesh_llm.node")
+refusals = RateLimitedLog(log)  # what a peer can make us log at will
 
 JOIN_TIMEOUT_S = 15.0
+HOST_AGREEMENT_S = 5.0  # an RPC tunnel from a peer we do not (yet) see as host waits this long
 WAITING_FOR_A_HOST = ("no host is ready: this node has no model file (no --model) and waits "
                       "for a node that has one to host the model")
 
@@ -80,6 +83,8 @@ class Node:
         self.llama: LlamaServer | None = None
         self.state = "starting"
         self.excluded: dict[str, str] = {}  # peer id → why it cannot serve with us
+        self.join_error: str | None = None  # --standalone after every --join failed
+        self._remembered: list[tuple[str, list[str]]] = []
         self.api = ApiProxy(self.upstream, api_key=config.api_key)
         self.console = Console(self.status, self.changes, self.api)
         self._rpc_tunnels: list[TunnelListener] = []
@@ -185,9 +190,13 @@ class Node:
             announced = host.announcement.get("plan") if host else None
             plan = announced if isinstance(announced, dict) else None
         upstream = self.upstream()
+        token = self.mesh.token() if self.mesh is not None else ""
+        reason = None if upstream.connect else upstream.reason
+        if self.join_error is not None:
+            reason = f"serving alone (--standalone): {self.join_error}"
         return build_status(
             node_id=self.node_id,
-            token=self.mesh.token() if self.mesh is not None else "",
+            token=token,
             role=self.role(),
             host_id=self.host_id,
             llama_ready=bool(llama and llama.ready) or bool(
@@ -204,7 +213,12 @@ class Node:
             state=self.state,
             extra={
                 "model_file": str(self.model.path) if self.model else None,
-                "reason": None if upstream.connect else upstream.reason,
+                "reason": reason,
+                "invites": {"worker": token or None,
+                            "client": (self.mesh.invite("client") or None)
+                            if self.mesh is not None else None},
+                "trusted_hosts": sorted(self.config.trust_hosts)
+                if self.config.trust_hosts is not None else None,
                 "llama_server": {"pid": llama.pid, "port": llama.port,
                                  "load_seconds": llama.load_seconds} if llama else None,
                 "api_tunnel": None if self.host_id in (None, self.node_id) else {
@@ -279,12 +293,20 @@ class Node:
     async def _start_mesh(self) -> None:
         assert self.identity is not None
         cfg = self.config
-        self.mesh = Mesh(self.identity, new_secret(), self._announcement(),
+        secret = self.home.mesh_secret(fresh=cfg.new_mesh)
+        self.mesh = Mesh(self.identity, secret, self._announcement(),
                          bind_host=cfg.bind_host, bind_port=cfg.bind_port,
                          advertise=list(cfg.advertise))
-        await self.mesh.start()
+        self.mesh.on_secret = self.home.save_secret  # joined another mesh: keep its secret
+        try:
+            await self.mesh.start()
+        except OSError as err:
+            raise UserError(_bind_problem(err, cfg.bind_host, cfg.bind_port)) from None
+        self.home.save_node_info({"node_id": self.node_id, "addrs": self.mesh.addrs})
         self.mesh.peers.add_listener(self._on_peer_event)
-        self.mesh.add_stream_handler(StreamType.HTTP_TUNNEL, self._serve_http_tunnel)
+        # A lite client needs the API tunnel and nothing else; serving is for members.
+        self.mesh.add_stream_handler(StreamType.HTTP_TUNNEL, self._serve_http_tunnel,
+                                     clients=True)
         self.mesh.add_stream_handler(StreamType.RPC_TUNNEL, self._serve_rpc_tunnel)
         if self.engine is not None:
             self.rpc = RpcServer(self.engine, self.home.logs / "ggml-rpc-server.log",
@@ -295,22 +317,47 @@ class Node:
                 joined = await self.mesh.join(list(cfg.join), JOIN_TIMEOUT_S)
                 log.info("joined the mesh through node %s", (joined or "")[:12])
             except MeshJoinError as err:
-                if cfg.client:
-                    raise
+                if cfg.client or not cfg.standalone:
+                    raise MeshJoinError(f"{err} (to serve alone anyway, add --standalone)") \
+                        from None
+                self.join_error = str(err)
                 log.warning("%s; %s", err, "waiting for a host to join us (this node has no "
-                            "model file)" if self.model_less else "serving alone")
-        log.info("invite token (give it to other nodes with --join):\n%s", self.mesh.token())
+                            "model file)" if self.model_less else "serving alone (--standalone)")
+        if not cfg.new_mesh:
+            self.mesh.dial_known([(node_id, addrs) for node_id, addrs in self.home.known_peers()
+                                  if is_node_id(node_id) and node_id != self.node_id])
+        if self.mesh.secret is None:
+            log.info("joined with a client invite: this lite client cannot invite others")
+            return
+        log.info("worker invite (lets a machine join and serve; give it with --join):\n%s",
+                 self.mesh.token())
+        log.info("client invite (lets a lite client use the API, nothing more):\n%s",
+                 self.mesh.invite("client"))
 
     def _on_peer_event(self, event: PeerEvent) -> None:
         log.info("peer %s %s", event.node_id[:12], event.kind)
+        self._remember_peers()
         self._reconcile()
+
+    def _remember_peers(self) -> None:
+        """Keep the mesh's members in the home, so that a restart finds them again."""
+        if self.mesh is None or self.state == "stopping":
+            return
+        members = sorted(self.mesh.member_hints())
+        if members and members != self._remembered:
+            self._remembered = members
+            try:
+                self.home.save_peers(members)
+            except UserError as err:
+                log.warning("%s", err)
 
     def _reconcile(self) -> None:
         """Converge on the current truth: who hosts, what runs here, what we announce."""
         if self.state == "stopping":
             return  # peers leaving because we leave must not start a new plan
-        me = None if self.config.client else Candidate(self.node_id, "worker", self.vram_bytes,
-                                                       can_host=self.model is not None)
+        me = None if self.config.client else Candidate(
+            self.node_id, "worker", self.vram_bytes,
+            can_host=self.model is not None and self._may_host(self.node_id))
         candidates = [me] if me else []
         excluded: dict[str, str] = {}
         for peer in self._connected_peers():
@@ -324,7 +371,8 @@ class Node:
                     excluded[peer.node_id] = why
                     continue
             candidates.append(Candidate(peer.node_id, peer.role, peer.vram_bytes, peer.rtt_ms,
-                                        can_host=peer.model_file))
+                                        can_host=peer.model_file
+                                        and self._may_host(peer.node_id)))
         self.excluded = excluded
         host_id = elect_host(candidates)
         if host_id != self.host_id:
@@ -341,6 +389,11 @@ class Node:
         if self.mesh is not None:
             self.mesh.update_announcement(**self._announcement())
         self.changes.bump()
+
+    def _may_host(self, node_id: str) -> bool:
+        """Hosting sees every prompt: with --trust-hosts only the listed nodes may host."""
+        trusted = self.config.trust_hosts
+        return trusted is None or node_id in trusted
 
     def _host(self, me: Candidate, others: list[Candidate]) -> None:
         assert self.model is not None
@@ -446,14 +499,29 @@ class Node:
         return open_stream
 
     async def _serve_http_tunnel(self, peer_id: str, stream: Stream) -> None:
-        """A peer's API request for our llama-server (we are, or were, the host)."""
+        """A peer's API request for our llama-server: only while we host, and only for the
+        API's routes (llama-server's other endpoints are not the mesh's to hand out)."""
+        if self.host_id != self.node_id:
+            refusals.warning(f"http {peer_id}", "refused an API tunnel from %s: this node is "
+                             "not the host", peer_id[:12])
+            stream.abort()
+            return
         if self.llama is None or self.llama.url is None or self.llama.port is None:
             stream.abort()
             return
-        await relay_to_tcp(stream, "127.0.0.1", self.llama.port)
+        await relay_to_tcp(stream, "127.0.0.1", self.llama.port, decoder=ApiRequestGate(),
+                           on_decode_error=lambda err: refusals.warning(
+                               f"gate {peer_id}", "refused a tunnelled request from %s: %s",
+                               peer_id[:12], err))
 
     async def _serve_rpc_tunnel(self, peer_id: str, stream: Stream) -> None:
-        """The host's llama-server reaching our ggml-rpc-server (we are its worker)."""
+        """The host's llama-server reaching our ggml-rpc-server: only the node that we too
+        elect as host may (ggml-rpc-server has no authentication of its own)."""
+        if not await self._agrees_host(peer_id):
+            refusals.warning(f"rpc {peer_id}", "refused an RPC tunnel from %s: it is not the "
+                             "host of this node's plan", peer_id[:12])
+            stream.abort()
+            return
         if self.rpc is None or not self.rpc.ready or self.rpc.port is None:
             stream.abort()
             return
@@ -461,6 +529,19 @@ class Node:
         decoder = DedupeDecoder(self.weights if self.fingerprint else None)
         await relay_to_tcp(stream, "127.0.0.1", self.rpc.port, decoder=decoder,
                            on_decode_error=self._weights_differ)
+
+    async def _agrees_host(self, peer_id: str) -> bool:
+        """Whether we elect `peer_id` as host, waiting briefly: its tunnel can arrive a moment
+        before the gossip that makes it host here."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HOST_AGREEMENT_S
+        while self.host_id != peer_id or self.config.client:
+            seen = self.changes.version
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self.config.client:
+                return False
+            await self.changes.wait_newer(seen, remaining)
+        return True
 
     def _weights_differ(self, err: ValueError) -> None:
         """The host referenced bytes our file does not have: stop claiming the same file,
@@ -501,6 +582,16 @@ class Node:
             await runner.cleanup()
         self._runners.clear()
         self.home.release()
+
+
+def _bind_problem(err: OSError, host: str, port: int) -> str:
+    """One line for a QUIC socket that cannot be bound."""
+    if err.errno == errno.EADDRINUSE:
+        return (f"UDP port {port} on {host} is already in use: stop what holds it or choose "
+                "another --bind-port")
+    if err.errno == errno.EADDRNOTAVAIL:
+        return f"--bind-host {host} is not an address of this machine"
+    return f"cannot listen for the mesh on UDP {host}:{port}: {err.strerror or err}"
 
 
 async def run_node(config: NodeConfig) -> None:

@@ -1,25 +1,42 @@
 """Invite tokens: URL-safe base64 (no padding) of a small versioned JSON.
 
-A token names a node (its id), where to reach it (host:port list) and the mesh secret;
-holding one is the right to join. Pure functions: no I/O, every input bounded and checked,
-and `decode_token` raises nothing but `TokenError`.
+A token names a node (its id) and where to reach it (host:port list), and carries a
+credential; holding one is the right to join:
+
+* version 1 carries the mesh secret itself: a full member (what `token` prints; such a
+  token never expires and is how a node restarted with the same home rejoins);
+* version 2 is an *invite*: a capability derived from the secret for one kind of member
+  (`worker`: may serve, and learns the secret once admitted; `client`: the API tunnel only)
+  and an optional expiry. HMAC is one-way, so a client invite cannot be turned into a worker
+  invite or into the secret, and changing the kind or the expiry breaks the capability.
+
+Pure functions: no I/O, every input bounded and checked, and `decode_token` raises nothing
+but `TokenError`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import ipaddress
 import json
 import re
 import secrets
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .errors import UserError
 from .identity import is_node_id
 
-TOKEN_VERSION = 1
+TOKEN_VERSION = 1  # carries the mesh secret
+INVITE_VERSION = 2  # carries a capability for one kind of member
 SECRET_LEN = 32
+CAP_LEN = 32
+INVITE_KINDS = ("worker", "client")
+MAX_EXPIRY = 2**40  # unix seconds; far beyond any real date, small enough for JSON ints
+_CAP_DOMAIN = b"mesh-llm/1 invite\x00"
 MAX_TOKEN_LEN = 4096
 MAX_ADDRS = 16
 MAX_ADDR_LEN = 262  # "[" + 253-char host + "]:" + 5 digits, rounded
@@ -35,14 +52,66 @@ class TokenError(UserError):
     """A token that cannot be used; the message is one precise line."""
 
 
+InviteKind = Literal["worker", "client"]
+
+
+@dataclass(frozen=True)
+class Invite:
+    """A capability for one kind of member; `expires` is unix seconds, 0 for never."""
+
+    kind: InviteKind
+    expires: int
+    cap: bytes
+
+    def expired(self, now: float) -> bool:
+        return self.expires != 0 and now >= self.expires
+
+
 @dataclass(frozen=True)
 class InviteToken:
-    """What a token carries. `addrs` are "host:port" strings, most preferred first."""
+    """What a token carries. `addrs` are "host:port" strings, most preferred first.
+    Either `secret` (version 1, a full member) or `invite` (version 2) is set."""
 
     node_id: str
     addrs: list[str] = field(default_factory=list)
     secret: bytes = b""
     version: int = TOKEN_VERSION
+    invite: Invite | None = None
+
+    @property
+    def kind(self) -> InviteKind:
+        """What holding this token grants: a v1 token is a worker invite that never expires."""
+        return "worker" if self.invite is None else self.invite.kind
+
+
+def capability(secret: bytes, kind: str, expires: int) -> bytes:
+    """The invite capability for (kind, expires): only a holder of the secret can make it."""
+    if kind not in INVITE_KINDS:
+        raise ValueError(f"invite kind must be one of {', '.join(INVITE_KINDS)}")
+    if type(expires) is not int or not 0 <= expires < MAX_EXPIRY:
+        raise ValueError("invite expiry must be unix seconds (0 for never)")
+    message = _CAP_DOMAIN + kind.encode() + b"\x00" + expires.to_bytes(8, "big")
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def mint_invite(node_id: str, addrs: list[str], secret: bytes, kind: InviteKind,
+                expires: int = 0) -> InviteToken:
+    """A version-2 invite to the mesh whose secret is `secret`, reached through `node_id`."""
+    invite = Invite(kind, expires, capability(secret, kind, expires))
+    return InviteToken(node_id, list(addrs), version=INVITE_VERSION, invite=invite)
+
+
+_DURATION_RE = re.compile(r"(\d{1,9})\s*([smhdw]?)")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """"90", "30m", "24h", "7d", "2w" → seconds (TokenError for anything else)."""
+    match = _DURATION_RE.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+    if match is None or int(match.group(1)) == 0:
+        raise TokenError(f"bad duration {_show(text)}: use a positive number with s, m, h, d "
+                         "or w (e.g. 24h)")
+    return int(match.group(1)) * _UNIT_S[match.group(2)]
 
 
 def new_secret() -> bytes:
@@ -88,13 +157,17 @@ def format_addr(host: str, port: int) -> str:
 
 def encode_token(token: InviteToken) -> str:
     """Serialize a token; validates it first so a bad token is never printed."""
-    _check_fields(token.node_id, token.addrs, token.secret)
-    body = {
-        "v": token.version,
-        "id": token.node_id,
-        "addrs": list(token.addrs),
-        "secret": _b64encode(token.secret),
-    }
+    body: dict[str, object] = {"v": token.version, "id": token.node_id,
+                               "addrs": list(token.addrs)}
+    if token.invite is None:
+        _check_fields(token.node_id, token.addrs, token.secret)
+        body["secret"] = _b64encode(token.secret)
+    else:
+        invite = token.invite
+        _check_fields(token.node_id, token.addrs, None)
+        _check_invite(invite.kind, invite.expires, invite.cap)
+        body.update(v=INVITE_VERSION, kind=invite.kind, exp=invite.expires,
+                    cap=_b64encode(invite.cap))
     text = _b64encode(json.dumps(body, separators=(",", ":")).encode())
     if len(text) > MAX_TOKEN_LEN:
         raise TokenError(f"token would be {len(text)} characters; the limit is {MAX_TOKEN_LEN}")
@@ -121,12 +194,12 @@ def decode_token(text: str) -> InviteToken:
     version = body.get("v")
     if type(version) is not int:
         raise TokenError("token has no version number")
-    if version != TOKEN_VERSION:
+    if version not in (TOKEN_VERSION, INVITE_VERSION):
         raise TokenError(f"token version {version} is not supported (this mesh-llm reads "
-                         f"version {TOKEN_VERSION}); update mesh-llm or ask for a new token")
+                         f"versions {TOKEN_VERSION} and {INVITE_VERSION}); update mesh-llm or "
+                         "ask for a new token")
     node_id = body.get("id")
     addrs = body.get("addrs")
-    secret_text = body.get("secret")
     if node_id is None:
         raise TokenError("token has no node id")
     if not isinstance(node_id, str):
@@ -135,6 +208,9 @@ def decode_token(text: str) -> InviteToken:
         raise TokenError("token has no addresses")
     if not isinstance(addrs, list) or not all(isinstance(a, str) for a in addrs):
         raise TokenError("token addresses must be a list of strings")
+    if version == INVITE_VERSION:
+        return _decode_invite(body, node_id, addrs)
+    secret_text = body.get("secret")
     if secret_text is None:
         raise TokenError("token has no mesh secret")
     if not isinstance(secret_text, str):
@@ -146,7 +222,29 @@ def decode_token(text: str) -> InviteToken:
     return InviteToken(node_id=node_id, addrs=list(addrs), secret=secret, version=version)
 
 
+def _decode_invite(body: dict[str, object], node_id: str, addrs: list[str]) -> InviteToken:
+    kind, expires, cap_text = body.get("kind"), body.get("exp", 0), body.get("cap")
+    if not isinstance(cap_text, str) or len(cap_text) > 2 * CAP_LEN:
+        raise TokenError("invite has no valid capability")
+    cap = _b64decode(cap_text, what="invite capability")
+    _check_fields(node_id, addrs, None)
+    _check_invite(kind, expires, cap)
+    invite = Invite(kind, expires, cap)  # type: ignore[arg-type]  # checked just above
+    return InviteToken(node_id=node_id, addrs=list(addrs), version=INVITE_VERSION,
+                       invite=invite)
+
+
+def _check_invite(kind: object, expires: object, cap: object) -> None:
+    if kind not in INVITE_KINDS:
+        raise TokenError(f"invite kind must be one of {', '.join(INVITE_KINDS)}")
+    if type(expires) is not int or not 0 <= expires < MAX_EXPIRY:
+        raise TokenError("invite expiry must be unix seconds (0 for never)")
+    if not isinstance(cap, bytes) or len(cap) != CAP_LEN:
+        raise TokenError(f"invite capability must be {CAP_LEN} bytes")
+
+
 def _check_fields(node_id: object, addrs: object, secret: object) -> None:
+    """Checks the common fields, and `secret` unless it is None (an invite has none)."""
     if not is_node_id(node_id):
         raise TokenError(f"bad node id {_show(node_id)}: expected 64 lowercase hex characters")
     if not isinstance(addrs, list) or not all(isinstance(a, str) for a in addrs):
@@ -157,6 +255,8 @@ def _check_fields(node_id: object, addrs: object, secret: object) -> None:
         raise TokenError(f"token lists {len(addrs)} addresses; the limit is {MAX_ADDRS}")
     for addr in addrs:
         parse_addr(addr)
+    if secret is None:
+        return
     if not isinstance(secret, bytes):
         raise TokenError("token mesh secret must be bytes")
     if len(secret) != SECRET_LEN:

@@ -259,6 +259,10 @@ async def test_wrong_secret_is_refused(make_mesh: MakeMesh, caplog: pytest.LogCa
     with a.subscribe() as sub, caplog.at_level(logging.WARNING, logger="mesh_llm.mesh"):
         with pytest.raises(MeshJoinError, match="secret"):
             await intruder.join([bad], timeout=3.0)
+        # The intruder hears "no" before a has logged it: wait for a's side, not the log.
+        async with asyncio.timeout(3):
+            while a.refused == 0:
+                await asyncio.sleep(0.01)
         assert any("refused connection" in r.getMessage() for r in caplog.records)
         while (event := sub.get_nowait()) is not None:
             assert event.node_id != intruder.node_id

@@ -6,14 +6,22 @@ the middle would have to present its own certificate, so the two ends would sign
 transcripts). Each side then proves, for its role:
 
   * its key:   an Ed25519 signature over ("sig", role, transcript)
-  * the mesh:  HMAC-SHA256 keyed with the mesh secret over ("mac", role, transcript)
+  * the mesh:  HMAC-SHA256 over ("mac", role, transcript), keyed with the mesh secret, or,
+               when the dialer holds an invite, with that invite's capability (which the
+               acceptor derives from the secret, see token.py)
 
-The secret itself never crosses the wire. Messages (frames on the AUTH stream):
+Messages (frames on the AUTH stream):
 
-    dialer   -> acceptor  {"t": "hello", "id", "nonce"}
+    dialer   -> acceptor  {"t": "hello", "id", "nonce"[, "inv": {"k": kind, "exp": int}]}
     acceptor -> dialer    {"t": "hello", "id", "nonce", "sig", "mac"}   (acceptor's proof)
+                          or {"t": "error", "reason"} (an expired invite)
     dialer   -> acceptor  {"t": "proof", "sig", "mac"}                  (dialer's proof)
-    acceptor -> dialer    {"t": "ok"}
+    acceptor -> dialer    {"t": "ok"[, "secret"]}
+
+What the dialer is granted follows from what it proved: the secret or a worker invite make
+it a member (a worker invite's holder is then given the secret, inside the authenticated
+QUIC connection, so that it can accept other members); a client invite grants only what a
+lite client needs. The secret never crosses the wire otherwise.
 
 Everything that decides is a pure function below; `run_dialer` / `run_acceptor` are the
 thin I/O shells, bounded by a timeout.
@@ -25,10 +33,12 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..identity import Identity, is_node_id, verify
+from ..token import INVITE_KINDS, MAX_EXPIRY, SECRET_LEN, Invite, capability
 from .protocol import FrameError, read_frame, write_frame
 
 AUTH_TIMEOUT_S = 5.0
@@ -38,6 +48,7 @@ AUTH_MAX_FRAME = 2048
 _DOMAIN = b"mesh-llm/1 auth\x00"
 
 Role = Literal["dialer", "acceptor"]
+Grant = Literal["member", "client"]
 
 
 class AuthError(Exception):
@@ -48,6 +59,8 @@ class AuthError(Exception):
 class Hello:
     node_id: str
     nonce: bytes
+    invite_kind: str | None = None  # the dialer authenticates with an invite of this kind
+    invite_expires: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,8 @@ class AuthResult:
     peer_id: str
     dialer_id: str
     transcript_digest: bytes
+    grant: Grant = "member"  # what the peer may do here (always "member" for who we dialled)
+    secret: bytes | None = None  # dialer with a worker invite: the mesh secret it was given
 
 
 # ---------------------------------------------------------------------------- pure logic
@@ -125,8 +140,11 @@ def transcript_digest(transcript: bytes) -> bytes:
     return hashlib.sha256(transcript).digest()
 
 
-def hello_message(node_id: str, nonce: bytes, proof: Proof | None = None) -> dict[str, Any]:
+def hello_message(node_id: str, nonce: bytes, proof: Proof | None = None,
+                  invite: Invite | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"t": "hello", "id": node_id, "nonce": nonce.hex()}
+    if invite is not None:
+        message["inv"] = {"k": invite.kind, "exp": invite.expires}
     if proof is not None:
         message["sig"] = proof.sig.hex()
         message["mac"] = proof.mac.hex()
@@ -150,7 +168,51 @@ def parse_hello(message: dict[str, Any] | None, own_id: str) -> Hello:
     nonce = _hex_field(message, "nonce", NONCE_LEN)
     if node_id == own_id:
         raise AuthError("connected to this node itself")
-    return Hello(node_id=node_id, nonce=nonce)
+    inv = message.get("inv")
+    if inv is None:
+        return Hello(node_id=node_id, nonce=nonce)
+    kind = inv.get("k") if isinstance(inv, dict) else None
+    expires = inv.get("exp") if isinstance(inv, dict) else None
+    if kind not in INVITE_KINDS or type(expires) is not int or not 0 <= expires < MAX_EXPIRY:
+        raise AuthError("hello carries a malformed invite")
+    return Hello(node_id=node_id, nonce=nonce, invite_kind=kind, invite_expires=expires)
+
+
+def check_invite_time(hello: Hello, now: float) -> None:
+    """Refuse an invite whose expiry has passed (the reason goes back to the dialer)."""
+    if hello.invite_kind is not None and hello.invite_expires and now >= hello.invite_expires:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(hello.invite_expires))
+        raise AuthError(f"this {hello.invite_kind} invite expired at {when}; ask for a new one "
+                        "(mesh-llm invite)")
+
+
+def acceptor_key(secret: bytes, hello: Hello) -> bytes:
+    """The MAC key for this dialer: the secret, or the capability of the invite it claims."""
+    if hello.invite_kind is None:
+        return secret
+    return capability(secret, hello.invite_kind, hello.invite_expires)
+
+
+def grant_for(hello: Hello) -> Grant:
+    return "client" if hello.invite_kind == "client" else "member"
+
+
+def ok_message(secret: bytes, hello: Hello) -> dict[str, Any]:
+    """Admission; a worker invite's holder becomes a member and gets the secret."""
+    if hello.invite_kind == "worker":
+        return {"t": "ok", "secret": secret.hex()}
+    return {"t": "ok"}
+
+
+def handed_secret(verdict: dict[str, Any], invite: Invite) -> bytes | None:
+    """The secret a worker invite's holder was given, checked against its capability (a
+    member could not hand a wrong one by mistake without this being caught)."""
+    if invite.kind != "worker":
+        return None
+    secret = _hex_field(verdict, "secret", SECRET_LEN)
+    if not hmac.compare_digest(capability(secret, invite.kind, invite.expires), invite.cap):
+        raise AuthError("the mesh secret handed over does not match the invite")
+    return secret
 
 
 def parse_proof(message: dict[str, Any] | None) -> Proof:
@@ -203,12 +265,18 @@ async def run_dialer(
     cert_fingerprint: bytes,
     expected_peer: str | None = None,
     timeout: float = AUTH_TIMEOUT_S,
+    *,
+    invite: Invite | None = None,
 ) -> AuthResult:
-    """Dialer side, on a stream whose type byte was already written."""
+    """Dialer side, on a stream whose type byte was already written. With `invite`, the
+    proof is keyed with its capability instead of `secret`."""
+    key = invite.cap if invite is not None else secret
+    handed: bytes | None = None
     try:
         async with asyncio.timeout(timeout):
             nonce = new_nonce()
-            await write_frame(stream, hello_message(identity.node_id, nonce), AUTH_MAX_FRAME)
+            await write_frame(stream, hello_message(identity.node_id, nonce, invite=invite),
+                              AUTH_MAX_FRAME)
             reply = await read_frame(stream, AUTH_MAX_FRAME)
             hello = parse_hello(reply, identity.node_id)
             if expected_peer is not None and hello.node_id != expected_peer:
@@ -217,16 +285,19 @@ async def run_dialer(
             transcript = build_transcript(
                 identity.node_id, hello.node_id, nonce, hello.nonce, cert_fingerprint
             )
-            check_proof(hello.node_id, secret, "acceptor", transcript, parse_proof(reply))
-            proof = make_proof(identity, secret, "dialer", transcript)
+            check_proof(hello.node_id, key, "acceptor", transcript, parse_proof(reply))
+            proof = make_proof(identity, key, "dialer", transcript)
             await write_frame(stream, proof_message(proof), AUTH_MAX_FRAME)
             verdict = await read_frame(stream, AUTH_MAX_FRAME)
             if verdict is None or verdict.get("t") != "ok":
                 what = "no answer" if verdict is None else _kind(verdict)
                 raise AuthError(f"node {hello.node_id[:12]} refused us ({what})")
+            if invite is not None:
+                handed = handed_secret(verdict, invite)
     except _IO_ERRORS as err:
         raise _io_failure(err, timeout) from None
-    return AuthResult(hello.node_id, identity.node_id, transcript_digest(transcript))
+    return AuthResult(hello.node_id, identity.node_id, transcript_digest(transcript),
+                      secret=handed)
 
 
 async def run_acceptor(
@@ -235,6 +306,8 @@ async def run_acceptor(
     secret: bytes,
     cert_fingerprint: bytes,
     timeout: float = AUTH_TIMEOUT_S,
+    *,
+    now: float | None = None,
 ) -> AuthResult:
     """Acceptor side, on a stream whose type byte (AUTH) was already read."""
     peer = "peer"
@@ -242,18 +315,25 @@ async def run_acceptor(
         async with asyncio.timeout(timeout):
             hello = parse_hello(await read_frame(stream, AUTH_MAX_FRAME), identity.node_id)
             peer = hello.node_id[:12]
+            try:
+                check_invite_time(hello, time.time() if now is None else now)
+            except AuthError as err:
+                await write_frame(stream, {"t": "error", "reason": str(err)}, AUTH_MAX_FRAME)
+                raise
+            key = acceptor_key(secret, hello)
             nonce = new_nonce()
             transcript = build_transcript(
                 hello.node_id, identity.node_id, hello.nonce, nonce, cert_fingerprint
             )
-            own = make_proof(identity, secret, "acceptor", transcript)
+            own = make_proof(identity, key, "acceptor", transcript)
             await write_frame(stream, hello_message(identity.node_id, nonce, own),
                               AUTH_MAX_FRAME)
             message = await read_frame(stream, AUTH_MAX_FRAME)
             if message is not None and message.get("t") != "proof":
                 raise AuthError(f"expected proof from {peer}, got {_kind(message)}")
-            check_proof(hello.node_id, secret, "dialer", transcript, parse_proof(message))
-            await write_frame(stream, {"t": "ok"}, AUTH_MAX_FRAME)
+            check_proof(hello.node_id, key, "dialer", transcript, parse_proof(message))
+            await write_frame(stream, ok_message(secret, hello), AUTH_MAX_FRAME)
     except _IO_ERRORS as err:
         raise _io_failure(err, timeout, peer) from None
-    return AuthResult(hello.node_id, hello.node_id, transcript_digest(transcript))
+    return AuthResult(hello.node_id, hello.node_id, transcript_digest(transcript),
+                      grant=grant_for(hello))

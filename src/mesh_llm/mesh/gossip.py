@@ -27,6 +27,8 @@ MAX_MODELS = 64
 MAX_NAME_LEN = 256
 MAX_SHORT_STR = 64
 MAX_GOSSIPED_PEERS = 256
+# More memory than one machine can have is a lie that would win every election: refused.
+MAX_VRAM_BYTES = 2 * 1024**4
 
 DEFAULTS: dict[str, Any] = {
     "addrs": [],
@@ -94,8 +96,11 @@ def validate_announcement(raw: object, node_id: str) -> dict[str, Any]:
     if ann["role"] not in ROLES:
         raise GossipError(f"announcement role must be one of {', '.join(ROLES)}")
     vram = ann["vram_bytes"]
-    if type(vram) is not int or vram < 0 or vram > 2**62:
+    if type(vram) is not int or vram < 0:
         raise GossipError("announcement vram_bytes must be a non-negative integer")
+    if vram > MAX_VRAM_BYTES:
+        raise GossipError(f"announcement vram_bytes {vram} is more than one machine can have "
+                          f"(the limit is {MAX_VRAM_BYTES // 1024**4} TiB)")
     models = ann["models"]
     if (
         not isinstance(models, list)
@@ -112,6 +117,14 @@ def validate_announcement(raw: object, node_id: str) -> dict[str, Any]:
         if not isinstance(ann[name], bool):
             raise GossipError(f"announcement {name} must be true or false")
     return ann
+
+
+def clamp_client(ann: dict[str, Any]) -> dict[str, Any]:
+    """What a client-invite peer may be, whatever it announced: a client that serves
+    nothing, offers no memory and hosts nothing (its version is kept for the console)."""
+    return {**ann, "role": "client", "vram_bytes": 0, "models": [], "ready": False,
+            "model_file": False, "rpc_ready": False, "rpc_version": "", "plan": None,
+            "model_fingerprint": "", "draft": None, "addrs": []}
 
 
 def _addrs(value: object, what: str) -> list[str]:

@@ -2,9 +2,13 @@
 
 Life of a connection:
   1. QUIC handshake (transport.py).
-  2. AUTH stream: the dialer opens it; both sides prove key and mesh secret (auth.py).
-     Until that succeeds, other streams are held (a few) and served by nobody; the acceptor
-     drops the connection if authentication has not succeeded within `auth_timeout_s`.
+  2. AUTH stream: the dialer opens it; both sides prove key and mesh secret, or an invite
+     derived from it (auth.py). Until that succeeds, other streams are held (a few) and served
+     by nobody; the acceptor drops the connection if authentication has not succeeded within
+     `auth_timeout_s`. What the dialer proved is its grant: a member, or a lite client
+     admitted by a client invite, whose gossip is clamped to "client" and which may open
+     only the stream types registered for clients. A node that joined with a client invite
+     holds no secret: it dials, and accepts nobody.
   3. Adoption: one connection per pair of nodes. When a second one authenticates (both
      dialled at once, or one end redialled a connection the other has not yet seen die),
      the end with the smaller node id decides: it keeps the newest and closes the others
@@ -33,22 +37,28 @@ from typing import Any
 
 from ..errors import UserError
 from ..identity import Identity
+from ..logutil import RateLimitedLog
 from ..token import (
     MAX_ADDRS,
+    Invite,
+    InviteKind,
     InviteToken,
     TokenError,
     decode_token,
     encode_token,
     format_addr,
+    mint_invite,
     parse_addr,
 )
-from .auth import AuthError, AuthResult, run_acceptor, run_dialer
+from .auth import AuthError, AuthResult, Grant, run_acceptor, run_dialer
 from .gossip import (
+    MAX_GOSSIPED_PEERS,
     GoodbyeMsg,
     GossipError,
     PeerHint,
     PingMsg,
     StateMsg,
+    clamp_client,
     goodbye_message,
     make_announcement,
     parse_gossip,
@@ -152,7 +162,7 @@ class Mesh:
     def __init__(
         self,
         identity: Identity,
-        secret: bytes,
+        secret: bytes | None,
         announcement: dict[str, Any],
         *,
         bind_host: str = "0.0.0.0",
@@ -162,7 +172,9 @@ class Mesh:
     ) -> None:
         self.identity = identity
         self.node_id = identity.node_id
-        self._secret = bytes(secret)
+        self._secret = None if secret is None else bytes(secret)
+        self._invite: Invite | None = None  # a lite client's credential (it has no secret)
+        self.on_secret: Callable[[bytes], None] | None = None  # the mesh secret changed
         self.settings = settings or MeshSettings()
         self.bind_host = bind_host
         self.bind_port = bind_port
@@ -179,6 +191,9 @@ class Mesh:
         self._dial_locks: dict[str, asyncio.Lock] = {}
         self._active_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._handlers: dict[int, StreamHandler] = {}
+        self._client_types: set[int] = set()  # stream types a client-invite peer may open
+        self._refusals = RateLimitedLog(log)  # what outsiders and unprivileged peers trigger
+        self.refused = 0  # connections refused so far (tests wait on it, not on the log)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dialing: dict[str, asyncio.Task[Any]] = {}
         self._reconnecting: dict[str, asyncio.Task[Any]] = {}
@@ -204,7 +219,8 @@ class Mesh:
         return list(self._addrs)
 
     @property
-    def secret(self) -> bytes:
+    def secret(self) -> bytes | None:
+        """The mesh secret; None on a lite client admitted by a client invite."""
         return self._secret
 
     @property
@@ -234,10 +250,22 @@ class Mesh:
                  self.bind_host, port, self.node_id[:12], transport.batched_io)
 
     def token(self) -> str:
-        """Invite token: this node's id, addresses and the mesh secret."""
+        """The worker invite that never expires: this node's id, addresses and the mesh
+        secret ("" on a node that holds no secret: it cannot invite anyone)."""
         if not self._started:
             raise MeshError("start the mesh before asking for its token")
+        if self._secret is None:
+            return ""
         return encode_token(InviteToken(self.node_id, self._addrs, self._secret))
+
+    def invite(self, kind: InviteKind, expires: int = 0) -> str:
+        """A version-2 invite of `kind` through this node ("" without a secret)."""
+        if not self._started:
+            raise MeshError("start the mesh before asking for an invite")
+        if self._secret is None:
+            return ""
+        return encode_token(mint_invite(self.node_id, self._addrs, self._secret, kind,
+                                        expires))
 
     async def join(self, tokens: list[str], timeout: float = 15.0) -> str | None:
         """Join via the first token that works (its mesh secret becomes ours).
@@ -263,7 +291,7 @@ class Mesh:
                 tried.append(f"{label}: that is this node's own token")
                 continue
             usable.append((label, tok))
-        original_secret = self._secret
+        original = (self._secret, self._invite)
         for index, (label, tok) in enumerate(usable):
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -271,19 +299,30 @@ class Mesh:
                 continue
             left = len(usable) - index
             budget = remaining if left == 1 else max(remaining / left, min(remaining, 3.0))
-            self._secret = tok.secret
+            if tok.invite is not None and tok.invite.expired(time.time()):
+                tried.append(f"{label}: this {tok.invite.kind} invite has expired; ask for "
+                             "a new one (mesh-llm invite)")
+                continue
+            if tok.invite is None:  # a member's token: its secret is the mesh's
+                self._secret, self._invite = tok.secret, None
+            elif tok.invite.kind == "client":  # a lite client: the invite, nothing more
+                self._secret, self._invite = None, tok.invite
             try:
-                peer = await self._dial_addrs(tok.node_id, tok.addrs, budget)
+                peer = await self._dial_addrs(tok.node_id, tok.addrs, budget, tok.invite)
             except _DialFailed as err:
                 if tok.node_id in self._peer_links:  # it dialled us meanwhile
                     peer = tok.node_id
                 else:
                     tried.extend(err.attempts)
+                    self._secret, self._invite = original
                     continue
+            if self._secret is not None and self._secret != original[0] \
+                    and self.on_secret is not None:
+                self.on_secret(self._secret)
             await self._wait_for_announcement(peer, max(0.0, deadline - loop.time()))
             log.info("joined the mesh through %s", peer[:12])
             return peer
-        self._secret = original_secret
+        self._secret, self._invite = original
         raise MeshJoinError("could not join the mesh: " + "; ".join(tried))
 
     def update_announcement(self, **fields: Any) -> None:
@@ -301,12 +340,36 @@ class Mesh:
         """Async stream of PeerEvents (added/updated/disconnected/reconnected/removed)."""
         return self._table.subscribe(maxsize)
 
-    def add_stream_handler(self, stream_type: int, handler: StreamHandler) -> None:
+    def add_stream_handler(self, stream_type: int, handler: StreamHandler, *,
+                           clients: bool = False) -> None:
         """`handler(peer_id, stream)` (sync or async) serves peer-opened streams of this
-        type; it owns the stream (the type byte is already consumed)."""
+        type; it owns the stream (the type byte is already consumed). Only members may open
+        it unless `clients` (peers admitted by a client invite) is set."""
         if not 0 < int(stream_type) < 256 or stream_type in _RESERVED_TYPES:
             raise ValueError(f"stream type {stream_type} is reserved or out of range")
         self._handlers[int(stream_type)] = handler
+        if clients:
+            self._client_types.add(int(stream_type))
+        else:
+            self._client_types.discard(int(stream_type))
+
+    def dial_known(self, peers: list[tuple[str, list[str]]]) -> None:
+        """Dial peers remembered from an earlier run (id, addresses), in the background: a
+        restarted node finds its mesh again even when nobody redials it."""
+        for node_id, addrs in peers[:MAX_GOSSIPED_PEERS]:
+            with contextlib.suppress(TokenError):
+                hint = PeerHint(node_id, [a for a in addrs[:MAX_ADDRS] if parse_addr(a)])
+                self._maybe_dial(hint)
+
+    def member_hints(self) -> list[tuple[str, list[str]]]:
+        """Connected members and their addresses: what a node remembers for its next run."""
+        return [(info.node_id, list(info.addrs)) for info in self._table.values()
+                if info.connected and info.grant == "member" and info.addrs]
+
+    def grant(self, peer_id: str) -> Grant | None:
+        """What `peer_id` proved when it connected (None when not connected)."""
+        link = self._active_link(peer_id)
+        return None if link is None or link.auth is None else link.auth.grant
 
     async def open_stream(self, peer_id: str, stream_type: int, timeout: float = 10.0) -> Stream:
         """Open a stream of `stream_type` to a connected peer (its type byte is sent)."""
@@ -372,6 +435,9 @@ class Mesh:
         if self._stopping:
             conn.close(CLOSE_SHUTDOWN, "shutting down")
             return
+        if self._secret is None:  # a client-invite node cannot check anyone: it only dials
+            conn.close(CLOSE_AUTH_FAILED, "a lite client accepts no connections")
+            return
         link = self._register(conn, dialed=False)
         loop = asyncio.get_running_loop()
         link.timers.append(loop.call_later(self.settings.auth_timeout_s, self._auth_deadline,
@@ -379,8 +445,9 @@ class Mesh:
 
     def _auth_deadline(self, link: _Link) -> None:
         if not link.authenticated and not link.conn.is_closed:
-            log.warning("dropping connection from %s: no authentication within %g s",
-                        _show_addr(link.conn), self.settings.auth_timeout_s)
+            self._refusals.warning(_source(link.conn), "dropping connection from %s: no "
+                             "authentication within %g s", _show_addr(link.conn),
+                             self.settings.auth_timeout_s)
             self._close_link(link, CLOSE_AUTH_FAILED, "authentication timeout")
 
     def _close_link(self, link: _Link, code: int, reason: str) -> None:
@@ -405,20 +472,25 @@ class Mesh:
                 head = await stream.readexactly(1)
             if head[0] != StreamType.AUTH:
                 raise AuthError(f"first stream has type {head[0]}, not auth")
+            if self._secret is None:
+                raise AuthError("this node holds no mesh secret")
             result = await run_acceptor(stream, self.identity, self._secret,
                                         conn.server_cert_fingerprint,
                                         self.settings.auth_timeout_s)
         except (AuthError, TimeoutError, ConnectionError, asyncio.IncompleteReadError) as err:
+            self.refused += 1
             if not self._stopping:
-                log.warning("refused connection from %s: %s", _show_addr(conn),
-                            err or type(err).__name__)
+                self._refusals.warning(_source(conn), "refused connection from %s: %s",
+                                 _show_addr(conn), err or type(err).__name__)
             self._close_link(link, CLOSE_AUTH_FAILED, "authentication failed")
             return
         stream.write_eof()
         self._on_authenticated(link, result)
 
-    async def _dial_addrs(self, expected: str, addrs: list[str], timeout: float) -> str:
-        """Connect to `expected` through any of `addrs`; returns its id once authenticated.
+    async def _dial_addrs(self, expected: str, addrs: list[str], timeout: float,
+                          invite: Invite | None = None) -> str:
+        """Connect to `expected` through any of `addrs`; returns its id once authenticated
+        (with `invite`, or else our own credential).
 
         One dial per peer at a time (a second caller waits, then finds it connected)."""
         lock = self._dial_locks.setdefault(expected, asyncio.Lock())
@@ -431,13 +503,14 @@ class Mesh:
         try:
             if expected in self._peer_links:
                 return expected
-            return await self._dial_locked(expected, addrs, timeout)
+            return await self._dial_locked(expected, addrs, timeout, invite or self._invite)
         finally:
             lock.release()
             if not lock.locked() and self._dial_locks.get(expected) is lock:
                 del self._dial_locks[expected]
 
-    async def _dial_locked(self, expected: str, addrs: list[str], timeout: float) -> str:
+    async def _dial_locked(self, expected: str, addrs: list[str], timeout: float,
+                           invite: Invite | None) -> str:
         """QUIC handshakes to every address at once; authenticate on the first to answer
         (then the next, if that one fails). Never two authentications in flight, so the
         acceptor never adopts a connection we are about to drop."""
@@ -473,9 +546,10 @@ class Mesh:
                     conn = task.result()
                     used.add(conn)
                     try:
-                        return await self._authenticate_dialed(conn, expected, deadline)
+                        return await self._authenticate_dialed(conn, expected, deadline,
+                                                               invite)
                     except (AuthError, ConnectionError) as err:
-                        log.warning("refused by %s: %s", addr, err)
+                        self._refusals.warning(f"by {addr}", "refused by %s: %s", addr, err)
                         attempts.append(f"{addr} ({_describe(err)})")
             for task in tasks:
                 if not task.done():
@@ -501,19 +575,23 @@ class Mesh:
         return await transport.connect(host, port, timeout)
 
     async def _authenticate_dialed(self, conn: Connection, expected: str,
-                                   deadline: float) -> str:
+                                   deadline: float, invite: Invite | None) -> str:
         loop = asyncio.get_running_loop()
         link = self._register(conn, dialed=True)
         try:
+            if invite is None and self._secret is None:
+                raise AuthError("this node holds neither a mesh secret nor an invite")
             stream = await conn.open_stream(max(0.1, deadline - loop.time()))
             stream.write_nowait(bytes((StreamType.AUTH,)))
-            result = await run_dialer(stream, self.identity, self._secret,
+            result = await run_dialer(stream, self.identity, self._secret or b"",
                                       conn.server_cert_fingerprint, expected,
-                                      max(0.1, deadline - loop.time()))
+                                      max(0.1, deadline - loop.time()), invite=invite)
             stream.write_eof()
         except BaseException:
             self._close_link(link, CLOSE_AUTH_FAILED, "authentication failed")
             raise
+        if result.secret is not None:  # a worker invite: we are a member now
+            self._secret, self._invite = result.secret, None
         if not self._on_authenticated(link, result):
             raise AuthError("connection closed right after authentication")
         return result.peer_id
@@ -541,12 +619,13 @@ class Mesh:
                     self.settings.duplicate_grace_s, self._prune, peer))
         self._dial_failed_at.pop(peer, None)
         if peer in self._table:
-            self._table.set_connection(peer, conn)
+            self._table.set_connection(peer, conn, result.grant)
         for waiter in self._active_waiters.pop(peer, []):
             if not waiter.done():
                 waiter.set_result(None)
-        log.info("connected to %s (%s, %s)", peer[:12], _show_addr(conn),
-                 "dialled" if link.dialed else "accepted")
+        log.info("connected to %s (%s, %s%s)", peer[:12], _show_addr(conn),
+                 "dialled" if link.dialed else "accepted",
+                 ", client invite" if result.grant == "client" else "")
         self._spawn(self._start_gossip(link), "mesh-gossip-out")
         pending, link.pending = link.pending, []
         for stream in pending:
@@ -609,7 +688,7 @@ class Mesh:
             return
         final = link.goodbye or link.deliberate or (
             conn.closed_by_peer and conn.close_code in _FINAL_CLOSE_CODES
-        )
+        ) or (link.auth is not None and link.auth.grant == "client")  # it redials us, not we it
         if final:
             self._forget_peer(peer, "left the mesh" if link.goodbye
                               or conn.close_code == CLOSE_GOODBYE else "dropped")
@@ -717,7 +796,14 @@ class Mesh:
             return
         handler = self._handlers.get(kind)
         if handler is None:
-            log.info("peer %s opened a stream of unknown type %d; refused", peer[:12], kind)
+            self._refusals.info(f"type {peer}", "peer %s opened a stream of unknown type %d; "
+                          "refused", peer[:12], kind)
+            stream.abort(RESET_REFUSED)
+            return
+        if link.auth is not None and link.auth.grant == "client" \
+                and kind not in self._client_types:
+            self._refusals.warning(f"grant {peer}", "peer %s (client invite) opened a stream of "
+                             "type %d, which only members may open; refused", peer[:12], kind)
             stream.abort(RESET_REFUSED)
             return
         try:
@@ -761,10 +847,11 @@ class Mesh:
             log.debug("gossip to %s failed: %s", (link.peer_id or "?")[:12], err)
 
     def _send_state(self, link: _Link) -> None:
-        hints = [
+        hints = [  # client-invite peers accept no connections: nobody should dial them
             PeerHint(info.node_id, info.addrs)
             for info in self._table.values()
             if info.connected and info.node_id != link.peer_id and info.addrs
+            and info.grant == "member"
         ]
         self._send(link, state_message(self._announcement, hints))
 
@@ -826,16 +913,24 @@ class Mesh:
         assert peer is not None
         if self._active_link(peer) is not link:
             return  # a duplicate on its way out; the newest link carries the same state
-        addrs = list(msg.announcement["addrs"])
-        observed = format_addr(*link.conn.remote_address)
-        if observed not in addrs and len(addrs) < MAX_ADDRS:
-            addrs.append(observed)
+        grant: Grant = link.auth.grant if link.auth is not None else "member"
+        announcement = msg.announcement
+        addrs = list(announcement["addrs"])
+        if grant == "client":
+            # A client invite grants the API tunnel and nothing else: whatever it claims,
+            # it is a client with no memory, no model and no say in the election.
+            announcement, addrs = clamp_client(announcement), []
+        else:
+            observed = format_addr(*link.conn.remote_address)
+            if observed not in addrs and len(addrs) < MAX_ADDRS:
+                addrs.append(observed)
         known = peer in self._table
-        self._table.upsert(peer, msg.announcement, link.conn, addrs)
+        self._table.upsert(peer, announcement, link.conn, addrs, grant)
         if not known:
             self._schedule_broadcast()  # everyone else should learn of the newcomer
-        for hint in msg.peers:
-            self._maybe_dial(hint)
+        if grant == "member":  # a client's hints would make us dial where it says
+            for hint in msg.peers:
+                self._maybe_dial(hint)
 
     def _on_ping(self, link: _Link, msg: PingMsg) -> None:
         if not msg.pong:
@@ -935,6 +1030,11 @@ def _local_ips() -> list[str]:
 
 def _show_addr(conn: Connection) -> str:
     return format_addr(*conn.remote_address)
+
+
+def _source(conn: Connection) -> str:
+    """The remote host (not port): what a flood of refusals is counted by."""
+    return str(conn.remote_address[0])
 
 
 def _describe(exc: BaseException) -> str:

@@ -34,6 +34,7 @@ class PeerInfo:
     addrs: list[str] = field(default_factory=list)  # where to redial it, best first
     connected_at: float = field(default_factory=time.time)
     ping_rtt_ms: float | None = None  # measured over the gossip stream (app-level)
+    grant: str = "member"  # what it proved: "member", or "client" for a client invite
 
     @property
     def rtt_ms(self) -> float | None:
@@ -79,6 +80,7 @@ class PeerInfo:
             "model_file": self.model_file,
             "state": self.state,
             "addrs": list(self.addrs),
+            "grant": self.grant,
         }
 
 
@@ -214,18 +216,21 @@ class PeerTable(Mapping[str, PeerInfo]):
         announcement: dict[str, Any],
         connection: Connection,
         addrs: list[str],
+        grant: str = "member",
     ) -> PeerInfo:
         """Record a (new or fresh) announcement from a connected peer."""
         peer = self._peers.get(node_id)
         if peer is None:
-            peer = PeerInfo(node_id, announcement, connection, "connected", addrs)
+            peer = PeerInfo(node_id, announcement, connection, "connected", addrs, grant=grant)
             self._peers[node_id] = peer
             self._emit("added", node_id, peer)
             return peer
-        changed = peer.announcement != announcement or peer.addrs != addrs
+        changed = (peer.announcement != announcement or peer.addrs != addrs
+                   or peer.grant != grant)
         was_reconnecting = peer.state != "connected"
         peer.announcement = announcement
         peer.addrs = addrs
+        peer.grant = grant
         peer.connection = connection
         peer.state = "connected"
         if was_reconnecting:
@@ -235,12 +240,16 @@ class PeerTable(Mapping[str, PeerInfo]):
             self._emit("updated", node_id, peer)
         return peer
 
-    def set_connection(self, node_id: str, connection: Connection) -> None:
-        """A peer's connection was replaced (duplicate resolution, reconnect)."""
+    def set_connection(self, node_id: str, connection: Connection,
+                       grant: str | None = None) -> None:
+        """A peer's connection was replaced (duplicate resolution, reconnect); a new
+        connection brings what the peer proved on it."""
         peer = self._peers.get(node_id)
         if peer is None:
             return
         peer.connection = connection
+        if grant is not None:
+            peer.grant = grant
         if peer.state != "connected":
             peer.state = "connected"
             peer.connected_at = time.time()

@@ -1087,9 +1087,9 @@ class QuicTransport:
             sock.setblocking(False)
         except OSError as err:
             sock.close()
-            raise TransportError(
-                f"cannot bind UDP {host}:{port}: {err.strerror or err}"
-            ) from None
+            failure = TransportError(f"cannot bind UDP {host}:{port}: {err.strerror or err}")
+            failure.errno = err.errno  # so the caller can tell "in use" from "not ours"
+            raise failure from None
         loop = asyncio.get_running_loop()
         endpoint = _Endpoint(self)
         if create_optimized_datagram_transport is not None and _pull_quic_header is not None:

@@ -1,0 +1,84 @@
+"""The host's HTTP-tunnel gate: the API's routes pass, one request each; nothing else does."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh_llm.api.http1 import request_bytes
+from mesh_llm.api.tunnel_gate import ApiRequestGate, GateRefusal, check_head
+
+
+def fed(data: bytes, cuts: list[int] | None = None) -> bytes:
+    gate = ApiRequestGate()
+    out = b""
+    last = 0
+    for cut in [*sorted(cuts or []), len(data)]:
+        out += gate.feed(data[last:cut])
+        last = cut
+    gate.finish()
+    return out
+
+
+def test_what_the_relay_sends_passes_unchanged_in_substance() -> None:
+    body = b'{"messages": []}'
+    raw = request_bytes("POST", "127.0.0.1", "/v1/chat/completions",
+                        {"Content-Type": "application/json", "Accept": "*/*"}, body)
+    out = fed(raw)
+    assert out.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          b"Connection: close\r\n")
+    assert out.endswith(b"Content-Length: 16\r\n\r\n" + body)
+    assert fed(request_bytes("GET", "x", "/v1/models", {}, None)).startswith(b"GET /v1/models")
+    assert fed(request_bytes("GET", "x", "/health", {}, None)).startswith(b"GET /health")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=200), max_size=6))
+def test_split_anywhere(cuts: list[int]) -> None:
+    raw = request_bytes("POST", "h", "/v1/completions", {"Content-Type": "application/json"},
+                        b'{"prompt": "hi", "max_tokens": 3}')
+    assert fed(raw, [c for c in cuts if c <= len(raw)]) == fed(raw)
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /props HTTP/1.1\r\n\r\n",
+    b"GET /slots HTTP/1.1\r\n\r\n",
+    b"POST /slots/0?action=save HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    b"GET /v1/models/../props HTTP/1.1\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\n\r\n",
+    b"DELETE /v1/models HTTP/1.1\r\n\r\n",
+    b"GET /v1/models HTTP/1.0\r\n\r\n",
+    b"POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST /v1/completions HTTP/1.1\r\n\r\n",
+    b"POST /v1/completions HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n",
+    b"POST /v1/completions HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"GET /v1/models HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+    b"GET /v1/models HTTP/1.1\r\n folded\r\n\r\n",
+    b"garbage\r\n\r\n",
+])
+def test_refused(head: bytes) -> None:
+    with pytest.raises(GateRefusal):
+        check_head(head)
+
+
+def test_a_second_request_on_the_stream_is_refused() -> None:
+    one = request_bytes("GET", "h", "/v1/models", {}, None)
+    gate = ApiRequestGate()
+    with pytest.raises(GateRefusal, match="after the request"):
+        gate.feed(one + b"GET /props HTTP/1.1\r\n\r\n")
+    gate = ApiRequestGate()
+    post = request_bytes("POST", "h", "/v1/completions", {}, b"{}")
+    gate.feed(post)
+    with pytest.raises(GateRefusal, match="after the request"):
+        gate.feed(b"GET /props HTTP/1.1\r\n\r\n")
+
+
+def test_head_and_body_are_bounded() -> None:
+    gate = ApiRequestGate()
+    with pytest.raises(GateRefusal, match="too large"):
+        gate.feed(b"GET /v1/models HTTP/1.1\r\nX: " + b"a" * 20000)
+    gate = ApiRequestGate()
+    gate.feed(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")
+    with pytest.raises(GateRefusal, match="ended before"):
+        gate.finish()
