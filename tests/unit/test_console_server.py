@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import resource
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from mesh_llm.api.proxy import ApiProxy, Upstream
-from mesh_llm.api.serving import EdgeRunner
+from mesh_llm.api.serving import EdgeRunner, raise_open_file_limit
 from mesh_llm.changes import ChangeFeed
 from mesh_llm.console.auth import COOKIE
 from mesh_llm.console.server import MAX_CHAT_BYTES, STATIC, Console
@@ -491,3 +492,14 @@ async def test_one_address_cannot_hold_more_than_its_share(harness) -> None:  # 
         await asyncio.sleep(0.02)
     for _, writer in held:
         writer.close()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard > 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # as a stingy shell leaves it
+    now = raise_open_file_limit()
+    assert now == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if hard != resource.RLIM_INFINITY:
+        assert now == hard
+    assert now >= min(soft, hard)

@@ -78,8 +78,8 @@ class EdgeRequestHandler(web_protocol.RequestHandler):
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         """aiohttp's other "unhandled" reports: one line, the traceback only at debug."""
-        exc = kw.pop("exc_info", None)
-        log.warning(args[0] % args[1:] if len(args) > 1 else args[0] if args else "error")
+        exc = kw.get("exc_info")
+        log.warning(*(args or ("aiohttp reported an error",)))
         if exc is not None:
             log.debug("details", exc_info=exc)
 
