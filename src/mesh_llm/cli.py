@@ -183,6 +183,22 @@ def setup_logging(verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+    # aiohttp's own reports (bad requests from the network are routine for a server): one
+    # line each in our format; their tracebacks only with --verbose.
+    class OneLine(logging.Formatter):
+        def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]
+            return ""
+
+        def formatStack(self, stack_info: str) -> str:
+            return ""
+
+    quiet = logging.StreamHandler(sys.stderr)
+    quiet.setFormatter(OneLine("%(asctime)s  %(name)s: %(message)s", "%H:%M:%S")
+                       if not verbose else handler.formatter)
+    web_logs = logging.getLogger("aiohttp")
+    web_logs.handlers[:] = [quiet]
+    web_logs.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    web_logs.propagate = False
 
 
 # --- subcommands --------------------------------------------------------------------------

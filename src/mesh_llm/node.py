@@ -18,7 +18,9 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
+from .api.localnet import served_hosts
 from .api.proxy import ApiProxy, Upstream
+from .api.serving import EdgeRunner, raise_open_file_limit
 from .api.tunnel_gate import ApiRequestGate
 from .changes import ChangeFeed
 from .config import NodeConfig
@@ -85,8 +87,11 @@ class Node:
         self.excluded: dict[str, str] = {}  # peer id → why it cannot serve with us
         self.join_error: str | None = None  # --standalone after every --join failed
         self._remembered: list[tuple[str, list[str]]] = []
-        self.api = ApiProxy(self.upstream, api_key=config.api_key)
-        self.console = Console(self.status, self.changes, self.api)
+        allowed = served_hosts(listen_all=config.listen_all, advertise=config.advertise)
+        self.api = ApiProxy(self.upstream, api_key=config.api_key, allowed=allowed)
+        # The console shows the invite token: it needs the API's key whenever there is one.
+        self.console = Console(self.status, self.changes, self.api, api_key=config.api_key,
+                               allowed=allowed)
         self._rpc_tunnels: list[TunnelListener] = []
         self._launches = 0
         self._runners: list[web.AppRunner] = []
@@ -234,8 +239,10 @@ class Node:
 
     # --- lifecycle ---
     async def _serve(self, app: web.Application, port: int, what: str, flag: str) -> None:
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                               shutdown_timeout=2.0)
+        if not self._runners:
+            raise_open_file_limit()  # every connection is a file descriptor
+        runner = EdgeRunner(app, handler_cancellation=True, access_log=None,
+                            shutdown_timeout=2.0)
         await runner.setup()
         self._runners.append(runner)
         try:

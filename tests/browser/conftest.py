@@ -15,6 +15,7 @@ from aiohttp import web
 from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
 
 from mesh_llm.api.proxy import ApiProxy, Upstream
+from mesh_llm.api.serving import EdgeRunner
 from mesh_llm.changes import ChangeFeed
 from mesh_llm.console.server import Console
 from mesh_llm.netutil import free_port
@@ -84,24 +85,33 @@ def shoot() -> Callable[[Page, str], Path]:
 
 
 class FakeConsole:
-    """The real Console app on 127.0.0.1, in its own thread, serving a status the test sets."""
+    """The real Console app on 127.0.0.1 (or `bind`, seen at `url_host`), in its own
+    thread, serving a status the test sets."""
 
-    def __init__(self, status: dict[str, Any], upstream: Upstream) -> None:
+    def __init__(self, status: dict[str, Any], upstream: Upstream, api_key: str | None = None,
+                 bind: str = "127.0.0.1", url_host: str = "127.0.0.1") -> None:
         self.status = copy.deepcopy(status)
         self.upstream = upstream
         self.port = free_port()
+        self.bind = bind
+        self.url_host = url_host
+        self.api_key = api_key
         self.changes = ChangeFeed()
         self.api = ApiProxy(lambda: self.upstream)
-        self.console = Console(lambda: self.status, self.changes, self.api, heartbeat_s=1.0)
+        self.console = self._new_console()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.runner: web.AppRunner | None = None
         self.upstream_runner: web.AppRunner | None = None
 
+    def _new_console(self) -> Console:
+        return Console(lambda: self.status, self.changes, self.api, heartbeat_s=1.0,
+                       api_key=self.api_key)
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        return f"http://{self.url_host}:{self.port}/"
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         async def run() -> Any:
@@ -139,11 +149,18 @@ class FakeConsole:
 
     def start(self) -> FakeConsole:
         async def start() -> None:
-            self.runner = web.AppRunner(self.console.app(), handler_cancellation=True)
+            self.runner = EdgeRunner(self.console.app(), handler_cancellation=True,
+                                     access_log=None)
             await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+            await web.TCPSite(self.runner, self.bind, self.port).start()
         self._call(start)
         return self
+
+    def restart(self) -> None:
+        """As a node restarts: a new Console (so a new login salt) on the same port."""
+        self.stop()
+        self.console = self._new_console()
+        self.start()
 
     def stop(self) -> None:
         if self.runner is not None:
@@ -170,8 +187,9 @@ class FakeConsole:
 def fake_console() -> Iterator[Callable[..., FakeConsole]]:
     made: list[FakeConsole] = []
 
-    def make(status: dict[str, Any], upstream: Upstream | None = None) -> FakeConsole:
-        made.append(FakeConsole(status, upstream or NO_HOST).start())
+    def make(status: dict[str, Any], upstream: Upstream | None = None,
+             **options: Any) -> FakeConsole:
+        made.append(FakeConsole(status, upstream or NO_HOST, **options).start())
         return made[-1]
 
     yield make

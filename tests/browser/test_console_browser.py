@@ -291,6 +291,45 @@ def test_chat_by_keyboard_alone(page: Page, fake_console) -> None:
     assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
 
 
+def test_a_networked_console_logs_in_with_the_key(page: Page, fake_console, requests,
+                                                  shoot) -> None:
+    """--listen-all: the console binds 0.0.0.0 and needs the API key. Seen from 127.0.0.2
+    (a stand-in for a LAN address): the login form, a wrong key, the right one, the page
+    with its live status and chat, and the form again once the node restarts."""
+    key = "browser-test-key-42"
+    console = fake_console(status(), api_key=key, bind="0.0.0.0", url_host="127.0.0.2")
+    page.goto(console.url)
+    expect(page.get_by_label("API key")).to_be_visible()
+    assert TOKEN not in page.content()
+    shoot(page, "login")
+
+    page.get_by_label("API key").fill("not-the-key")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_have_text("Wrong key: try again.")
+    assert not page.context.cookies()
+
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#live")).to_have_text("live")  # SSE carries the cookie
+    expect(page.locator("#token")).to_have_value(TOKEN)
+    expect(page.locator("#status-line")).to_have_text("Running · 1 node · 16.0 GB")
+    [cookie] = page.context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert key not in cookie["value"]
+    assert key not in page.url and not [u for u in requests.urls if key in u]
+
+    console.start_upstream()  # the chat's fetch carries the cookie too
+    page.locator("#prompt").fill("Count for ever")
+    page.locator("#send").click()
+    expect(page.locator(".msg.assistant").last.locator(".text")).to_contain_text("tok3 ")
+    page.locator("#stop").click()
+    expect(page.locator("#stop")).to_be_disabled()
+
+    console.restart()  # a new node process: the old session no longer opens it
+    expect(page.get_by_label("API key")).to_be_visible(timeout=30_000)
+    expect_only_same_origin(requests, console.url.rstrip("/"))
+
+
 # ---------- real nodes: the real model, chat, stop, restart, bad input ----------
 
 def start_solo(make_node, *args: str) -> NodeProcess:  # type: ignore[no-untyped-def]

@@ -112,7 +112,7 @@ def test_client_disconnecting_mid_stream_leaves_nothing_behind(
     body = json.dumps({"messages": PROMPT, "max_tokens": 400, "stream": True,
                        "temperature": 0}).encode()
     with socket.create_connection(("127.0.0.1", solo.api_port), timeout=30) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Type: application/json\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         received = b""

@@ -1,11 +1,14 @@
 """The console server on a real socket: status JSON, SSE (connect, change, heartbeat, no
-leaks, shutdown) and the chat relay's input checks, with a fake status and a real ChangeFeed."""
+leaks, shutdown), the chat relay's input checks, the login a networked console needs, and
+the server's edges (Host check, JSON errors, idle and per-address connection bounds), with a
+fake status and a real ChangeFeed."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+import resource
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,7 +17,9 @@ import pytest
 from aiohttp import web
 
 from mesh_llm.api.proxy import ApiProxy, Upstream
+from mesh_llm.api.serving import EdgeRunner, raise_open_file_limit
 from mesh_llm.changes import ChangeFeed
+from mesh_llm.console.auth import COOKIE
 from mesh_llm.console.server import MAX_CHAT_BYTES, STATIC, Console
 from mesh_llm.inference.election import Plan
 from mesh_llm.status import build_status, plan_json
@@ -42,22 +47,27 @@ def contract_status(**fields: Any) -> dict[str, Any]:
 class Harness:
     """A Console on 127.0.0.1 with a status the test changes, plus a client session."""
 
-    def __init__(self, upstream: Upstream, heartbeat_s: float) -> None:
+    def __init__(self, upstream: Upstream, heartbeat_s: float, api_key: str | None = None,
+                 bind: str = "127.0.0.1", **runner_kw: Any) -> None:
         self.state = contract_status()
         self.changes = ChangeFeed()
         self.upstream = upstream
         self.console = Console(lambda: self.state, self.changes,
-                               ApiProxy(lambda: self.upstream), heartbeat_s=heartbeat_s)
-        self.runner = web.AppRunner(self.console.app(), handler_cancellation=True)
+                               ApiProxy(lambda: self.upstream), heartbeat_s=heartbeat_s,
+                               api_key=api_key)
+        self.runner = EdgeRunner(self.console.app(), handler_cancellation=True,
+                                 access_log=None, **runner_kw)
         self.session = aiohttp.ClientSession()
+        self.bind = bind
         self.url = ""
+        self.port = 0
 
     async def start(self) -> Harness:
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, self.bind, 0)
         await site.start()
-        port = self.runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.port = self.runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{self.port}"
         return self
 
     async def stop(self) -> None:
@@ -83,8 +93,9 @@ class Harness:
 async def harness() -> AsyncIterator[Callable[..., Any]]:
     made: list[Harness] = []
 
-    async def make(upstream: Upstream = NO_HOST, heartbeat_s: float = 15.0) -> Harness:
-        made.append(await Harness(upstream, heartbeat_s).start())
+    async def make(upstream: Upstream = NO_HOST, heartbeat_s: float = 15.0,
+                   **options: Any) -> Harness:
+        made.append(await Harness(upstream, heartbeat_s, **options).start())
         return made[-1]
 
     yield make
@@ -326,3 +337,169 @@ async def test_unknown_routes_are_json_404(harness) -> None:  # type: ignore[no-
     async with h.session.get(h.url + "/api/nothing") as resp:
         assert resp.status == 404
         assert (await resp.json())["error"]["type"] == "not_found"
+
+
+# ---------- a console on the network: the API key, as a Bearer header or a login ----------
+
+KEY = "k3y-for-the-console"
+INVITE = "INVITE-TOKEN-FOR-THE-MESH"
+
+
+async def test_a_console_with_a_key_refuses_viewers_without_it(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness(api_key=KEY)
+    h.change(token=INVITE)
+    for path in ("/api/status", "/api/events", "/api/session", "/static/app.js", "/nothing"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY},
+                        {"Cookie": f"{COOKIE}={KEY}"}):
+            async with h.session.get(h.url + path, headers=headers) as resp:
+                assert resp.status == 401, (path, headers)
+                assert resp.headers["Content-Type"].startswith("application/json")
+                text = await resp.text()
+            assert json.loads(text)["error"]["type"] == "authentication_error"
+            assert INVITE not in text
+    code, body = await h.post_chat(json.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+    assert code == 401 and body["error"]["type"] == "authentication_error"
+    async with h.session.get(h.url + "/") as resp:  # the page is the login form
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/html")
+        page = await resp.text()
+    assert 'action="/login"' in page and 'name="key"' in page and INVITE not in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "self-contained"
+    async with h.session.get(h.url + "/api/status",
+                             headers={"Authorization": f"Bearer {KEY}"}) as resp:
+        assert resp.status == 200 and (await resp.json())["token"] == INVITE
+
+
+async def test_the_login_form_sets_a_session_cookie_that_is_not_the_key(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness(api_key=KEY)
+    h.change(token=INVITE)
+
+    async def login(key: str, accept: str = "*/*") -> aiohttp.ClientResponse:
+        return await h.session.post(h.url + "/login", data={"key": key}, allow_redirects=False,
+                                    headers={"Accept": accept})
+
+    async with await login("wrong", "text/html,*/*") as resp:  # a browser: the form again
+        assert resp.status == 401 and "Set-Cookie" not in resp.headers
+        assert "Wrong key" in await resp.text()
+    async with await login(KEY[:-1]) as resp:  # a tool: JSON
+        assert resp.status == 401 and (await resp.json())["error"]["code"] == 401
+    async with await login(KEY) as resp:
+        assert resp.status == 303 and resp.headers["Location"] == "/"
+        set_cookie = resp.headers["Set-Cookie"]
+    name, _, rest = set_cookie.partition("=")
+    value, *attributes = [part.strip() for part in rest.split(";")]
+    assert name == COOKIE and value and KEY not in set_cookie
+    assert {"HttpOnly", "Path=/", "SameSite=Strict"} <= set(attributes)
+    cookie = {"Cookie": f"{COOKIE}={value}"}
+    async with h.session.get(h.url + "/api/status", headers=cookie) as resp:
+        assert resp.status == 200 and (await resp.json())["token"] == INVITE
+    async with h.session.get(h.url + "/api/events", headers=cookie) as resp:
+        assert resp.status == 200 and (await next_event(resp))[0] == "status"
+    async with h.session.get(h.url + "/", headers=cookie) as resp:
+        assert "/static/app.js" in await resp.text()  # the console itself
+    code, _ = await h.post_chat(json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+                                cookie)
+    assert code == 503  # let in; no host yet
+    other = await harness(api_key=KEY)  # another node (or this one restarted): a new salt
+    async with other.session.get(other.url + "/api/status", headers=cookie) as resp:
+        assert resp.status == 401
+
+
+async def test_the_page_reloads_to_the_login_form_when_its_session_lapses() -> None:
+    app_js = (STATIC / "app.js").read_text()
+    assert "/api/session" in app_js and "location.reload()" in app_js
+
+
+# ---------- the server's edges ----------
+
+@pytest.mark.parametrize("raw", [
+    b"GE T / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header: x\r\n\r\n",
+    b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 418-teapot\r\n\r\n",
+    b"HEAD /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,
+    b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2048\r\n\r\n" + b"[" * 2048,
+    b"GET /api/status HTTP/1.1\r\nHost: attacker.example\r\n\r\n",
+])
+async def test_malformed_requests_get_json_errors_and_no_traceback(  # type: ignore[no-untyped-def]
+        harness, caplog, raw: bytes) -> None:
+    h = await harness()
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+    writer.write(raw)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    status = int(head.split(b" ", 2)[1])
+    assert 400 <= status < 500, head
+    assert b"\r\nContent-Type: application/json" in head, head
+    if not raw.startswith(b"HEAD"):
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+        error = json.loads(await reader.readexactly(length))["error"]
+        assert error["code"] == status and error["message"] and error["type"]
+    writer.close()
+    assert not [r for r in caplog.records if "Error handling request" in r.getMessage()
+                or (r.exc_info and r.levelno >= 30)]
+
+
+async def test_idle_and_half_sent_connections_are_closed(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness(head_timeout_s=0.2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+    writer.write(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+    writer.write(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    reply = await asyncio.wait_for(reader.read(), 10)  # answered, then closed when idle
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    writer.close()
+
+
+async def _connect_from(source: str, port: int) -> tuple[asyncio.StreamReader,
+                                                          asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def test_one_address_cannot_hold_more_than_its_share(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness(max_per_ip=4)
+    held = [await _connect_from("127.0.0.2", h.port) for _ in range(4)]
+    for _, writer in held:
+        writer.write(b"GET /api/status HTTP/1.1\r\n")  # half-sent, held open
+    reader, writer = await _connect_from("127.0.0.2", h.port)
+    writer.write(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    try:
+        refused = await asyncio.wait_for(reader.read(), 10)
+    except ConnectionResetError:
+        refused = b""
+    assert refused == b"", "the fifth connection from 127.0.0.2 was served"
+    writer.close()
+    async with h.session.get(h.url + "/api/status") as resp:  # everyone else: served
+        assert resp.status == 200
+    held.pop()[1].close()  # one fewer: 127.0.0.2 may connect again
+
+    async def served_again() -> bool:
+        reader, writer = await _connect_from("127.0.0.2", h.port)
+        writer.write(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        try:
+            return (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
+        except ConnectionResetError:
+            return False
+        finally:
+            writer.close()
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not await served_again():
+        assert loop.time() < deadline, "a closed connection was never counted out"
+        await asyncio.sleep(0.02)
+    for _, writer in held:
+        writer.close()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard > 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # as a stingy shell leaves it
+    now = raise_open_file_limit()
+    assert now == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if hard != resource.RLIM_INFINITY:
+        assert now == hard
+    assert now >= min(soft, hard)

@@ -177,3 +177,92 @@ async def test_a_client_gone_mid_stream_closes_the_upstream(relay) -> None:  # t
         resp.close()
     await asyncio.wait_for(closed.wait(), 10)
     assert r.proxy.in_flight == 0
+
+
+# ---------- the API's own edges: body checks, HEAD, Host and Origin ----------
+
+async def _models_upstream() -> web.AppRunner:
+    async def models(_request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "m"}]})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    (b"[" * 2048, "nested too deeply"),            # RecursionError in the decoder
+    (b'{"a": ' * 2048 + b"1" + b"}" * 2048, "nested too deeply"),
+    (b"\xff\xfe{}", "not valid JSON"),
+    ('{"messages": []}'.encode("utf-16"), "not valid JSON"),  # json.loads would guess it
+    (b'{"temperature": NaN}', "not valid JSON"),
+    (b'{"a": 1', "not valid JSON"),
+    (b"", "not valid JSON"),
+    (b"[1, 2]", "JSON object"),
+])
+async def test_bad_bodies_are_400_json_and_never_relayed(relay, data: bytes,  # type: ignore[no-untyped-def]
+                                                         fragment: str) -> None:
+    calls: list[bytes] = []
+
+    async def record(request: web.Request) -> web.Response:
+        calls.append(await request.read())
+        return web.json_response({})
+
+    r = await relay(record)
+    async with r.session.post(r.url + CHAT, data=data,
+                              headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 400
+        assert resp.headers["Content-Type"].startswith("application/json")
+        error = (await resp.json())["error"]
+    assert fragment in error["message"]
+    assert error["type"] == "invalid_request_error" and error["code"] == 400
+    assert calls == []
+
+
+async def test_head_on_models_is_a_405_json_not_a_502() -> None:
+    upstream = await _models_upstream()
+    r = await Relay(Upstream.tcp("127.0.0.1", upstream.addresses[0][1])).start()
+    try:
+        async with r.session.head(r.url + "/v1/models") as resp:
+            assert resp.status == 405
+            assert resp.headers["Content-Type"].startswith("application/json")
+            assert "GET" in resp.headers["Allow"]
+        async with r.session.get(r.url + "/v1/models") as resp:
+            assert resp.status == 200 and (await resp.json())["data"][0]["id"] == "m"
+        async with r.session.head(r.url + "/health") as resp:
+            assert resp.status == 200  # a real HEAD answer: the GET's head, no body
+        async with r.session.put(r.url + "/v1/models") as resp:
+            assert resp.status == 405 and (await resp.json())["error"]["code"] == 405
+    finally:
+        await r.close()
+        await upstream.cleanup()
+
+
+async def test_foreign_host_and_origin_are_403_json() -> None:
+    upstream = await _models_upstream()
+    r = await Relay(Upstream.tcp("127.0.0.1", upstream.addresses[0][1])).start()
+    port = r.url.rsplit(":", 1)[1]
+    try:
+        for path in ("/health", "/v1/models"):
+            for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io"):
+                async with r.session.get(r.url + path, headers={"Host": host}) as resp:
+                    assert resp.status == 403, (path, host)
+                    assert (await resp.json())["error"]["type"] == "permission_error"
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}",
+                         f"LOCALHOST:{port}"):
+                async with r.session.get(r.url + path, headers={"Host": host}) as resp:
+                    assert resp.status == 200, (path, host)
+        for origin in ("http://attacker.example", "null", f"http://attacker.example:{port}"):
+            async with r.session.post(r.url + CHAT, json=BODY,
+                                      headers={"Origin": origin}) as resp:
+                assert resp.status == 403, origin
+                assert "cross-origin" in (await resp.json())["error"]["message"]
+        async with r.session.post(r.url + CHAT, json=BODY,
+                                  headers={"Origin": f"http://localhost:{port}"}) as resp:
+            assert resp.status != 403  # our own page: let through (no chat upstream: 404)
+    finally:
+        await r.close()
+        await upstream.cleanup()

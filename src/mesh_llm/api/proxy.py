@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .errors import json_error, json_errors
+from .guard import LOOPBACK, AllowedHosts
 from .http1 import ResponseHead, request_bytes
+from .jsonbody import BodyError, decode_json_object, read_body
+from .middleware import host_guard
 from .upstream import (
     READ_TIMEOUT_S,
     Connect,
@@ -52,16 +55,21 @@ class Upstream:
 class ApiProxy:
     """aiohttp handlers for the OpenAI routes; each request gets its own upstream connection."""
 
-    def __init__(self, upstream: Callable[[], Upstream], *, api_key: str | None = None) -> None:
+    def __init__(self, upstream: Callable[[], Upstream], *, api_key: str | None = None,
+                 allowed: AllowedHosts = LOOPBACK) -> None:
         self._upstream = upstream
         self._api_key = api_key
+        self._allowed = allowed
         self.in_flight = 0
 
     def app(self) -> web.Application:
-        middlewares = [json_errors] + ([self._auth] if self._api_key else [])
+        middlewares = [json_errors, host_guard(self._allowed)]
+        if self._api_key:
+            middlewares.append(self._auth)
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
         app.router.add_get("/health", self.health)
-        app.router.add_get("/v1/models", self.relay_get)
+        # No HEAD: relayed, llama-server's body-less answer would read as a broken one.
+        app.router.add_get("/v1/models", self.relay_get, allow_head=False)
         for path in POST_ROUTES:
             app.router.add_post(path, self.relay_post)
         return app
@@ -85,14 +93,11 @@ class ApiProxy:
         return await self.relay(request, request.path, None)
 
     async def relay_post(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
         try:
-            parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as err:
-            return json_error(400, f"request body is not valid JSON: {err}",
-                              "invalid_request_error")
-        if not isinstance(parsed, dict):
-            return json_error(400, "request body must be a JSON object", "invalid_request_error")
+            body = await read_body(request)
+            decode_json_object(body)
+        except BodyError as err:
+            return json_error(err.status, str(err), "invalid_request_error")
         return await self.relay(request, request.path, body)
 
     async def relay(self, request: web.Request, path: str,

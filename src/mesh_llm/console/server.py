@@ -8,13 +8,17 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs
 
 from aiohttp import web
 
 from ..api.errors import json_error, json_errors
+from ..api.guard import LOOPBACK, AllowedHosts
+from ..api.jsonbody import BodyError, decode_json, read_body
+from ..api.middleware import host_guard
 from ..api.proxy import ApiProxy
 from ..changes import ChangeFeed
+from .auth import COOKIE, ConsoleKey, login_page
 
 log = logging.getLogger("mesh_llm.console")
 
@@ -43,33 +47,90 @@ def chat_body_error(body: Any) -> str | None:
 
 
 class Console:
-    """Serves what the browser needs; all state comes from `status()` and `changes`."""
+    """Serves what the browser needs; all state comes from `status()` and `changes`.
+
+    With `api_key` (a node that listens beyond loopback) every route but the page and the
+    login needs that key, as a Bearer header or as the session cookie the login sets."""
 
     def __init__(self, status: Callable[[], dict[str, Any]], changes: ChangeFeed,
-                 api: ApiProxy, heartbeat_s: float = HEARTBEAT_S) -> None:
+                 api: ApiProxy, heartbeat_s: float = HEARTBEAT_S, *,
+                 api_key: str | None = None, allowed: AllowedHosts = LOOPBACK) -> None:
         self._status = status
         self._changes = changes
         self._api = api
         self._heartbeat_s = heartbeat_s
+        self._key = ConsoleKey(api_key) if api_key else None
+        self._allowed = allowed
         self.open_streams = 0
         self._streams: set[asyncio.Task[Any]] = set()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_CHAT_BYTES, middlewares=[json_errors])
+        middlewares = [json_errors, host_guard(self._allowed)]
+        if self._key is not None:
+            middlewares.append(self._login_required)
+        app = web.Application(client_max_size=MAX_CHAT_BYTES, middlewares=middlewares)
         app.router.add_get("/", self.index)
         app.router.add_get("/api/status", self.status)
-        app.router.add_get("/api/events", self.events)
+        app.router.add_get("/api/session", self.session)
+        app.router.add_get("/api/events", self.events, allow_head=False)  # a stream: no HEAD
         app.router.add_post("/api/chat", self.chat)
+        if self._key is not None:
+            app.router.add_post("/login", self.login)
         app.router.add_static("/static/", STATIC, show_index=False)
         app.on_shutdown.append(self._end_streams)
         return app
+
+    def _authorised(self, request: web.Request) -> bool:
+        return self._key is None or self._key.allows(request.headers.get("Authorization"),
+                                                     request.cookies.get(COOKIE))
+
+    @web.middleware
+    async def _login_required(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        """The page answers with the login form and /login checks the key itself; every
+        other route needs the key."""
+        if request.path in ("/", "/login") or self._authorised(request):
+            return await handler(request)
+        return json_error(401, "log in first: this console needs the node's API key "
+                          "(Authorization: Bearer KEY, or the login form at /)",
+                          "authentication_error")
+
+    async def login(self, request: web.Request) -> web.Response:
+        """The form's POST (or JSON {"key": ...}): right key → session cookie and back to
+        the page; wrong key → 401 (the form again for a browser, JSON for a tool)."""
+        assert self._key is not None
+        try:
+            given = _given_key(await read_body(request), request.content_type)
+        except BodyError as err:
+            return json_error(err.status, str(err), "invalid_request_error")
+        if given is None or not self._key.key_matches(given):
+            log.warning("console login with a wrong key from %s", request.remote)
+            if "text/html" in request.headers.get("Accept", ""):
+                return web.Response(status=401, text=login_page("Wrong key: try again."),
+                                    content_type="text/html",
+                                    headers={"Cache-Control": "no-store"})
+            return json_error(401, "wrong API key", "authentication_error")
+        response = web.Response(status=303, headers={"Location": "/",
+                                                     "Cache-Control": "no-store"})
+        response.set_cookie(COOKIE, self._key.session, httponly=True, samesite="Strict",
+                            path="/")
+        return response
+
+    async def session(self, _request: web.Request) -> web.Response:
+        """200 for a viewer who may use the console (the page asks after its stream is
+        refused, to tell a lapsed login from a node that went away)."""
+        return web.json_response({"authenticated": True,
+                                  "login_required": self._key is not None},
+                                 headers={"Cache-Control": "no-store"})
 
     async def _end_streams(self, _app: web.Application) -> None:
         """Event streams never end by themselves: end them, or shutdown waits on them."""
         for task in list(self._streams):
             task.cancel()
 
-    async def index(self, _request: web.Request) -> web.FileResponse:
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorised(request):
+            return web.Response(text=login_page(), content_type="text/html",
+                                headers={"Cache-Control": "no-store"})
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def status(self, _request: web.Request) -> web.Response:
@@ -106,14 +167,10 @@ class Console:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """The page's chat: a checked body, streamed by default, relayed like the API's."""
-        if not same_origin(request):
-            return json_error(403, "cross-origin chat requests are refused", "permission_error")
-        raw = await request.read()  # over MAX_CHAT_BYTES: 413 JSON from the middleware
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
-            return json_error(400, f"request body is not valid JSON: {err}",
-                              "invalid_request_error")
+        try:  # over MAX_CHAT_BYTES: 413 JSON from the middleware
+            body = decode_json(await read_body(request))
+        except BodyError as err:
+            return json_error(err.status, str(err), "invalid_request_error")
         problem = chat_body_error(body)
         if problem is not None:
             return json_error(400, problem, "invalid_request_error")
@@ -121,9 +178,16 @@ class Console:
         return await self._api.relay(request, CHAT_PATH, json.dumps(body).encode())
 
 
-def same_origin(request: web.Request) -> bool:
-    """A browser's POST from another site carries its Origin; tools like curl send none."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    return urlsplit(origin).netloc == request.host
+
+def _given_key(raw: bytes, content_type: str) -> str | None:
+    """The key from a login body: form-encoded (the page's form) or JSON."""
+    if content_type == "application/json":
+        value = decode_json(raw)
+        key = value.get("key") if isinstance(value, dict) else None
+        return key if isinstance(key, str) else None
+    try:
+        fields = parse_qs(raw.decode("utf-8"), max_num_fields=8)
+    except (UnicodeDecodeError, ValueError):
+        raise BodyError("the login form must be UTF-8 form fields") from None
+    keys = fields.get("key", [])
+    return keys[0] if len(keys) == 1 else None

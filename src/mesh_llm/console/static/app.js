@@ -270,6 +270,15 @@ function setLive(state) {
   if (state !== "live") $("status-line").textContent = "Reconnecting…";
 }
 
+// A console on the network needs a login; a refused stream may mean it lapsed.
+async function loginLapsed() {
+  try {
+    return (await fetch("/api/session", { cache: "no-store" })).status === 401;
+  } catch {
+    return false;
+  }
+}
+
 function connect() {
   const source = new EventSource("/api/events");
   source.addEventListener("open", () => setLive("live"));
@@ -286,7 +295,10 @@ function connect() {
     // The browser retries by itself unless the stream is closed for good (e.g. a 5xx reply).
     if (source.readyState === EventSource.CLOSED) {
       source.close();
-      setTimeout(connect, 2000);
+      loginLapsed().then((lapsed) => {
+        if (lapsed) location.reload();  // the node restarted: its login form is the page
+        else setTimeout(connect, 2000);
+      });
     }
   });
 }
@@ -407,6 +419,7 @@ async function ask(prompt) {
       body: JSON.stringify({ messages: history, stream: true }),
       signal: controller.signal,
     });
+    if (resp.status === 401 && await loginLapsed()) location.reload();
     if (!resp.ok) throw new Error(await errorText(resp));
     if ((resp.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
       for await (const chunk of streamChunks(resp.body)) {
