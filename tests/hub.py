@@ -90,9 +90,10 @@ class LoopbackHub:
         files = self.repos.get(repo)
         if files is None:
             return web.json_response({"error": "Repository not found"}, status=404)
+        sizes = {name: self.faults.advertise_size.get(name, f.size) for name, f in files.items()}
         return web.json_response([
-            {"type": "file", "path": name, "size": f.size, "oid": f.sha256[:40],
-             "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": 134}}
+            {"type": "file", "path": name, "size": sizes[name], "oid": f.sha256[:40],
+             "lfs": {"oid": f.sha256, "size": sizes[name], "pointerSize": 134}}
             for name, f in sorted(files.items())])
 
     async def _resolve(self, request: web.Request) -> web.StreamResponse:
@@ -104,6 +105,8 @@ class LoopbackHub:
         headers = {"X-Repo-Commit": COMMIT}
         if f is None:
             return web.Response(status=404, headers={**headers, "X-Error-Code": "EntryNotFound"})
+        if name in self.faults.stall:
+            await self._release.wait()  # accepts the connection, never answers
         size = self.faults.advertise_size.get(name, f.size)
         headers.update({"ETag": f'"{f.sha256}"', "X-Linked-Etag": f'"{f.sha256}"',
                         "X-Linked-Size": str(size), "Accept-Ranges": "bytes"})
@@ -114,8 +117,6 @@ class LoopbackHub:
             start = int(rng[6:-1])
             if start >= f.size:
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{f.size}"})
-        if name in self.faults.stall:
-            await self._release.wait()
         body = f.data.read_bytes()[start:]
         if name in self.faults.corrupt:
             body = bytes(b ^ 0xFF for b in body[:64]) + body[64:]
