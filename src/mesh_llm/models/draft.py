@@ -43,7 +43,10 @@ def find_draft(model: ResolvedModel, draft: str | None, no_draft: bool) -> Path 
     if no_draft:
         return None
     if draft is not None:
-        path = check_model_files(Path(draft).expanduser()).first
+        try:
+            path = check_model_files(Path(draft).expanduser()).first
+        except UserError as err:
+            raise UserError(f"--draft: {err}") from None
         if vocabulary(path) != vocabulary(model.path):
             raise UserError(f"--draft {path} has a different vocabulary from {model.name}: "
                             "a draft must use the same tokenizer")
