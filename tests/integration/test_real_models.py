@@ -276,3 +276,19 @@ def test_hf_urls_and_the_models_listing(hub: LoopbackHub, hf_env: dict[str, str]
     assert len(by_name["Qwen2.5-32B"]["files"]) == 5
     table = mesh_llm("models")
     assert table.returncode == 0 and STEM in table.stdout and "Qwen3-32B" in table.stdout
+
+
+def test_a_partial_file_from_an_earlier_run_is_resumed(
+        hub: LoopbackHub, hf_env: dict[str, str], parts: list[Path]) -> None:
+    """An interrupted run (Ctrl-C, a crash) leaves `blobs/SHA.incomplete`; the next run asks
+    only for the rest."""
+    blob = hub.repos[REPO][parts[0].name]
+    blobs = Path(hf_env["HF_HOME"]) / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
+    blobs.mkdir(parents=True)
+    have = blob.size // 3
+    (blobs / f"{blob.sha256}.incomplete").write_bytes(parts[0].read_bytes()[:have])
+    got = mesh_llm("download", f"hf://{REPO}/{parts[0].name}")
+    assert got.returncode == 0, got.stderr
+    assert hub.gets(parts[0].name) == [f"bytes={have}-"]
+    assert "resuming at" in got.stderr
+    assert (blobs / blob.sha256).read_bytes() == parts[0].read_bytes()
