@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -292,3 +293,20 @@ def test_a_partial_file_from_an_earlier_run_is_resumed(
     assert hub.gets(parts[0].name) == [f"bytes={have}-"]
     assert "resuming at" in got.stderr
     assert (blobs / blob.sha256).read_bytes() == parts[0].read_bytes()
+
+
+def test_ctrl_c_stops_a_download_at_once_in_one_line(
+        make_node, hub: LoopbackHub, hf_env: dict[str, str], parts: list[Path]) -> None:
+    """Inside the node the event loop owns SIGINT; a download must still stop on Ctrl-C."""
+    hub.faults.stall.add(parts[0].name)
+    node = make_node("i", "--model", f"hf://{REPO}/{parts[0].name}", "--no-draft")
+    node.wait_for(lambda: any(parts[0].name in path for _, path, _ in hub.log),
+                  "the download to start")
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGINT)
+    assert node.proc.wait(10) == 130
+    out = node.output()
+    assert "Traceback" not in out
+    assert out.rstrip().splitlines()[-1] == (
+        f"mesh-llm: download of hf://{REPO}/{parts[0].name} interrupted: run the same command "
+        "again to resume where it stopped")

@@ -15,7 +15,11 @@ import http.client
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,33 +240,53 @@ def _download(rs: RemoteSet, meta: hub.FileMeta, partial: Path, size: int | None
                         "again")
 
 
+@contextmanager
+def _interruptible(label: str) -> Iterator[None]:
+    """Ctrl-C stops a download at once, even inside the node's event loop (whose own SIGINT
+    handler would wait for the loop to get control back: after the whole download)."""
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise UserError(f"download of {label} interrupted: run the same command again to "
+                        "resume where it stopped", 130) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, old)
+
+
 def ensure(model: str, *, with_draft: bool) -> None:
     """Before a node starts: fetch what `model` names (and its catalog draft) if missing.
     A draft that cannot be fetched only costs speculative decoding, so it is a warning."""
-    rs = remote_set(model)
-    if rs is not None and missing(rs):
-        fetch(rs)
-    entry = catalog.find(model)
-    if with_draft and entry is not None and entry.draft:
-        draft = remote_set(entry.draft)
-        if draft is not None and missing(draft):
-            try:
-                fetch(draft)
-            except UserError as err:
-                log.warning("no draft model: %s", err)
+    with _interruptible(model):
+        rs = remote_set(model)
+        if rs is not None and missing(rs):
+            fetch(rs)
+        entry = catalog.find(model)
+        if with_draft and entry is not None and entry.draft:
+            draft = remote_set(entry.draft)
+            if draft is not None and missing(draft):
+                try:
+                    fetch(draft)
+                except UserError as err:
+                    if err.exit_code == 130:
+                        raise
+                    log.warning("no draft model: %s", err)
 
 
 def download(model: str, *, with_draft: bool = True) -> list[Path]:
     """`mesh-llm download`: fetch `model` (and its draft) without starting a node."""
-    rs = remote_set(model)
     entry = catalog.find(model)
-    if rs is None:
-        if entry is not None and entry.package:
-            print(f"{entry.name} ships in a Python package: {entry.source}")
-            return []
-        raise UserError(f"unknown model {model!r}: give a catalog name ({catalog.names()}), "
-                        "hf://ORG/REPO/FILE.gguf, a huggingface.co URL, or ORG/REPO:QUANT")
-    paths = fetch(rs)
+    with _interruptible(model):
+        rs = remote_set(model)
+        if rs is None:
+            if entry is not None and entry.package:
+                print(f"{entry.name} ships in a Python package: {entry.source}")
+                return []
+            raise UserError(f"unknown model {model!r}: give a catalog name ({catalog.names()}), "
+                            "hf://ORG/REPO/FILE.gguf, a huggingface.co URL, or ORG/REPO:QUANT")
+        paths = fetch(rs)
     print(f"{rs.label}: {paths[0]}" + (f" (+{len(paths) - 1} parts)" if len(paths) > 1 else ""))
     if with_draft and entry is not None and entry.draft:
         download(entry.draft, with_draft=False)
