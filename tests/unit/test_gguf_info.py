@@ -10,7 +10,7 @@ import gguf
 import pytest
 
 from mesh_llm.errors import UserError
-from mesh_llm.models.draft import vocabulary
+from mesh_llm.models.draft import find_draft, vocabulary
 from mesh_llm.models.gguf_info import GgufError, block_count, read_metadata
 from mesh_llm.models.hubref import HubRef, parse_hub_ref, pick_quant
 from mesh_llm.models.modelfiles import check_model_files
@@ -195,3 +195,19 @@ def test_bad_split_sets_are_one_line_errors(tmp_path: Path) -> None:
     renamed = tmp_path / "renamed.gguf"  # a part without its split name
     shutil.copy(parts[0], renamed)
     assert "NAME-0000K-of-0000N.gguf" in one_line_error(renamed)
+
+
+def test_a_draft_beside_a_split_model_is_found_by_its_whole_set(tmp_path: Path) -> None:
+    """The model's own parts are never its draft; a split draft is its part 1, sized by all
+    its parts; a smaller file with another vocabulary is not a draft."""
+    parts = tiny_gguf(tmp_path / "main.gguf", tensors=24, max_tensors=8)
+    draft = tiny_gguf(tmp_path / "small.gguf", tensors=2, max_tensors=1, seed=2)
+    tiny_gguf(tmp_path / "alien.gguf", tensors=3, tokens=("x", "yy", "zzz"))
+    model = resolve_model(str(parts[1]))
+    assert model.paths == tuple(parts) and model.path == parts[0]
+    assert model.size_bytes == sum(p.stat().st_size for p in parts)
+    assert find_draft(model, None, no_draft=False) == draft[0]
+    assert find_draft(model, str(draft[1]), no_draft=False) == draft[0]
+    for p in draft:
+        p.unlink()
+    assert find_draft(model, None, no_draft=False) is None
