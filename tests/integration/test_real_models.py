@@ -234,6 +234,8 @@ def test_offline_is_one_line_within_15_s(tmp_path: Path) -> None:
            "qwen2.5-3b-instruct-q4_k_m.gguf")
     assert "cannot reach" in line and url in line and "by hand" in line
     assert "--model /path/to/qwen2.5-3b-instruct-q4_k_m.gguf" in line
+    line = failed_in_one_line(mesh_llm("download", f"{REPO}:Q4_1", env=env, timeout=15))
+    assert f"http://127.0.0.1:{port}/{REPO}/tree/main by hand" in line
 
 
 def test_a_hub_that_never_answers_is_one_line_within_15_s(

@@ -79,11 +79,14 @@ def _for_ref(label: str, ref: HubRef) -> RemoteSet:
     if cached is not None and hfcache.cached_set(ref.repo, cached, ref.revision) is not None:
         return RemoteSet(label, ref.repo, ref.revision, cached, [None] * len(cached),
                          [None] * len(cached))
-    probe = RemoteSet(label, ref.repo, ref.revision, [f"*{ref.quant}*.gguf"], [None], [None])
     try:
         listing = hub.list_files(ref.repo, ref.revision)
     except hub.HubUnreachable as err:
-        raise _unreachable(probe, err) from None
+        page = f"{hub.endpoint()}/{ref.repo}/tree/{ref.revision}"
+        raise UserError(f"cannot download {label}: {err}. Check the network (or HF_ENDPOINT), "
+                        f"or download the {ref.quant} file (all its parts, if split) from {page} "
+                        "by hand into one folder and run with --model /path/to/FILE.gguf") \
+            from None
     except hub.HubError as err:
         raise UserError(f"cannot download {label}: {err}") from None
     chosen = pick_quant([name for name, _, _ in listing], ref.quant)
