@@ -31,7 +31,8 @@ class HubFile:
 @dataclass
 class Faults:
     cut_after: dict[str, int] = field(default_factory=dict)  # once per file
-    stall: set[str] = field(default_factory=set)
+    stall: set[str] = field(default_factory=set)  # no answer at all
+    stall_body: set[str] = field(default_factory=set)  # headers, then no byte until release()
     advertise_size: dict[str, int] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)  # right size, wrong bytes
 
@@ -57,6 +58,10 @@ class LoopbackHub:
         """The Range headers of every GET of `name` (None: from the start)."""
         return [rng for method, path, rng in self.log if method == "GET" and
                 path.endswith("/" + name) and "/resolve/" in path]
+
+    def release(self) -> None:
+        """Let every stalled request go on."""
+        self._loop.call_soon_threadsafe(self._release.set)
 
     # --- server ---
     def start(self) -> str:
@@ -126,6 +131,8 @@ class LoopbackHub:
         resp = web.StreamResponse(status=status, headers={**headers,
                                                           "Content-Length": str(len(body))})
         await resp.prepare(request)
+        if name in self.faults.stall_body:
+            await self._release.wait()
         cut = self.faults.cut_after.pop(name, None)
         if cut is not None and cut < len(body):
             await resp.write(body[:cut])

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -312,3 +313,40 @@ def test_ctrl_c_stops_a_download_at_once_in_one_line(
     assert out.rstrip().splitlines()[-1] == (
         f"mesh-llm: download of hf://{REPO}/{parts[0].name} interrupted: run the same command "
         "again to resume where it stopped")
+
+
+def test_two_downloads_of_one_file_take_turns(
+        hub: LoopbackHub, hf_env: dict[str, str], parts: list[Path]) -> None:
+    """Two nodes sharing a cache start together: one downloads, the other waits for it and
+    then uses the same file (one GET), instead of both writing one partial file."""
+    name = parts[2].name
+    hub.faults.stall_body.add(name)
+    ref = f"hf://{REPO}/{name.replace('00003-of', '00001-of')}"
+    cmd = [sys.executable, "-m", "mesh_llm", "download", ref]
+    first = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + CLI_TIMEOUT_S
+        while not hub.gets(name):  # the first holds the lock, stalled in part 3's body
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        second = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        lines: list[str] = []
+        assert second.stderr is not None
+        for line in second.stderr:  # until it says it waits for the other download
+            lines.append(line)
+            if "another process is downloading it" in line:
+                break
+        assert "another process is downloading it" in lines[-1], "".join(lines)
+        hub.release()
+        out2, err2 = second.communicate(timeout=CLI_TIMEOUT_S)
+        out1, err1 = first.communicate(timeout=CLI_TIMEOUT_S)
+    finally:
+        for proc in (first, locals().get("second")):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert first.returncode == 0, err1
+    assert second.returncode == 0, "".join(lines) + err2
+    assert len(hub.gets(name)) == 1
+    assert out1.splitlines()[-1] == out2.splitlines()[-1], "both name the same files"

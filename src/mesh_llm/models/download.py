@@ -10,6 +10,7 @@ before it is linked where huggingface_hub and llama.cpp find it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import logging
@@ -163,14 +164,33 @@ def _hash_file(path: Path, digest: hashlib._Hash) -> None:  # type: ignore[name-
             digest.update(chunk)
 
 
+@contextmanager
+def _locked(path: Path, what: str) -> Iterator[None]:
+    """One download of a file at a time on this machine (two nodes sharing a cache, or
+    huggingface_hub itself, which takes the same flock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: another process is downloading it; waiting for it", what)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _fetch_one(rs: RemoteSet, meta: hub.FileMeta, commit: str, size: int | None,
                sha256: str | None) -> Path:
     blob = hfcache.blob_path(rs.repo, meta.etag)
     if not blob.exists():
-        partial = hfcache.partial_path(rs.repo, meta.etag)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        _download(rs, meta, partial, size, sha256)
-        os.replace(partial, blob)
+        with _locked(hfcache.lock_path(rs.repo, meta.etag), Path(meta.name).name):
+            if not blob.exists():  # the other process may have finished it meanwhile
+                partial = hfcache.partial_path(rs.repo, meta.etag)
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                _download(rs, meta, partial, size, sha256)
+                os.replace(partial, blob)
     return hfcache.place(rs.repo, rs.revision, commit, meta.name, meta.etag)
 
 

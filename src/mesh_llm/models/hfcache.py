@@ -70,18 +70,26 @@ def partial_path(repo: str, etag: str) -> Path:
     return repo_dir(repo) / "blobs" / f"{etag}.incomplete"
 
 
+def lock_path(repo: str, etag: str) -> Path:
+    """Where huggingface_hub locks a blob while it downloads it (a flock, as ours)."""
+    return cache_root() / ".locks" / ("models--" + repo.replace("/", "--")) / f"{etag}.lock"
+
+
 def place(repo: str, revision: str, commit: str, name: str, etag: str) -> Path:
     """Link the finished blob into the snapshot and record what `revision` points to."""
     blob = blob_path(repo, etag)
     link = repo_dir(repo) / "snapshots" / commit / name
     link.parent.mkdir(parents=True, exist_ok=True)
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    os.symlink(os.path.relpath(blob, link.parent), link)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(blob, link.parent), tmp)
+    os.replace(tmp, link)  # atomic: another process may link the same file right now
     if revision != commit:
         ref = repo_dir(repo) / "refs" / revision
         ref.parent.mkdir(parents=True, exist_ok=True)
-        ref.write_text(commit)
+        tmp_ref = ref.with_name(f".{ref.name}.{os.getpid()}")
+        tmp_ref.write_text(commit)
+        os.replace(tmp_ref, ref)
     return link
 
 
