@@ -350,3 +350,20 @@ def test_two_downloads_of_one_file_take_turns(
     assert second.returncode == 0, "".join(lines) + err2
     assert len(hub.gets(name)) == 1
     assert out1.splitlines()[-1] == out2.splitlines()[-1], "both name the same files"
+
+
+def test_a_catalog_name_is_downloaded_before_the_node_starts(
+        make_node, hub: LoopbackHub, hf_env: dict[str, str], parts: list[Path]) -> None:
+    """`--model Gemma-3-27B` fetches the catalog's file (SmolLM2's bytes stand in for it: its
+    exact size is not in the catalog), then its draft, whose size the catalog does know: a
+    draft of another size is refused, and the node serves without one."""
+    hub.add("ggml-org/gemma-3-27b-it-GGUF", "gemma-3-27b-it-Q4_K_M.gguf", smollm2_path())
+    hub.add("ggml-org/gemma-3-1b-it-GGUF", "gemma-3-1b-it-Q4_K_M.gguf", parts[2])
+    node = make_node("g", "--model", "Gemma-3-27B").wait_ready()
+    status = node.status()
+    assert status["model"] == "Gemma-3-27B" and status["draft"] is None
+    assert status["model_bytes"] == smollm2_path().stat().st_size
+    assert len(hub.gets("gemma-3-27b-it-Q4_K_M.gguf")) == 1
+    assert hub.gets("gemma-3-1b-it-Q4_K_M.gguf") == [], "refused before the first byte"
+    out = node.output()
+    assert "no draft model" in out and "the catalog says 806058240" in out
