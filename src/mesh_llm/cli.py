@@ -19,7 +19,7 @@ from . import __version__
 from .config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, NodeConfig, default_home
 from .errors import UserError
 from .identity import is_node_id
-from .models.catalog import CATALOG, DEFAULT_MODEL
+from .models.catalog import DEFAULT_MODEL
 from .token import TokenError, decode_token
 
 SUBCOMMANDS = ("models", "download", "status", "stop", "doctor", "invite")
@@ -61,7 +61,10 @@ def node_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"mesh-llm {__version__}")
     p.add_argument("--model", metavar="M",
-                   help=f"catalog name or path to a .gguf file (default {DEFAULT_MODEL}; "
+                   help="catalog name (mesh-llm models; downloaded if missing), a .gguf path "
+                        "(any part of a split set), hf://ORG/REPO/FILE.gguf, a huggingface.co "
+                        ".../resolve/REV/FILE.gguf URL, or ORG/REPO:QUANT "
+                        f"(default {DEFAULT_MODEL}; "
                         "with --join and no --model: a worker without a model file that "
                         "serves the host's model, whose weights then come over the mesh)")
     p.add_argument("--join", metavar="TOKEN", action="append", default=[],
@@ -204,22 +207,41 @@ def setup_logging(verbose: bool) -> None:
 # --- subcommands --------------------------------------------------------------------------
 
 
-def cmd_models(_argv: Sequence[str]) -> int:
-    from .models.resolve import resolve_model
+def cmd_models(argv: Sequence[str]) -> int:
+    """The catalog (size, draft, on disk or not) and other GGUF files in the HF cache."""
+    import json
 
-    for entry in CATALOG:
-        try:
-            where = str(resolve_model(entry.name).path)
-        except UserError:
-            where = f"not downloaded ({entry.source})"
-        draft = f", draft {entry.draft}" if entry.draft else ""
-        print(f"{entry.name:<22} {entry.size_gb:>5.1f} GB{draft}\n    {where}")
+    from .models.listing import list_models
+
+    p = _Parser(prog="mesh-llm models",
+                description="list the catalog and the GGUF models on this machine")
+    p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    args = p.parse_args(argv)
+    rows = list_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows["catalog"]:
+        size = f"{row['size_bytes'] / 1e9:.1f} GB" if row["size_bytes"] else \
+            f"~{row['approx_gb']:.1f} GB"
+        draft = f", draft {row['draft']}" if row["draft"] else ""
+        parts = f", {len(row['files'])} parts" if len(row["files"]) > 1 else ""
+        where = row["path"] or f"not downloaded ({row['source']})"
+        print(f"{row['name']:<20} {size:>9}{parts}{draft}\n    {where}")
+    if rows["other"]:
+        print("\nother GGUF models in the Hugging Face cache:")
+        for row in rows["other"]:
+            print(f"{row['name']:<40} {row['size_bytes'] / 1e9:>6.2f} GB  --model {row['model']}"
+                  f"\n    {row['path']}")
     return 0
 
 
 def cmd_download(argv: Sequence[str]) -> int:
-    p = _Parser(prog="mesh-llm download", description="fetch a catalog model (and its draft)")
-    p.add_argument("name", help="catalog name (see mesh-llm models)")
+    p = _Parser(prog="mesh-llm download",
+                description="fetch a model (and its catalog draft) into the Hugging Face cache")
+    p.add_argument("name", help="catalog name (see mesh-llm models), hf://ORG/REPO/FILE.gguf, "
+                                "a huggingface.co .../resolve/REV/FILE.gguf URL, or "
+                                "ORG/REPO:QUANT")
     p.add_argument("--no-draft", action="store_true", help="skip the draft model")
     args = p.parse_args(argv)
     from .models.download import download

@@ -46,9 +46,11 @@ from .mesh.protocol import StreamType
 from .mesh.transport import Stream
 from .mesh.tunnel import TunnelListener, relay_to_tcp, stream_connect
 from .models import hardware
+from .models.download import ensure as ensure_downloaded
 from .models.draft import find_draft
 from .models.gguf_info import block_count
 from .models.resolve import ResolvedModel, resolve_model
+from .models.split import model_stem
 from .models.weights import CodecStats, DedupeDecoder, DedupeEncoder, ModelWeights
 from .status import build_status, plan_json
 
@@ -107,14 +109,17 @@ class Node:
     def prepare(self) -> None:
         cfg = self.config
         if not cfg.client and cfg.model:
+            # a model not on this machine is fetched first (and its draft, if we may use one)
+            ensure_downloaded(cfg.model, with_draft=not cfg.no_draft and cfg.draft is None)
             self.model = resolve_model(cfg.model)
-            log.info("model: %s (%s, %.0f MB)", self.model.name, self.model.path,
-                     self.model.size_bytes / 1e6)
+            parts = f", {len(self.model.paths)} parts" if len(self.model.paths) > 1 else ""
+            log.info("model: %s (%s, %.0f MB%s)", self.model.name, self.model.path,
+                     self.model.size_bytes / 1e6, parts)
             self.draft = find_draft(self.model, cfg.draft, cfg.no_draft)
             if self.draft is not None:
                 log.info("draft: %s (speculative decoding, up to %d tokens)", self.draft.name,
                          cfg.draft_max)
-            self.weights = ModelWeights.open(self.model.path)
+            self.weights = ModelWeights.open(self.model.paths)
             self.fingerprint = self.weights.fingerprint.hex()
         elif not cfg.client:
             log.info("no --model: a worker without a model file; it serves the model of the "
@@ -218,6 +223,8 @@ class Node:
             state=self.state,
             extra={
                 "model_file": str(self.model.path) if self.model else None,
+                "model_bytes": self.model.size_bytes if self.model else None,
+                "model_files": [str(p) for p in self.model.paths] if self.model else [],
                 "reason": reason,
                 "invites": {"worker": token or None,
                             "client": (self.mesh.invite("client") or None)
@@ -275,7 +282,7 @@ class Node:
         return str(version) if version is not None else ""
 
     def _draft_name(self) -> str | None:
-        return self.draft.stem if self.draft is not None else None
+        return model_stem(self.draft.name) if self.draft is not None else None
 
     def _plan_json(self) -> dict[str, Any] | None:
         return plan_json(self.plan, list(self.llama.plan.rpc) if self.llama else [])

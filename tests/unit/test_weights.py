@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -354,3 +355,30 @@ def test_garbage_raises_only_codec_errors(weights: ModelWeights, with_preamble: 
         dec.finish()
     except DedupeError:
         pass
+
+
+def test_split_set_index_covers_every_part(model_dir: Path, tmp_path: Path) -> None:
+    """A split GGUF set (as gguf-split writes it) is one model: every tensor of every part is
+    in the index, at the same bytes as in the unsplit file, and references reach them all."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from modelgen import split_gguf
+
+    parts = split_gguf(model_dir / "a.gguf", tmp_path / "a.gguf", max_tensors=2)
+    assert len(parts) == 3
+    with ModelWeights.open(model_dir / "a.gguf") as whole, ModelWeights.open(parts) as split:
+        assert set(split.index) == set(whole.index)
+        assert {span.shard for span in split.index.values()} == {0, 1, 2}
+        assert split.total_size == sum(p.stat().st_size for p in parts)
+        assert split.fingerprint != whole.fingerprint
+        for name, span in split.index.items():
+            assert split.read(span.addr, span.size) == file_bytes(whole, name)
+        last = max(split.index, key=lambda n: split.index[n].shard)
+        stream = hello_request() + pack_set_tensor(last, 0, file_bytes(split, last))
+        enc = DedupeEncoder(split)
+        _, out = run_codec(enc, DedupeDecoder(split), stream, [], [])
+        assert out == stream and enc.stats.ref_bytes == split.index[last].size
+    (tmp_path / "x").mkdir()
+    last_part = flipped_copy(parts[2], tmp_path / "x" / parts[2].name,
+                             parts[2].stat().st_size - 1)  # inside the last sampled block
+    assert fingerprint([parts[0], parts[1], last_part]) != fingerprint(parts), \
+        "every part counts in the fingerprint"

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 from ..errors import UserError
-from .gguf_info import GgufError, check_gguf, read_metadata
+from .gguf_info import GgufError, read_metadata
+from .modelfiles import check_model_files
 from .resolve import ResolvedModel, resolve_model
+from .split import parse_split_name, set_names
 
 log = logging.getLogger("mesh_llm.draft")
 
@@ -40,12 +43,14 @@ def find_draft(model: ResolvedModel, draft: str | None, no_draft: bool) -> Path 
     if no_draft:
         return None
     if draft is not None:
-        path = Path(draft).expanduser()
-        check_gguf(path)
+        try:
+            path = check_model_files(Path(draft).expanduser()).first
+        except UserError as err:
+            raise UserError(f"--draft: {err}") from None
         if vocabulary(path) != vocabulary(model.path):
             raise UserError(f"--draft {path} has a different vocabulary from {model.name}: "
                             "a draft must use the same tokenizer")
-        return path.resolve()
+        return Path(os.path.abspath(path))
     if model.entry is not None and model.entry.draft:
         try:
             return resolve_model(model.entry.draft).path
@@ -56,17 +61,27 @@ def find_draft(model: ResolvedModel, draft: str | None, no_draft: bool) -> Path 
 
 
 def _draft_beside(model: ResolvedModel) -> Path | None:
-    """The largest smaller GGUF in the model's folder with the same vocabulary."""
+    """The largest smaller GGUF in the model's folder with the same vocabulary (a split
+    draft counts as its part 1, sized by all its parts; the model's own parts never count)."""
     limit = model.size_bytes * MAX_DRAFT_FRACTION
-    candidates = sorted(
-        (p for p in model.path.parent.glob("*.gguf")
-         if p.is_file() and p.resolve() != model.path and p.stat().st_size <= limit),
-        key=lambda p: p.stat().st_size, reverse=True)
+    own = {p.name for p in model.paths}
+    candidates: list[tuple[int, Path]] = []
+    for path in model.path.parent.glob("*.gguf"):
+        split = parse_split_name(path.name)
+        if path.name in own or not path.is_file() or (split is not None and split.no != 1):
+            continue
+        parts = [path.parent / name for name in set_names(path.name)]
+        if not all(p.is_file() for p in parts):
+            continue
+        size = sum(p.stat().st_size for p in parts)
+        if size <= limit:
+            candidates.append((size, path))
     if not candidates:
         return None
+    candidates.sort(key=lambda c: c[0], reverse=True)
     wanted = vocabulary(model.path)
-    for path in candidates[:8]:
+    for _, path in candidates[:8]:
         if wanted is not None and vocabulary(path) == wanted:
             log.info("draft model found beside the model: %s", path.name)
-            return path.resolve()
+            return Path(os.path.abspath(path))
     return None
