@@ -22,7 +22,7 @@ from .identity import is_node_id
 from .models.catalog import DEFAULT_MODEL
 from .token import TokenError, decode_token
 
-SUBCOMMANDS = ("models", "download", "status", "stop", "doctor", "invite")
+SUBCOMMANDS = ("models", "download", "status", "stop", "doctor", "invite", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -296,6 +296,61 @@ def cmd_invite(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_bench(argv: Sequence[str]) -> int:
+    """Measure the running mesh through a node's API and print the seed's table."""
+    import urllib.request
+
+    import aiohttp
+
+    from . import benchmark
+
+    p = _Parser(prog="mesh-llm bench",
+                description="measure the running mesh through this node's API: gen tok/s, "
+                            "TTFT and draft acceptance for a prose and a code prompt")
+    p.add_argument("--port", type=_port, default=DEFAULT_API_PORT, help="the node's API port")
+    p.add_argument("--console", type=_port, default=DEFAULT_CONSOLE_PORT, metavar="PORT",
+                   help="its console port, for the mode, shares and RTTs in the header")
+    p.add_argument("--reps", type=int, default=5, help="measured runs per row (default 5)")
+    p.add_argument("--tokens", type=int, default=128, help="tokens per run (default 128)")
+    p.add_argument("--concurrency", type=int, default=1, metavar="N",
+                   help="also run N streams at once and report the aggregate tok/s")
+    p.add_argument("--compare", action="store_true",
+                   help="run each row against the host's own llama-server too (on the host)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--api-key", metavar="KEY", help="the node's --api-key, if it has one")
+    args = p.parse_args(argv)
+    for name, value, low in (("--reps", args.reps, 1), ("--tokens", args.tokens, 2),
+                             ("--concurrency", args.concurrency, 1)):
+        if value < low:
+            raise UserError(f"{name} must be at least {low}", 2)
+    base = f"http://127.0.0.1:{args.port}"
+    request = urllib.request.Request(base + "/health")
+    if args.api_key:
+        request.add_header("Authorization", f"Bearer {args.api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=5):
+            pass
+    except OSError as err:
+        raise UserError(f"no model answers at {base} ({err}); start a node, or give its "
+                        "--port") from None
+    status = benchmark.fetch_status(args.console, args.api_key)
+    targets = {"mesh": base}
+    if args.compare:
+        llama = (status or {}).get("llama_server") or {}
+        if not status or not status.get("is_host") or not llama.get("port"):
+            raise UserError("--compare measures the host's own llama-server: run it on the "
+                            "host, with its console on (--console PORT)")
+        targets["direct"] = f"http://127.0.0.1:{llama['port']}"
+    try:
+        report = asyncio.run(benchmark.run_bench(
+            targets, args.reps, args.tokens, args.concurrency, args.api_key,
+            benchmark.describe(status)))
+    except (benchmark.BenchError, aiohttp.ClientError, OSError, TimeoutError) as err:
+        raise UserError(f"bench: {err or type(err).__name__}") from None
+    print(report.to_json() if args.json else benchmark.render(report))
+    return 0
+
+
 def _home_arg(prog: str, description: str, argv: Sequence[str]) -> Path:
     p = _Parser(prog=prog, description=description)
     p.add_argument("--home", type=Path, default=None, metavar="DIR")
@@ -331,14 +386,29 @@ def cmd_status(argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_doctor(_argv: Sequence[str]) -> int:
-    """Check that the engine and the default model are installed (used by scripts/setup)."""
+def cmd_doctor(argv: Sequence[str]) -> int:
+    """Check that the engine and the default model are installed (used by scripts/setup),
+    and say what the engine can use."""
+    from .inference.backend import backend_of, list_devices
     from .inference.engine import find_engine
+    from .models import hardware
     from .models.resolve import resolve_model
 
-    engine = find_engine()
-    model = resolve_model(DEFAULT_MODEL)
+    p = _Parser(prog="mesh-llm doctor", description="check the engine and the default model")
+    p.add_argument("--bin-dir", type=Path, metavar="DIR", help="check this llama.cpp build")
+    args = p.parse_args(argv)
+    engine = find_engine(args.bin_dir)
+    devices = list_devices(engine.llama_server)
     print(f"engine: {engine.llama_server.parent} (llama-server, ggml-rpc-server)")
+    print(f"backend: {backend_of(devices)}")
+    for device in devices:
+        print(f"  device {device.name}: {device.description} "
+              f"({device.total_bytes / 1e9:.1f} GB)")
+    if not devices:
+        print("  no GPU device: llama.cpp runs on the CPU")
+    vram, source = hardware.detect_vram()
+    print(f"memory: {vram / 1e9:.1f} GB from {source}")
+    model = resolve_model(DEFAULT_MODEL)
     print(f"default model: {model.name} at {model.path}")
     return 0
 
@@ -359,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] in SUBCOMMANDS:
             handler = {"models": cmd_models, "download": cmd_download, "status": cmd_status,
-                       "stop": cmd_stop, "doctor": cmd_doctor, "invite": cmd_invite}[argv[0]]
+                       "stop": cmd_stop, "doctor": cmd_doctor, "invite": cmd_invite,
+                       "bench": cmd_bench}[argv[0]]
             return handler(argv[1:])
         config = config_from_args(node_parser().parse_args(argv))
         from .node import run_node
@@ -371,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mesh-llm models --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from .console.server import Console
 from .errors import UserError
 from .home import HomeDir
 from .identity import Identity, is_node_id
+from .inference.backend import Device, backend_of, list_devices, offered_memory
 from .inference.election import (
     Candidate,
     Plan,
@@ -76,6 +77,8 @@ class Node:
         self.engine: Engine | None = None
         self.vram_bytes = 0
         self.has_gpu = False
+        self.backend = "none"  # the engine's: cpu, cuda, rocm, metal, vulkan ("none": client)
+        self.devices: list[Device] = []  # what llama-server --list-devices lists
         self.draft: Path | None = None
         self._layers: int | None = None  # the model's repeating layers, read once
         self.weights: ModelWeights | None = None  # our model file, indexed for RPC dedupe
@@ -108,6 +111,22 @@ class Node:
     # --- start-up checks: everything that can fail fast, before any process starts ---
     def prepare(self) -> None:
         cfg = self.config
+        if not cfg.client:  # before any download: a missing engine is a one-line error now
+            self.engine = find_engine(cfg.bin_dir)
+            self.devices = list_devices(self.engine.llama_server)
+            self.backend = backend_of(self.devices)
+            shown = ", ".join(f"{d.name} {d.description}" for d in self.devices) or "CPU only"
+            log.info("engine: %s (%s build: %s)", self.engine.bin_dir, self.backend, shown)
+            detected, source = hardware.detect_vram()
+            offered, source, warning = offered_memory(detected, source, self.devices,
+                                                      hardware.available_ram())
+            if warning is not None:
+                log.warning("%s", warning)
+            self.vram_bytes = hardware.capped(offered, cfg.max_vram_gb)
+            self.has_gpu = source != "available RAM"
+            capped = " (capped by --max-vram)" if self.vram_bytes < offered else ""
+            log.info("memory for models: %.1f GB from %s%s", self.vram_bytes / 1e9, source,
+                     capped)
         if not cfg.client and cfg.model:
             # a model not on this machine is fetched first (and its draft, if we may use one)
             ensure_downloaded(cfg.model, with_draft=not cfg.no_draft and cfg.draft is None)
@@ -124,15 +143,6 @@ class Node:
         elif not cfg.client:
             log.info("no --model: a worker without a model file; it serves the model of the "
                      "mesh's host, whose weights come over the mesh")
-        if not cfg.client:
-            self.engine = find_engine(cfg.bin_dir)
-            log.info("engine: %s", self.engine.bin_dir)
-            detected, source = hardware.detect_vram()
-            self.vram_bytes = hardware.capped(detected, cfg.max_vram_gb)
-            self.has_gpu = source != "available RAM"
-            capped = " (capped by --max-vram)" if self.vram_bytes < detected else ""
-            log.info("memory for models: %.1f GB from %s%s", self.vram_bytes / 1e9, source,
-                     capped)
         self.home.acquire()
         self.identity = Identity.load_or_create(self.home.path)
         log.info("node id: %s", self.identity.node_id)
@@ -231,6 +241,9 @@ class Node:
                             if self.mesh is not None else None},
                 "trusted_hosts": sorted(self.config.trust_hosts)
                 if self.config.trust_hosts is not None else None,
+                "engine": {"backend": self.backend, "devices": [
+                    {"name": d.name, "description": d.description,
+                     "total_bytes": d.total_bytes} for d in self.devices]},
                 "llama_server": {"pid": llama.pid, "port": llama.port,
                                  "load_seconds": llama.load_seconds} if llama else None,
                 "api_tunnel": None if self.host_id in (None, self.node_id) else {

@@ -52,7 +52,7 @@ def _macos_vram() -> int | None:
         return None
 
 
-def _available_ram() -> int:
+def available_ram() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -70,7 +70,7 @@ def detect_vram() -> tuple[int, str]:
         found = probe()
         if found:
             return found, source
-    return _available_ram(), "available RAM"
+    return available_ram(), "available RAM"
 
 
 def capped(vram: int, max_vram_gb: float | None) -> int:
