@@ -25,6 +25,7 @@ pytestmark = pytest.mark.browser
 GB = 10**9
 HOST, WORKER_A, WORKER_B, CLIENT = ("a1" * 32, "b2" * 32, "c3" * 32, "d4" * 32)
 TOKEN = "eyJ2IjoxLCJpZCI6ImExYTEiLCJhZGRycyI6WyIxMjcuMC4wLjE6Nzg0MiJdLCJzIjoiLi4uIn0"
+CLIENT_INVITE = "eyJ2IjoyLCJpZCI6ImExYTEiLCJraW5kIjoiY2xpZW50In0"
 MODEL = "SmolLM2-135M-Instruct"
 PHONE = {"width": 375, "height": 812}
 NODE_S = 120  # generous bounds for real processes: not timing assertions
@@ -40,6 +41,7 @@ def status(**fields: Any) -> dict[str, Any]:
         "plan": {"mode": "solo", "host": HOST, "workers": [], "rpc": [], "tensor_split": [1.0],
                  "reason": ""},
         "state": "running", "version": "0.1.0",
+        "invites": {"worker": TOKEN, "client": CLIENT_INVITE},
     }
     return {**base, **fields}
 
@@ -120,7 +122,9 @@ def test_split_mesh_shows_roles_links_and_shares(page: Page, fake_console, reque
     expect(page.locator("#api")).to_have_text("http://127.0.0.1:9337/v1")
     expect(page.locator("#token")).to_have_value(TOKEN)
     expect(page.locator("#cmd-node")).to_have_text(f"mesh-llm --model {MODEL} --join {TOKEN}")
-    expect(page.locator("#cmd-client")).to_have_text(f"mesh-llm --client --join {TOKEN}")
+    expect(page.locator("#client-invite")).to_have_value(CLIENT_INVITE)
+    expect(page.locator("#cmd-client")).to_have_text(
+        f"mesh-llm --client --join {CLIENT_INVITE}")
 
     page.get_by_role("button", name="Copy", exact=True).click()
     expect(page.locator("#copy-note")).to_have_text("Copied to the clipboard.")

@@ -137,10 +137,11 @@ function modelName(s) {
 function joinCommands(s) {
   s = s || {};
   const token = s.token || "TOKEN";
+  const clientInvite = (s.invites && s.invites.client) || token;
   const model = modelName(s) || "MODEL";
   return {
     node: `mesh-llm --model ${shellWord(model)} --join ${shellWord(token)}`,
-    client: `mesh-llm --client --join ${shellWord(token)}`,
+    client: `mesh-llm --client --join ${shellWord(clientInvite)}`,
   };
 }
 
@@ -255,6 +256,7 @@ function render(s) {
   $("node-id").title = s.node_id || "";
   $("version").textContent = s.version ? "v" + s.version : "";
   $("token").value = s.token || "";
+  $("client-invite").value = (s.invites && s.invites.client) || "";
   const commands = joinCommands(s);
   $("cmd-node").textContent = commands.node;
   $("cmd-client").textContent = commands.client;
