@@ -46,7 +46,7 @@ def deploy_parser_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--console", type=int, default=DEFAULT_CONSOLE_PORT, metavar="PORT",
                    help=f"the local node's console port (default {DEFAULT_CONSOLE_PORT})")
     p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
-                   help="passed to ssh and scp as -o OPT (repeatable); $MESH_LLM_SSH_OPTS "
+                   help="passed to ssh as -o OPT (repeatable); $MESH_LLM_SSH_OPTS "
                         "adds raw options, e.g. '-i KEY'")
     p.add_argument("--wait", type=float, default=180.0, metavar="S",
                    help="how long to wait for the worker to join (default 180)")

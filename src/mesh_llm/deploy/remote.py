@@ -1,4 +1,4 @@
-"""The ssh side of `mesh-llm deploy`: argv for the system ssh/scp and the remote scripts.
+"""The ssh side of `mesh-llm deploy`: argv for the system ssh and the remote scripts.
 
 The script builders are pure (strings in, a shell command out); `Remote` runs them with
 `-o BatchMode=yes`, so ssh never prompts for a password: keys, an agent or the user's ssh
@@ -29,12 +29,6 @@ def ssh_options(options: list[str], env_options: str) -> list[str]:
 
 def ssh_argv(target: str, port: int | None, options: list[str], command: str) -> list[str]:
     return ["ssh", *options, *(["-p", str(port)] if port else []), target, command]
-
-
-def scp_argv(target: str, port: int | None, options: list[str], local: Path,
-             remote: str) -> list[str]:
-    return ["scp", "-q", *options, *(["-P", str(port)] if port else []), str(local),
-            f"{target}:{remote}"]
 
 
 def install_script(tmp: str, install_dir: str | None) -> str:
@@ -108,7 +102,7 @@ class Remote:
                                   capture_output=True, text=True, stdin=subprocess.DEVNULL,
                                   timeout=timeout)
         except FileNotFoundError:
-            raise UserError("deploy needs the ssh client (ssh, scp) on this machine") from None
+            raise UserError("deploy needs the ssh client (ssh) on this machine") from None
         except subprocess.TimeoutExpired:
             raise UserError(f"ssh {self.target}: no answer within {timeout:.0f} s") from None
         if proc.returncode == SSH_FAILED:
@@ -116,10 +110,13 @@ class Remote:
         return proc
 
     def copy(self, local: Path, remote: str) -> None:
-        proc = subprocess.run(scp_argv(self.target, self.port, self.options, local, remote),
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        """Stream the file through ssh (`cat >`): works where sshd has no sftp for scp."""
+        argv = ssh_argv(self.target, self.port, self.options, f"cat > {shlex.quote(remote)}")
+        with open(local, "rb") as data:
+            proc = subprocess.run(argv, stdin=data, capture_output=True, text=False)
         if proc.returncode != 0:
-            raise UserError(f"scp to {self.target} failed: {last_line(proc.stderr)}")
+            raise UserError(f"copying to {self.target} failed: "
+                            f"{last_line(proc.stderr.decode(errors='replace'))}")
 
 
 def last_line(text: str) -> str:
