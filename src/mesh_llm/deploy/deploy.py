@@ -29,6 +29,12 @@ from .remote import (
 POLL_S = 1.0
 
 
+def _ssh_port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return int(text)
+
+
 def deploy_parser_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="[USER@]HOST", help="where to deploy (ssh destination)")
     p.add_argument("--join", metavar="TOKEN",
@@ -36,7 +42,8 @@ def deploy_parser_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="NAME",
                    help="pack this model too and serve it there (default: a worker without "
                         "a model file, serving the host's model)")
-    p.add_argument("--port", type=int, metavar="SSH_PORT", help="ssh port (default: ssh's)")
+    p.add_argument("--port", type=_ssh_port, metavar="SSH_PORT",
+                   help="ssh port (default: ssh's, or your ssh config's)")
     p.add_argument("--bundle", type=Path, metavar="FILE",
                    help="use this bundle (built into FILE first if it does not exist)")
     p.add_argument("--dir", metavar="DIR",

