@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from test_bundle import session_bundle
 
+from mesh_llm.home import running_pid
 from mesh_llm.netutil import free_port
 
 SSHD = Path("/usr/sbin/sshd")
@@ -121,11 +122,14 @@ def test_deploy_starts_a_worker_that_joins_and_stop_over_ssh_removes_it(
                   "--", "--bind-host", "127.0.0.1", "--port", str(free_port()),
                   ssh_opts=sshd.options)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "joined the mesh" in proc.stdout.splitlines()[-1], proc.stdout
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("worker started on root@127.0.0.1: ") for line in lines), lines
+    assert "joined the mesh" in lines[-1] and f"mesh-llm stop --home {home}" in lines[-1], lines
 
     # ssh is gone; the worker stays, runs from the installed venv, and is the host's peer
     node_id = json.loads((home / "node.json").read_text())["node_id"]
-    pid = int((opt / "worker.pid").read_text())
+    pid = running_pid(home)  # the node's own lock: nohup'd or under systemd-run --user
+    assert pid is not None
     assert _alive(pid)
     assert str(opt / "venv") in Path(f"/proc/{pid}/cmdline").read_text()
     assert node_id in {p["id"] for p in host.status()["peers"]}

@@ -125,6 +125,8 @@ def _install(remote: Remote, bundle: Path, install_dir: str | None) -> tuple[str
     if proc.returncode != 0:
         raise UserError(f"install on {remote.target} failed: "
                         f"{last_line(proc.stderr or proc.stdout)}")
+    for line in proc.stdout.splitlines():
+        print(f"  {line}")
     return parse_install_output(proc.stdout)
 
 
@@ -142,7 +144,9 @@ def _wait_joined(remote: Remote, worker: Worker, args: argparse.Namespace) -> No
     """Poll the remote node's id, then the local peers, until it is there or time is up."""
     deadline = time.monotonic() + args.wait
     node_id: str | None = None
-    stop_hint = f"stop it with: ssh {remote.target} {stop_command(worker, args.remote_home)}"
+    port = f"-p {args.port} " if args.port else ""
+    stop_hint = (f"stop it with: ssh {port}{remote.target} "
+                 f"{stop_command(worker, args.remote_home)}")
     while time.monotonic() < deadline:
         if node_id is None:
             probe = remote.run(probe_script(worker, args.remote_home)).stdout
