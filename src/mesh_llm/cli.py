@@ -22,7 +22,8 @@ from .identity import is_node_id
 from .models.catalog import DEFAULT_MODEL
 from .token import TokenError, decode_token
 
-SUBCOMMANDS = ("models", "download", "status", "stop", "doctor", "invite", "bench")
+SUBCOMMANDS = ("models", "download", "status", "stop", "doctor", "invite", "bench", "bundle",
+               "deploy")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -351,6 +352,44 @@ def cmd_bench(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_bundle(argv: Sequence[str]) -> int:
+    """Pack an offline install (wheels, engine, optional model, install.sh) in one file."""
+    from .deploy.bundle import build_bundle, default_bundle_name
+    from .deploy.target import this_machine
+
+    p = _Parser(prog="mesh-llm bundle",
+                description="write one .tar.gz that installs mesh-llm, its dependencies and "
+                            "the llama.cpp engine on a machine with the same OS, CPU and "
+                            "Python, with no network (tar xzf FILE && mesh-llm-bundle/"
+                            "install.sh [DIR])")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE",
+                   help="where to write it (default: a name with version, OS, CPU and Python)")
+    p.add_argument("--model", metavar="NAME",
+                   help="also pack this model: a catalog name or a path to a .gguf file")
+    args = p.parse_args(argv)
+    out = args.output or Path(default_bundle_name(this_machine(), args.model))
+    build_bundle(out, args.model)
+    return 0
+
+
+def cmd_deploy(argv: Sequence[str]) -> int:
+    """Install a bundle on another machine over ssh and start a worker there."""
+    from .deploy.deploy import deploy_parser_args, run_deploy
+
+    p = _Parser(prog="mesh-llm deploy",
+                description="copy a bundle to [USER@]HOST over ssh (BatchMode: keys or an "
+                            "agent, never a password), install it, start a worker there that "
+                            "outlives the ssh session, and wait until it joins this node's "
+                            "mesh. Arguments after -- go to the remote node.")
+    deploy_parser_args(p)
+    args, node_args = p.parse_known_args(argv)
+    if node_args and node_args[0] == "--":
+        node_args = node_args[1:]
+    elif node_args:
+        p.error(f"unrecognized arguments: {' '.join(node_args)} (node options go after --)")
+    return run_deploy(args, node_args)
+
+
 def _home_arg(prog: str, description: str, argv: Sequence[str]) -> Path:
     p = _Parser(prog=prog, description=description)
     p.add_argument("--home", type=Path, default=None, metavar="DIR")
@@ -430,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in SUBCOMMANDS:
             handler = {"models": cmd_models, "download": cmd_download, "status": cmd_status,
                        "stop": cmd_stop, "doctor": cmd_doctor, "invite": cmd_invite,
-                       "bench": cmd_bench}[argv[0]]
+                       "bench": cmd_bench, "bundle": cmd_bundle, "deploy": cmd_deploy}[argv[0]]
             return handler(argv[1:])
         config = config_from_args(node_parser().parse_args(argv))
         from .node import run_node

@@ -1,0 +1,1 @@
+"""`mesh-llm bundle` and `mesh-llm deploy`: an offline install in one file, and its delivery."""
