@@ -120,3 +120,24 @@ async def test_a_claim_of_more_memory_than_a_machine_has_drops_the_peer(
             while liar.node_id in a.peers and a.peers[liar.node_id].vram_bytes != 2**61:
                 await sub.get()
     assert liar.node_id not in a.peers
+
+
+async def test_a_flood_of_refused_handshakes_writes_one_line(
+        make_mesh: MakeMesh, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from mesh_llm.token import InviteToken, new_secret
+
+    a = await make_mesh()
+    wrong = encode_token(InviteToken(a.node_id, a.addrs, new_secret()))
+    with caplog.at_level(logging.INFO, logger="mesh_llm.mesh"):
+        for _ in range(40):
+            intruder = await make_mesh()
+            with pytest.raises(MeshJoinError):
+                await intruder.join([wrong], timeout=3)
+        async with asyncio.timeout(5):
+            while a.refused < 40:
+                await asyncio.sleep(0.01)
+    refused_lines = [r for r in caplog.records if r.name == "mesh_llm.mesh"
+                     and r.getMessage().startswith("refused connection from")]
+    assert a.refused == 40 and len(refused_lines) == 1
