@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Tests never reach the real model hub, and never touch the user's Hugging Face cache: every
+# node a test starts inherits a hub at a closed loopback port (tests that need a hub run
+# their own, tests/hub.py) and a cache of the session's own.
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mesh-llm-test-hf-")
 
 from nodes import NodeProcess
 

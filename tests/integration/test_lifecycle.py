@@ -95,9 +95,10 @@ def test_unknown_model_name(tmp_path: Path) -> None:
     assert_one_line_error(result, "unknown model", "SmolLM2-135M-Instruct")
 
 
-def test_catalog_model_not_downloaded(tmp_path: Path) -> None:
+def test_catalog_model_not_downloaded_and_no_hub(tmp_path: Path) -> None:
+    # the hub is a closed loopback port (tests/conftest.py): one line that says what to do
     result = run_cli("--model", "Qwen2.5-3B", home=tmp_path / "h")
-    assert_one_line_error(result, "not on this machine", "mesh-llm download Qwen2.5-3B")
+    assert_one_line_error(result, "cannot download Qwen2.5-3B", "by hand", "--model")
 
 
 def test_api_port_in_use(tmp_path: Path) -> None:
