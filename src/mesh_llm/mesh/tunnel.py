@@ -52,6 +52,7 @@ class _Bridge(asyncio.Protocol):
         self._encoder = encoder
         self._decoder = decoder
         self.on_decode_error: Callable[[ValueError], None] | None = None
+        self.on_closed: Callable[[], None] | None = None
 
     # --- wiring
     def attach(self, stream: Stream) -> None:
@@ -89,6 +90,9 @@ class _Bridge(asyncio.Protocol):
         stream, self.stream = self.stream, None
         if stream is not None:
             stream.abort() if exc is not None else stream.close()
+        closed, self.on_closed = self.on_closed, None
+        if closed is not None:
+            closed()
 
     # --- stream side
     def _finish_outbound(self) -> None:
@@ -209,20 +213,25 @@ class TunnelListener:
 
 async def relay_to_tcp(stream: Stream, host: str, port: int, *,
                        decoder: Decoder | None = None,
-                       on_decode_error: Callable[[ValueError], None] | None = None) -> None:
+                       on_decode_error: Callable[[ValueError], None] | None = None,
+                       on_closed: Callable[[], None] | None = None) -> None:
     """The accepting end: connect `stream` to a local TCP service and relay until both close.
 
     A `decoder` failure (its ValueError) drops the connection and is reported to
-    `on_decode_error`."""
+    `on_decode_error`; `on_closed` hears once that the relay is over (or never began)."""
     loop = asyncio.get_running_loop()
     bridge = _Bridge(decoder=decoder)
     bridge.on_decode_error = on_decode_error
+    bridge.on_closed = on_closed
     try:
         await asyncio.wait_for(loop.create_connection(lambda: bridge, host, port),
                                CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as err:
         log.warning("tunnel: cannot reach 127.0.0.1:%d: %s", port, err)
         stream.abort()
+        closed, bridge.on_closed = bridge.on_closed, None
+        if closed is not None:
+            closed()
         return
     bridge.attach(stream)
 
