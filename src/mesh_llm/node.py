@@ -55,6 +55,13 @@ log = logging.getLogger("mesh_llm.node")
 
 JOIN_TIMEOUT_S = 15.0
 LEAVE_WAIT_S = 30.0  # a leaving worker waits this long for its host to plan without it
+# An old llama-server that uses a leaving worker drains for less than the worker waits, so
+# it is stopped (its last streams cut with an error) before the worker goes, not crashed.
+LEAVING_DRAIN_S = LEAVE_WAIT_S - 5.0
+# A CPU host: two llama-servers computing at once on the same cores slow each other far
+# more than 2x (their thread pools spin; measured here 8 -> 0.7 tok/s per stream). So the
+# new one takes requests once the old one has finished its streams, or after this long.
+CPU_HOLD_S = 10.0
 WAITING_FOR_A_HOST = ("no host is ready: this node has no model file (no --model) and waits "
                       "for a node that has one to host the model")
 
@@ -83,6 +90,8 @@ class Node:
         self.next: Generation | None = None  # loading, to take over from `current`
         self._draining: set[Generation] = set()  # finishing their requests, then stopped
         self.leaving = False
+        self._held = False  # CPU host switching: new requests wait while the old drains
+        self._leaving_since: dict[str, float] = {}  # peer → when we saw it announce leaving
         self._rpc_connections = 0  # worker: the host's llama-servers connected to us
         self.state = "starting"
         self.excluded: dict[str, str] = {}  # peer id → why it cannot serve with us
@@ -154,6 +163,9 @@ class Node:
 
     def upstream(self) -> Upstream:
         if self.host_id == self.node_id:
+            if self._held:
+                return Upstream(None, "switching to the new llama-server: the old one "
+                                      "finishes its streams first")
             gen = self.current
             if gen is not None and gen.ready and gen.llama is not None \
                     and gen.llama.port is not None:
@@ -300,7 +312,7 @@ class Node:
 
     def _announcement(self) -> dict[str, Any]:
         hosting = self.host_id == self.node_id
-        ready = bool(self.llama and self.llama.ready and hosting)
+        ready = bool(self.llama and self.llama.ready and hosting and not self._held)
         return {
             "plan": self._plan_json() if hosting else None,
             "draft": self._draft_name() if hosting else None,
@@ -353,8 +365,11 @@ class Node:
             self.node_id, "worker", self.vram_bytes, models=tuple(self._models()),
             model_file=self.model is not None, fingerprint=self.fingerprint,
             rpc_version=self._rpc_version())
-        candidates, self.excluded = serving_candidates(
-            view, [_view_of(p) for p in self._connected_peers()])
+        views = [_view_of(p) for p in self._connected_peers()]
+        now = asyncio.get_running_loop().time()
+        self._leaving_since = {v.node_id: self._leaving_since.get(v.node_id, now)
+                               for v in views if v.leaving}
+        candidates, self.excluded = serving_candidates(view, views)
         me = candidates[0] if view is not None and candidates else None
         host_id = elect_host(candidates)
         if host_id != self.host_id:
@@ -377,6 +392,9 @@ class Node:
         workers = [c for c in others if (peer := self._peer(c.node_id)) is not None
                    and peer.announcement.get("rpc_ready")]
         plan = make_plan(me, workers, self.model.size_bytes, self.config.split)
+        for gen in self._draining:  # one that lost a worker is broken: nothing to wait for
+            if not gen.stopped and any(self._peer(w) is None for w in gen.plan.workers):
+                self._spawn(gen.stop())
         if plan == self.plan:
             return
         self.plan = plan
@@ -459,17 +477,31 @@ class Node:
         gen.llama.start()
         self.changes.bump()
 
-    async def _retire(self, gen: Generation, drain: bool) -> None:
-        """Stop an old llama-server; with `drain`, once its open requests are done (bounded)."""
+    async def _retire(self, gen: Generation, drain: bool, hold: bool = False) -> None:
+        """Stop an old llama-server; with `drain`, once its open requests are done (bounded).
+        With `hold`, new requests wait meanwhile (CPU_HOLD_S at most)."""
         self._draining.add(gen)
         self.changes.bump()
         try:
+            if hold and gen.open_requests:
+                self._held = True
+                self._llama_changed(None)
+                try:
+                    await gen.drained(CPU_HOLD_S)
+                finally:
+                    self._held = False
+                    self._llama_changed(None)
             if drain and gen.open_requests:
+                # A leaving worker waits LEAVE_WAIT_S from its announcement: stop before.
+                now = asyncio.get_running_loop().time()
+                seen = [self._leaving_since[w] for w in gen.plan.workers
+                        if w in self._leaving_since]
+                bound = min([DRAIN_S] + [max(1.0, t + LEAVING_DRAIN_S - now) for t in seen])
                 log.info("the old llama-server finishes %d open request(s) first (at most "
-                         "%.0f s)", gen.open_requests, DRAIN_S)
-                if not await gen.drained(DRAIN_S):
+                         "%.0f s)", gen.open_requests, bound)
+                if not await gen.drained(bound):
                     log.warning("the old llama-server still had %d open request(s) after "
-                                "%.0f s; stopping it", gen.open_requests, DRAIN_S)
+                                "%.0f s; stopping it", gen.open_requests, bound)
             pid = gen.llama.pid if gen.llama else None
             await gen.stop()
             if pid is not None:
@@ -534,7 +566,11 @@ class Node:
             stream.abort()
             return
         gen.acquire()
-        await relay_to_tcp(stream, "127.0.0.1", gen.llama.port, on_closed=gen.release)
+        transport: asyncio.BaseTransport | None = None
+        transport = await relay_to_tcp(stream, "127.0.0.1", gen.llama.port,
+                                       on_closed=lambda: gen.release(transport))
+        if transport is not None:
+            gen.track(transport)
 
     async def _serve_rpc_tunnel(self, peer_id: str, stream: Stream) -> None:
         """The host's llama-server reaching our ggml-rpc-server (we are its worker)."""
@@ -572,8 +608,10 @@ class Node:
         if gen is not None and gen is self.next and gen.ready:
             old, self.current, self.next = self.current, gen, None
             if old is not None:
-                log.info("re-plan: requests now go to the new llama-server")
-                self._spawn(self._retire(old, drain=True))
+                hold = not self.has_gpu and old.open_requests > 0
+                log.info("re-plan: requests now go to the new llama-server%s", (
+                    " once the old one has finished its streams (a CPU host)" if hold else ""))
+                self._spawn(self._retire(old, drain=True, hold=hold))
         if gen is not None and gen is self.current and self.state != "stopping":
             self.state = "running" if gen.ready else "loading"
             if gen.ready:

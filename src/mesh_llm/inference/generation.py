@@ -30,6 +30,7 @@ class Generation:
     stats: list[CodecStats] = field(default_factory=list)  # one per RPC tunnel connection
     open_requests: int = 0  # API requests it is answering, ours and tunnelled ones
     stopped: bool = False
+    connections: set[asyncio.BaseTransport] = field(default_factory=set)  # to llama-server
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -43,7 +44,13 @@ class Generation:
         self.open_requests += 1
         self._idle.clear()
 
-    def release(self) -> None:
+    def track(self, transport: asyncio.BaseTransport) -> None:
+        """A connection to our llama-server, cut when it stops (see `stop`)."""
+        if not transport.is_closing():
+            self.connections.add(transport)
+
+    def release(self, transport: asyncio.BaseTransport | None = None) -> None:
+        self.connections.discard(transport)  # type: ignore[arg-type]
         self.open_requests -= 1
         if self.open_requests <= 0:
             self.open_requests = 0
@@ -59,8 +66,14 @@ class Generation:
 
     async def stop(self) -> None:
         """llama-server first, then its tunnels: a tunnel closed under a running
-        llama-server makes it abort with a backtrace."""
+        llama-server makes it abort with a backtrace.
+
+        Requests still open are cut first: llama-server's HTTP threads wait for their
+        clients to hang up, so with a stream open it took seconds to honour SIGTERM
+        (measured: 0.3 s idle, up to 30 s with a stream whose client kept reading)."""
         self.stopped = True
+        for transport in list(self.connections):
+            transport.abort()
         if self.llama is not None:
             await self.llama.stop()
         for tunnel in self.tunnels:
@@ -70,17 +83,20 @@ class Generation:
 class _Counted(asyncio.Protocol):
     """Passes everything to `inner`; tells `done` once when the connection ends."""
 
-    def __init__(self, inner: asyncio.Protocol, done: Callable[[], None]) -> None:
+    def __init__(self, inner: asyncio.Protocol,
+                 done: Callable[[asyncio.BaseTransport | None], None]) -> None:
         self._inner = inner
-        self._done: Callable[[], None] | None = done
+        self._done: Callable[[asyncio.BaseTransport | None], None] | None = done
+        self.transport: asyncio.BaseTransport | None = None
 
     def never_connected(self) -> None:
         """The connection failed before it was made: count it as done."""
         done, self._done = self._done, None
         if done is not None:
-            done()
+            done(None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -101,7 +117,7 @@ class _Counted(asyncio.Protocol):
             self._inner.connection_lost(exc)
         finally:
             if done is not None:
-                done()
+                done(self.transport)
 
 
 def counted_tcp_connect(gen: Generation, port: int) -> Callable[[asyncio.Protocol],
@@ -113,11 +129,12 @@ def counted_tcp_connect(gen: Generation, port: int) -> Callable[[asyncio.Protoco
         gen.acquire()
         counted = _Counted(protocol, gen.release)
         try:
-            await asyncio.get_running_loop().create_connection(lambda: counted, "127.0.0.1",
-                                                               port)
+            transport, _ = await asyncio.get_running_loop().create_connection(
+                lambda: counted, "127.0.0.1", port)
         except BaseException:
             counted.never_connected()
             raise
+        gen.track(transport)
 
     return connect
 
