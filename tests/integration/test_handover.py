@@ -31,7 +31,8 @@ class StreamResult:
         return self.error is None and self.tokens == TOKENS and self.finish == "length"
 
 
-def one_stream(node: NodeProcess, i: int, tokens: int = TOKENS) -> StreamResult:
+def one_stream(node: NodeProcess, i: int, tokens: int = TOKENS,
+               on_first: threading.Semaphore | None = None) -> StreamResult:
     """One streamed chat completion of exactly `tokens` tokens through the real openai client."""
     result = StreamResult(time.monotonic(), 0.0)
     try:
@@ -42,6 +43,8 @@ def one_stream(node: NodeProcess, i: int, tokens: int = TOKENS) -> StreamResult:
             stream_options={"include_usage": True})
         for chunk in chunks:
             result.chunks += 1
+            if result.chunks == 1 and on_first is not None:
+                on_first.release()
             if chunk.choices and chunk.choices[0].finish_reason:
                 result.finish = chunk.choices[0].finish_reason
             if chunk.usage is not None:
@@ -129,9 +132,11 @@ def test_a_killed_worker_fails_its_streams_with_an_error(make_node) -> None:
     host = make_node("a", "--split", "--max-vram", "2").wait_ready()
     worker = make_node("b", "--max-vram", "1", "--join", host.status()["token"])
     host.wait_for(lambda: serving(host, "split", 1), "the split serving", 180)
+    streaming = threading.Semaphore(0)
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(one_stream, host, i, 2000) for i in range(4)]
-        host.wait_for(lambda: host.status()["api_in_flight"] == 4, "four streams running", 60)
+        futures = [pool.submit(one_stream, host, i, 1000, streaming) for i in range(4)]
+        for _ in range(4):  # each has its first chunk: none can be retried elsewhere
+            assert streaming.acquire(timeout=120), "four streams running"
         worker.proc.kill()
         results = [f.result(timeout=120) for f in futures]
     assert all(r.error is not None for r in results), results
@@ -157,3 +162,21 @@ def test_a_request_waits_for_a_host_and_then_succeeds(make_node) -> None:
         asking.join(60)
     assert answers and answers[0][0] == 200, answers
     assert client.status()["api_queued"] == 0
+
+
+def test_a_client_hanging_up_is_no_upstream_failure(make_node) -> None:
+    host = make_node("a").wait_ready()
+    client = make_node("c", "--client", "--join", host.status()["token"]).wait_ready()
+    for node in (client, host):
+        for i in range(3):
+            chunks = openai_client(node).chat.completions.create(
+                model="x", messages=[{"role": "user", "content": f"Count to {i + 50}."}],
+                max_tokens=500, stream=True, extra_body={"ignore_eos": True})
+            next(iter(chunks))
+            chunks.close()  # hang up mid-stream
+        node.wait_for(lambda n=node: n.status()["api_in_flight"] == 0, "the relays over", 30)
+    for node in (client, host):
+        out = node.output()
+        assert "failed" not in out and "Cannot write to closing transport" not in out, out
+        assert "upstream" not in out and "broke off" not in out, out
+    assert one_stream(client, 1).complete
