@@ -31,13 +31,15 @@ from .identity import Identity, is_node_id
 from .inference.backend import Device, backend_of, list_devices, offered_memory
 from .inference.election import (
     Candidate,
+    NodeView,
     Plan,
     elect_host,
-    incompatibility,
     make_plan,
     placement,
+    serving_candidates,
 )
 from .inference.engine import Engine, find_engine
+from .inference.generation import DRAIN_S, Generation, counted_tcp_connect, overlap_refusal
 from .inference.llama import LlamaPlan, LlamaServer
 from .inference.rpc import RpcServer
 from .logutil import RateLimitedLog
@@ -60,6 +62,14 @@ refusals = RateLimitedLog(log)  # what a peer can make us log at will
 
 JOIN_TIMEOUT_S = 15.0
 HOST_AGREEMENT_S = 5.0  # an RPC tunnel from a peer we do not (yet) see as host waits this long
+LEAVE_WAIT_S = 30.0  # a leaving worker waits this long for its host to plan without it
+# An old llama-server that uses a leaving worker drains for less than the worker waits, so
+# it is stopped (its last streams cut with an error) before the worker goes, not crashed.
+LEAVING_DRAIN_S = LEAVE_WAIT_S - 5.0
+# A CPU host: two llama-servers computing at once on the same cores slow each other far
+# more than 2x (their thread pools spin; measured here 8 -> 0.7 tok/s per stream). So the
+# new one takes requests once the old one has finished its streams, or after this long.
+CPU_HOLD_S = 10.0
 WAITING_FOR_A_HOST = ("no host is ready: this node has no model file (no --model) and waits "
                       "for a node that has one to host the model")
 
@@ -83,22 +93,27 @@ class Node:
         self._layers: int | None = None  # the model's repeating layers, read once
         self.weights: ModelWeights | None = None  # our model file, indexed for RPC dedupe
         self.fingerprint = ""  # announced while our file has matched every reference
-        self.rpc_stats: list[CodecStats] = []  # host: one per RPC tunnel connection
         self.rpc: RpcServer | None = None
         self.host_id: str | None = None
-        self.plan: Plan | None = None
-        self.llama: LlamaServer | None = None
+        self.plan: Plan | None = None  # the plan we converge on (the host's)
+        self.current: Generation | None = None  # the llama-server requests go to
+        self.next: Generation | None = None  # loading, to take over from `current`
+        self._draining: set[Generation] = set()  # finishing their requests, then stopped
+        self.leaving = False
+        self._held = False  # CPU host switching: new requests wait while the old drains
+        self._leaving_since: dict[str, float] = {}  # peer → when we saw it announce leaving
+        self._rpc_connections = 0  # worker: the host's llama-servers connected to us
         self.state = "starting"
         self.excluded: dict[str, str] = {}  # peer id → why it cannot serve with us
         self.join_error: str | None = None  # --standalone after every --join failed
         self._remembered: list[tuple[str, list[str]]] = []
         allowed = served_hosts(listen_all=config.listen_all, advertise=config.advertise)
-        self.api = ApiProxy(self.upstream, api_key=config.api_key, allowed=allowed)
+        self.api = ApiProxy(self.upstream, api_key=config.api_key, allowed=allowed,
+                            changes=self.changes)
         # The console shows the invite token: it needs the API's key whenever there is one.
         self.console = Console(self.status, self.changes, self.api, api_key=config.api_key,
                                allowed=allowed)
-        self._rpc_tunnels: list[TunnelListener] = []
-        self._launches = 0
+        self._replan_lock = asyncio.Lock()
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -162,10 +177,26 @@ class Node:
         """A worker without a model file: it serves whatever model the mesh's host serves."""
         return not self.config.client and self.model is None
 
+    @property
+    def llama(self) -> LlamaServer | None:
+        """The llama-server that requests go to (while a new one loads: still the old)."""
+        gen = self.current
+        return gen.llama if gen is not None else None
+
+    @property
+    def rpc_stats(self) -> list[CodecStats]:
+        return self.current.stats if self.current is not None else []
+
     def upstream(self) -> Upstream:
         if self.host_id == self.node_id:
-            if self.llama is not None and self.llama.port is not None and self.llama.ready:
-                return Upstream.tcp("127.0.0.1", self.llama.port)
+            if self._held:
+                return Upstream(None, "switching to the new llama-server: the old one "
+                                      "finishes its streams first")
+            gen = self.current
+            if gen is not None and gen.ready and gen.llama is not None \
+                    and gen.llama.port is not None:
+                port = gen.llama.port
+                return Upstream(counted_tcp_connect(gen, port), key=f"tcp 127.0.0.1:{port}")
             if self.plan is not None and self.plan.mode == "waiting":
                 return Upstream(None, self.plan.reason)
             return Upstream(None, f"the model {self._model_name()} is still loading")
@@ -181,6 +212,12 @@ class Node:
 
     def _model_name(self) -> str:
         return self.model.name if self.model else ""
+
+    def _shown_model(self, host: PeerInfo | None) -> str | None:
+        """The model's name as the host calls it: one model, one name, whatever our file's."""
+        if host is not None and host.models:
+            return host.models[0]
+        return self.model.name if self.model else None
 
     def _models(self) -> list[str]:
         """What we announce we serve: our file's model; without a file, the host's model
@@ -221,8 +258,7 @@ class Node:
             host_id=self.host_id,
             llama_ready=bool(llama and llama.ready) or bool(
                 host and host.announcement.get("ready")),
-            model=self.model.name if self.model else (
-                (host.announcement.get("models") or [None])[0] if host else None),
+            model=self._shown_model(host),
             draft=self._draft_name() if self.host_id == self.node_id else (
                 host.announcement.get("draft") if host else None),
             api_port=self.config.api_port,
@@ -253,6 +289,9 @@ class Node:
                 "rpc_tunnel": self._rpc_tunnel_stats(),
                 "excluded_peers": dict(self.excluded),
                 "api_in_flight": self.api.in_flight,
+                "api_queued": self.api.queued,
+                "llama_servers": self._generations_json(),
+                "leaving": self.leaving,
                 "console_streams": self.console.open_streams,
             },
         )
@@ -298,11 +337,24 @@ class Node:
         return model_stem(self.draft.name) if self.draft is not None else None
 
     def _plan_json(self) -> dict[str, Any] | None:
-        return plan_json(self.plan, list(self.llama.plan.rpc) if self.llama else [])
+        """The plan that serves now (while a new one loads, the old one's)."""
+        gen = self.current
+        if gen is not None and gen.llama is not None:
+            return plan_json(gen.plan, list(gen.llama.plan.rpc))
+        return plan_json(self.plan, [])
+
+    def _generations_json(self) -> list[dict[str, Any]]:
+        """Every llama-server of ours: the serving one, one loading, ones draining."""
+        gens = [("serving", self.current), ("loading", self.next)]
+        gens += [("draining", g) for g in self._draining]
+        return [{"state": state, "pid": g.llama.pid if g.llama else None,
+                 "port": g.llama.port if g.llama else None, "mode": g.plan.mode,
+                 "workers": list(g.plan.workers), "open_requests": g.open_requests}
+                for state, g in gens if g is not None]
 
     def _announcement(self) -> dict[str, Any]:
         hosting = self.host_id == self.node_id
-        ready = bool(self.llama and self.llama.ready and hosting)
+        ready = bool(self.llama and self.llama.ready and hosting and not self._held)
         return {
             "plan": self._plan_json() if hosting else None,
             "draft": self._draft_name() if hosting else None,
@@ -315,6 +367,7 @@ class Node:
             "ready": ready,
             "rpc_ready": bool(self.rpc and self.rpc.ready),
             "model_fingerprint": self.fingerprint,
+            "leaving": self.leaving,
         }
 
     async def _start_mesh(self) -> None:
@@ -382,25 +435,16 @@ class Node:
         """Converge on the current truth: who hosts, what runs here, what we announce."""
         if self.state == "stopping":
             return  # peers leaving because we leave must not start a new plan
-        me = None if self.config.client else Candidate(
-            self.node_id, "worker", self.vram_bytes,
-            can_host=self.model is not None and self._may_host(self.node_id))
-        candidates = [me] if me else []
-        excluded: dict[str, str] = {}
-        for peer in self._connected_peers():
-            if peer.role == "client":
-                continue
-            if self.model is not None:
-                why = incompatibility(self.model.name, self._rpc_version(),
-                                      peer.announcement.get("models", []),
-                                      str(peer.announcement.get("rpc_version", "")))
-                if why is not None:
-                    excluded[peer.node_id] = why
-                    continue
-            candidates.append(Candidate(peer.node_id, peer.role, peer.vram_bytes, peer.rtt_ms,
-                                        can_host=peer.model_file
-                                        and self._may_host(peer.node_id)))
-        self.excluded = excluded
+        view = None if self.config.client else NodeView(
+            self.node_id, "worker", self.vram_bytes, models=tuple(self._models()),
+            model_file=self.model is not None, fingerprint=self.fingerprint,
+            rpc_version=self._rpc_version())
+        views = [_view_of(p) for p in self._connected_peers()]
+        now = asyncio.get_running_loop().time()
+        self._leaving_since = {v.node_id: self._leaving_since.get(v.node_id, now)
+                               for v in views if v.leaving}
+        candidates, self.excluded = serving_candidates(view, views, self.config.trust_hosts)
+        me = candidates[0] if view is not None and candidates else None
         host_id = elect_host(candidates)
         if host_id != self.host_id:
             if host_id is None and self.model_less:
@@ -417,16 +461,14 @@ class Node:
             self.mesh.update_announcement(**self._announcement())
         self.changes.bump()
 
-    def _may_host(self, node_id: str) -> bool:
-        """Hosting sees every prompt: with --trust-hosts only the listed nodes may host."""
-        trusted = self.config.trust_hosts
-        return trusted is None or node_id in trusted
-
     def _host(self, me: Candidate, others: list[Candidate]) -> None:
         assert self.model is not None
         workers = [c for c in others if (peer := self._peer(c.node_id)) is not None
                    and peer.announcement.get("rpc_ready")]
         plan = make_plan(me, workers, self.model.size_bytes, self.config.split)
+        for gen in self._draining:  # one that lost a worker is broken: nothing to wait for
+            if not gen.stopped and any(self._peer(w) is None for w in gen.plan.workers):
+                self._spawn(gen.stop())
         if plan == self.plan:
             return
         self.plan = plan
@@ -435,46 +477,114 @@ class Node:
             self.state = "waiting"
             self._spawn(self._stop_serving())
             return
-        self.state = "loading"
-        self._spawn(self._launch(plan))
+        if self.current is None or not self.current.ready:
+            self.state = "loading"
+        self._spawn(self._replan(plan))
 
-    async def _launch(self, plan: Plan) -> None:
-        """(Re)start llama-server on `plan`: tunnels to the workers first, then the server."""
+    async def _replan(self, plan: Plan) -> None:
+        """Serve `plan`: a new llama-server while the old one keeps answering where both
+        fit (make before break); else the old one finishes its requests, then the new
+        one starts. Re-plans run one at a time; a superseded one does nothing."""
+        async with self._replan_lock:
+            if plan != self.plan or self.state == "stopping":
+                return
+            if self.next is not None:  # a newer plan replaces one still loading
+                loading, self.next = self.next, None
+                await loading.stop()
+            old, gen = self.current, Generation(plan)
+            usable = old is not None and old.ready and all(
+                self._peer(worker) is not None for worker in old.plan.workers)
+            why = self._overlap_refusal(old, usable, plan) if old is not None else ""
+            if old is not None and why is None:
+                log.info("re-plan: the new llama-server loads while the old one serves")
+                self.next = gen
+            else:
+                self.current = gen  # not ready yet: requests wait for it
+                self.state = "loading"
+                self._llama_changed(None)
+                if old is not None:
+                    if why:
+                        log.info("re-plan: the old llama-server stops before the new one "
+                                 "starts: %s", why)
+                    await self._retire(old, drain=usable)
+            if plan != self.plan or gen.stopped:
+                return
+            await self._start(gen)
+
+    def _overlap_refusal(self, old: Generation, usable: bool, plan: Plan) -> str | None:
+        assert self.model is not None
+        if not old.ready:
+            return ""  # nothing serves: nothing to keep
+        return overlap_refusal(old=old.plan, old_usable=usable, new=plan,
+                               host_vram=self.vram_bytes, model_bytes=self.model.size_bytes,
+                               host_has_gpu=self.has_gpu)
+
+    async def _start(self, gen: Generation) -> None:
+        """Start `gen`'s llama-server: tunnels to the workers first, then the server."""
         assert self.model is not None and self.engine is not None
-        self._launches += 1
-        launch = self._launches
-        await self._stop_serving()
+        plan = gen.plan
         endpoints = []
-        self.rpc_stats.clear()
         for worker in plan.workers:
             tunnel = TunnelListener(self._opener(worker, StreamType.RPC_TUNNEL), worker,
-                                    make_encoder=self._encoder_for(worker))
-            self._rpc_tunnels.append(tunnel)
+                                    make_encoder=self._encoder_for(worker, gen))
+            gen.tunnels.append(tunnel)
             endpoints.append(f"127.0.0.1:{await tunnel.start()}")
-        if launch != self._launches:
-            return  # a newer plan took over while we waited
         extra: dict[str, Any] = {}
         if plan.workers:
             if self._layers is None:  # reading GGUF metadata takes seconds: not on the loop
                 self._layers = await asyncio.to_thread(block_count, self.model.path)
-            if launch != self._launches:
-                return
             where = placement(plan.tensor_split, self._layers, self.has_gpu)
             extra = {"gpu_layers": where.gpu_layers, "tensor_split": where.tensor_split,
                      "overrides": where.overrides}
+        if gen.stopped:  # stopped while we set up: close what we opened meanwhile
+            await gen.stop()
+            return
         llama_plan = LlamaPlan(model=self.model.path, alias=self.model.name, rpc=tuple(endpoints),
                                draft=self.draft, draft_max=self.config.draft_max,
                                extra=self.config.llama_args, **extra)
-        self.llama = LlamaServer(self.engine, llama_plan, self.home.logs / "llama-server.log",
-                                 self._llama_changed, before_start=self.rpc_stats.clear)
+        gen.llama = LlamaServer(self.engine, llama_plan, self.home.logs / "llama-server.log",
+                                lambda: self._llama_changed(gen), before_start=gen.stats.clear)
         what = f"split over {len(plan.workers)} worker(s) {plan.tensor_split}" if plan.workers \
             else "solo"
         log.info("loading %s %s (llama-server log: %s)", self.model.name, what,
                  self.home.logs / "llama-server.log")
-        self.llama.start()
+        gen.llama.start()
         self.changes.bump()
 
-    def _encoder_for(self, worker: str):  # type: ignore[no-untyped-def]
+    async def _retire(self, gen: Generation, drain: bool, hold: bool = False) -> None:
+        """Stop an old llama-server; with `drain`, once its open requests are done (bounded).
+        With `hold`, new requests wait meanwhile (CPU_HOLD_S at most)."""
+        self._draining.add(gen)
+        self.changes.bump()
+        try:
+            if hold and gen.open_requests:
+                self._held = True
+                self._llama_changed(None)
+                try:
+                    await gen.drained(CPU_HOLD_S)
+                finally:
+                    self._held = False
+                    self._llama_changed(None)
+            if drain and gen.open_requests:
+                # A leaving worker waits LEAVE_WAIT_S from its announcement: stop before.
+                now = asyncio.get_running_loop().time()
+                seen = [self._leaving_since[w] for w in gen.plan.workers
+                        if w in self._leaving_since]
+                bound = min([DRAIN_S] + [max(1.0, t + LEAVING_DRAIN_S - now) for t in seen])
+                log.info("the old llama-server finishes %d open request(s) first (at most "
+                         "%.0f s)", gen.open_requests, bound)
+                if not await gen.drained(bound):
+                    log.warning("the old llama-server still had %d open request(s) after "
+                                "%.0f s; stopping it", gen.open_requests, bound)
+            pid = gen.llama.pid if gen.llama else None
+            await gen.stop()
+            if pid is not None:
+                log.info("stopped the old llama-server (pid %d)", pid)
+        finally:
+            self._draining.discard(gen)
+            self.changes.bump()
+
+    def _encoder_for(self, worker: str, gen: Generation):  # type: ignore[no-untyped-def]
         """Per connection: references to the weights while the worker announces the same
         file (checked anew each time, so a restart after a mismatch sends real bytes); the
         real bytes to a worker with another file or none."""
@@ -484,7 +594,7 @@ class Node:
             same_file = bool(self.fingerprint and peer is not None
                              and peer.announcement.get("model_fingerprint") == self.fingerprint)
             encoder = DedupeEncoder(self.weights, refs=same_file)
-            self.rpc_stats.append(encoder.stats)
+            gen.stats.append(encoder.stats)
             return encoder
         return make
 
@@ -501,19 +611,17 @@ class Node:
         }
 
     async def _stop_serving(self) -> None:
-        """Stop llama-server and close the RPC tunnels that fed it."""
-        llama, self.llama = self.llama, None
-        tunnels, self._rpc_tunnels = self._rpc_tunnels, []
-        if llama is not None:
-            await llama.stop()
-        for tunnel in tunnels:
-            await tunnel.stop()
+        """Stop every llama-server of ours (each before the RPC tunnels that fed it)."""
+        gens = [g for g in (self.next, self.current) if g is not None]
+        gens += [g for g in self._draining if g not in gens]
+        self.current = self.next = None
+        for gen in gens:
+            await gen.stop()
 
     def _follow(self, host_id: str | None) -> None:
         """Not the host: no llama-server here; the API goes through a tunnel to the host."""
-        if self.plan is not None or self.llama is not None:
+        if self.plan is not None or self.current is not None or self.next is not None:
             log.info("stopping llama-server (no longer the host)")
-            self._launches += 1  # cancels a launch in progress
             self._spawn(self._stop_serving())
         self.plan = None
         host = self._peer(host_id)
@@ -533,13 +641,19 @@ class Node:
                              "not the host", peer_id[:12])
             stream.abort()
             return
-        if self.llama is None or self.llama.url is None or self.llama.port is None:
+        gen = self.current
+        if gen is None or not gen.ready or gen.llama is None or gen.llama.port is None:
             stream.abort()
             return
-        await relay_to_tcp(stream, "127.0.0.1", self.llama.port, decoder=ApiRequestGate(),
-                           on_decode_error=lambda err: refusals.warning(
-                               f"gate {peer_id}", "refused a tunnelled request from %s: %s",
-                               peer_id[:12], err))
+        gen.acquire()
+        transport: asyncio.BaseTransport | None = None
+        transport = await relay_to_tcp(
+            stream, "127.0.0.1", gen.llama.port, decoder=ApiRequestGate(),
+            on_decode_error=lambda err: refusals.warning(
+                f"gate {peer_id}", "refused a tunnelled request from %s: %s", peer_id[:12], err),
+            on_closed=lambda: gen.release(transport))
+        if transport is not None:
+            gen.track(transport)
 
     async def _serve_rpc_tunnel(self, peer_id: str, stream: Stream) -> None:
         """The host's llama-server reaching our ggml-rpc-server: only the node that we too
@@ -554,8 +668,14 @@ class Node:
             return
         log.debug("RPC tunnel from host %s", peer_id[:12])
         decoder = DedupeDecoder(self.weights if self.fingerprint else None)
+        self._rpc_connections += 1
         await relay_to_tcp(stream, "127.0.0.1", self.rpc.port, decoder=decoder,
-                           on_decode_error=self._weights_differ)
+                           on_decode_error=self._weights_differ,
+                           on_closed=self._rpc_connection_closed)
+
+    def _rpc_connection_closed(self) -> None:
+        self._rpc_connections -= 1
+        self.changes.bump()
 
     async def _agrees_host(self, peer_id: str) -> bool:
         """Whether we elect `peer_id` as host, waiting briefly: its tunnel can arrive a moment
@@ -585,21 +705,63 @@ class Node:
         if self.mesh is not None:
             self._reconcile()
 
-    def _llama_changed(self) -> None:
-        if self.llama is not None and self.state != "stopping":
-            self.state = "running" if self.llama.ready else "loading"
-            if self.llama.ready:
+    def _llama_changed(self, gen: Generation | None) -> None:
+        """A llama-server became ready or stopped being ready (None: we switched)."""
+        if gen is not None and gen is self.next and gen.ready:
+            old, self.current, self.next = self.current, gen, None
+            if old is not None:
+                hold = not self.has_gpu and old.open_requests > 0
+                log.info("re-plan: requests now go to the new llama-server%s", (
+                    " once the old one has finished its streams (a CPU host)" if hold else ""))
+                self._spawn(self._retire(old, drain=True, hold=hold))
+        if gen is not None and gen is self.current and self.state != "stopping":
+            self.state = "running" if gen.ready else "loading"
+            if gen.ready:
                 log.info("ready: %s answers on http://127.0.0.1:%d/v1", self._model_name(),
                          self.config.api_port)
         if self.mesh is not None:
             self.mesh.update_announcement(**self._announcement())
         self.changes.bump()
 
+    async def _leave(self) -> None:
+        """Say we are leaving; if the host's llama-server uses us, wait (bounded) until it
+        serves without us and its old llama-server has let go of our ggml-rpc-server."""
+        assert self.mesh is not None
+        self.leaving = True
+        self.mesh.update_announcement(**self._announcement())
+        if not self._host_needs_us():
+            return
+        log.info("leaving: waiting for the host to serve without this node (at most %.0f s)",
+                 LEAVE_WAIT_S)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEAVE_WAIT_S
+        while True:
+            seen = self.changes.version
+            if not self._host_needs_us():
+                log.info("leaving: the host serves without this node")
+                return
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("leaving: the host still used this node after %.0f s; leaving "
+                            "anyway", LEAVE_WAIT_S)
+                return
+            await self.changes.wait_newer(seen, left)
+
+    def _host_needs_us(self) -> bool:
+        """Whether the host's serving plan has us, or one of its llama-servers still
+        holds a connection to our ggml-rpc-server."""
+        if self._rpc_connections > 0:
+            return True
+        host = self._peer(self.host_id) if self.host_id != self.node_id else None
+        plan = host.announcement.get("plan") if host is not None else None
+        return isinstance(plan, dict) and self.node_id in (plan.get("workers") or [])
+
     async def shutdown(self) -> None:
+        if self.state != "stopping" and self.mesh is not None and not self.config.client:
+            await self._leave()
         self.state = "stopping"
         if self.mesh is not None:
             await self.mesh.stop()
-        self._launches += 1
         await self._stop_serving()
         if self.rpc is not None:
             await self.rpc.stop()
@@ -619,6 +781,16 @@ def _bind_problem(err: OSError, host: str, port: int) -> str:
     if err.errno == errno.EADDRNOTAVAIL:
         return f"--bind-host {host} is not an address of this machine"
     return f"cannot listen for the mesh on UDP {host}:{port}: {err.strerror or err}"
+
+
+def _view_of(peer: PeerInfo) -> NodeView:
+    """What the election needs from a peer's announcement."""
+    ann = peer.announcement
+    return NodeView(peer.node_id, peer.role, peer.vram_bytes, peer.rtt_ms,
+                    models=tuple(peer.models), model_file=peer.model_file,
+                    fingerprint=str(ann.get("model_fingerprint") or ""),
+                    rpc_version=str(ann.get("rpc_version", "")),
+                    leaving=ann.get("leaving") is True)
 
 
 async def run_node(config: NodeConfig) -> None:

@@ -56,16 +56,37 @@ def test_a_third_worker_replans_to_two_rpc_entries(make_node) -> None:
     assert all(body["error"]["type"] == "unavailable" for body in refused)
 
 
-def test_a_node_with_another_model_is_left_out(make_node, tmp_path: Path) -> None:
-    other = tmp_path / "other-model.gguf"
-    other.write_bytes(smollm2_path().read_bytes())
-    a = make_node("a", "--split", "--max-vram", "2").wait_ready()
-    b = make_node("b", "--model", str(other), "--max-vram", "1", "--join",
+def test_the_same_file_under_another_name_splits_with_us(make_node) -> None:
+    a = make_node("a", "--split", "--max-vram", "2").wait_ready()  # by its catalog name
+    b = make_node("b", "--model", str(smollm2_path()), "--max-vram", "1", "--join",
+                  a.status()["token"]).wait_ready()  # by path: named after the file
+    ida, idb = a.status()["node_id"], b.status()["node_id"]
+    a.wait_for(lambda: plan_of(a).get("workers") == [idb], "a split with the renamed file", 120)
+    sa, sb = a.status(), b.status()
+    assert (sa["role"], sb["role"]) == ("host", "worker")
+    assert sa["host"] == sb["host"] == ida
+    assert sa["excluded_peers"] == sb["excluded_peers"] == {}
+    assert sb["model"] == sa["model"] == "SmolLM2-135M-Instruct", "the host's name is shown"
+    peer_b = next(p for p in sa["peers"] if p["id"] == idb)
+    assert peer_b["models"] == ["SmolLM2-135M-Instruct.Q4_1"], "it announces its own name"
+    assert sa["rpc_tunnel"]["weight_bytes_referenced"] > 0, "one file: weights go as references"
+
+
+def test_another_file_under_the_same_name_is_left_out(make_node, tmp_path: Path) -> None:
+    from modelgen import dequantize_to_f16
+
+    q4 = smollm2_path()
+    (tmp_path / "f16").mkdir()
+    f16 = dequantize_to_f16(q4, tmp_path / "f16" / q4.name)  # other bytes, the same name
+    a = make_node("a", "--model", str(q4), "--split", "--max-vram", "2").wait_ready()
+    b = make_node("b", "--model", str(f16), "--max-vram", "1", "--join",
                   a.status()["token"]).wait_ready()
-    idb = b.status()["node_id"]
-    a.wait_for(lambda: idb in a.status()["excluded_peers"], "the other model left out", 30)
-    assert "serves other-model, not SmolLM2-135M-Instruct" in a.status()["excluded_peers"][idb]
+    ida, idb = a.status()["node_id"], b.status()["node_id"]
+    a.wait_for(lambda: idb in a.status()["excluded_peers"], "the other file left out", 30)
+    assert "another file" in a.status()["excluded_peers"][idb]
+    assert "another file" in b.status()["excluded_peers"][ida]
     assert plan_of(a)["mode"] == "solo" and plan_of(a)["rpc"] == []
+    assert b.status()["host"] == idb, "two models: each serves its own"
 
 
 FAKE_RPC_SERVER = """#!{python}

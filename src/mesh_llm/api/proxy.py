@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..changes import ChangeFeed
 from .errors import json_error, json_errors
 from .guard import LOOPBACK, AllowedHosts
 from .http1 import ResponseHead, request_bytes
@@ -34,6 +35,8 @@ from .upstream import (
 
 log = logging.getLogger("mesh_llm.api")
 
+QUEUE_WAIT_S = 30.0  # how long a request waits for a llama-server to be ready
+MAX_QUEUED = 256  # requests waiting at once; past that, a 503 at once
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 POST_ROUTES = ("/v1/chat/completions", "/v1/completions")
@@ -56,11 +59,13 @@ class ApiProxy:
     """aiohttp handlers for the OpenAI routes; each request gets its own upstream connection."""
 
     def __init__(self, upstream: Callable[[], Upstream], *, api_key: str | None = None,
-                 allowed: AllowedHosts = LOOPBACK) -> None:
+                 allowed: AllowedHosts = LOOPBACK, changes: ChangeFeed | None = None) -> None:
         self._upstream = upstream
         self._api_key = api_key
         self._allowed = allowed
+        self._changes = changes  # wakes requests that wait for an upstream
         self.in_flight = 0
+        self.queued = 0  # requests waiting for an upstream now
 
     def app(self) -> web.Application:
         middlewares = [json_errors, host_guard(self._allowed)]
@@ -102,33 +107,73 @@ class ApiProxy:
 
     async def relay(self, request: web.Request, path: str,
                     body: bytes | None) -> web.StreamResponse:
-        """Send one request upstream and pass the answer back as it arrives."""
-        upstream = self._upstream()
+        """Send one request upstream and pass the answer back as it arrives.
+
+        With no upstream ready (a host loading, a re-plan, no host yet) the request waits
+        for one, up to QUEUE_WAIT_S, in a queue of at most MAX_QUEUED; the 503 says why
+        only when the wait runs out. An upstream that refuses before answering (it was
+        just replaced) is retried, within the same wait."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + QUEUE_WAIT_S
+        upstream = await self._await_upstream(deadline)
         if upstream.connect is None:
             return json_error(503, upstream.reason, "unavailable")
         headers = {"Content-Type": "application/json",
                    "Accept": request.headers.get("Accept", "*/*")}
         self.in_flight += 1
         try:
-            for attempt in (1, 2):
+            while True:
+                seen = self._changes.version if self._changes is not None else 0
                 try:
                     return await self._forward(request, upstream.connect, path, body, headers)
                 except OSError as err:
-                    # The upstream went away between our look and our connect (a re-plan
-                    # stops llama-server): answer with where things stand now.
-                    now = self._upstream()
+                    if _client_gone(request):
+                        log.debug("client hung up (%s)", err)
+                        return web.Response(status=499)
+                    # Nothing answered: the upstream went away between our look and our
+                    # connect (a re-plan stops llama-server). The same one again: wait for
+                    # a change (within the deadline) before trying it once more.
+                    if upstream.key == self._upstream().key and not (
+                            self._changes is not None and await self._changes.wait_newer(
+                                seen, max(0.0, deadline - loop.time()))):
+                        raise UpstreamClosed(f"cannot connect: {err}") from err
+                    now = await self._await_upstream(deadline)
                     if now.connect is None:
                         return json_error(503, now.reason, "unavailable")
-                    if now.key == upstream.key or attempt == 2:
-                        raise UpstreamClosed(f"cannot connect: {err}") from err
+                    log.debug("upstream %s refused (%s); retrying with %s", upstream.key, err,
+                              now.key)
                     upstream = now
-            raise AssertionError("unreachable")
         except (UpstreamClosed, TimeoutError) as err:
+            if _client_gone(request):
+                log.debug("client hung up (%s)", err)
+                return web.Response(status=499)
             log.warning("upstream %s failed: %s", upstream.key, err)
             return json_error(502, f"the host's llama-server did not answer: {err or 'timeout'}",
                               "unavailable")
         finally:
             self.in_flight -= 1
+
+    async def _await_upstream(self, deadline: float) -> Upstream:
+        """The upstream now, or once one is ready (woken by the node's change feed), or
+        the last word on why there is none when `deadline` passes or the queue is full."""
+        upstream = self._upstream()
+        if upstream.connect is not None or self._changes is None:
+            return upstream
+        if self.queued >= MAX_QUEUED:
+            return Upstream(None, f"{upstream.reason} (and {MAX_QUEUED} requests already wait)")
+        loop = asyncio.get_running_loop()
+        self.queued += 1
+        try:
+            while upstream.connect is None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                seen = self._changes.version
+                await self._changes.wait_newer(seen, left)
+                upstream = self._upstream()
+        finally:
+            self.queued -= 1
+        return upstream
 
     async def _forward(self, request: web.Request, connect: Connect, path: str,
                        body: bytes | None, headers: dict[str, str]) -> web.StreamResponse:
@@ -171,3 +216,9 @@ class ApiProxy:
             await out.write(f"data: {json.dumps(error)}\n\n".encode())
         await out.write_eof()
         return out
+
+
+def _client_gone(request: web.Request) -> bool:
+    """Whether the client hung up: its connection is closing or gone."""
+    transport = request.transport
+    return transport is None or transport.is_closing()

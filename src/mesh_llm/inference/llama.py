@@ -31,6 +31,9 @@ class LlamaPlan:
     overrides: tuple[str, ...] = ()  # -ot PATTERN=BUFFER entries
     draft: Path | None = None
     draft_max: int = 8
+    # Requests llama-server queues behind busy slots cannot move to a new llama-server in
+    # a re-plan; more slots, fewer of those. Its KV cache is unified: slots cost no memory.
+    parallel: int = 8
     extra: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -44,6 +47,7 @@ def llama_server_argv(engine: Engine, plan: LlamaPlan, port: int) -> list[str]:
         "--port", str(port),
         "--no-webui",
         "--jinja",
+        "--parallel", str(plan.parallel),
     ]
     if plan.rpc:
         # -lv 4 puts each device's buffer sizes in the log: the split can be checked there.
@@ -76,7 +80,10 @@ class LlamaServer(LoopbackServer):
         on_change: Callable[[], None],
         before_start: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__("llama-server", log_path, on_change, env={"GGML_RPC_NO_RDMA": "1"})
+        # GGML_NO_BACKTRACE: a lost RPC worker is a one-line error in the log, not a gdb
+        # session and a page of backtrace.
+        super().__init__("llama-server", log_path, on_change,
+                         env={"GGML_RPC_NO_RDMA": "1", "GGML_NO_BACKTRACE": "1"})
         self.engine = engine
         self.plan = plan
         self.load_seconds: float | None = None

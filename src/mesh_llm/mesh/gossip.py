@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "version": "",
     "ready": False,
     "model_file": True,  # holds a local file of `models` (False: serves the host's over RPC)
+    "leaving": False,  # stopping gracefully: re-plan without it now, it waits for the drain
 }
 
 
@@ -113,7 +114,7 @@ def validate_announcement(raw: object, node_id: str) -> dict[str, Any]:
         value = ann[name]
         if not isinstance(value, str) or len(value) > MAX_SHORT_STR:
             raise GossipError(f"announcement {name} must be a short string")
-    for name in ("ready", "model_file"):
+    for name in ("ready", "model_file", "leaving"):
         if not isinstance(ann[name], bool):
             raise GossipError(f"announcement {name} must be true or false")
     return ann

@@ -47,11 +47,14 @@ class _Bridge(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.stream: Stream | None = None
         self._pending = bytearray()
-        self._tcp_eof = False
+        self._tcp_eof = False  # the TCP side ended before the stream was attached
+        self._tcp_done = False  # the TCP side has sent everything it will send
+        self._stream_done = False  # the stream has ended and the TCP side has its EOF
         self._on_bytes = on_bytes
         self._encoder = encoder
         self._decoder = decoder
         self.on_decode_error: Callable[[ValueError], None] | None = None
+        self.on_closed: Callable[[], None] | None = None
 
     # --- wiring
     def attach(self, stream: Stream) -> None:
@@ -79,16 +82,22 @@ class _Bridge(asyncio.Protocol):
             self._to_stream(data)
 
     def eof_received(self) -> bool:
+        self._tcp_done = True
         if self.stream is None:
             self._tcp_eof = True
         else:
             self._finish_outbound()
-        return True  # keep our sending side open until the stream ends too
+        # Keep our sending side open until the stream ends too; once both ends are done,
+        # close, or the connection (and whoever counts it) would stay open for ever.
+        return not self._stream_done
 
     def connection_lost(self, exc: Exception | None) -> None:
         stream, self.stream = self.stream, None
         if stream is not None:
             stream.abort() if exc is not None else stream.close()
+        closed, self.on_closed = self.on_closed, None
+        if closed is not None:
+            closed()
 
     # --- stream side
     def _finish_outbound(self) -> None:
@@ -154,6 +163,9 @@ class _Bridge(asyncio.Protocol):
                 return
         if exc is None and transport.can_write_eof():
             transport.write_eof()
+            self._stream_done = True
+            if self._tcp_done:
+                transport.close()
         else:
             transport.abort()
 
@@ -189,8 +201,8 @@ class TunnelListener:
     async def _connect(self, bridge: _Bridge) -> None:
         try:
             stream = await asyncio.wait_for(self._open_stream(), CONNECT_TIMEOUT_S)
-        except (OSError, ConnectionError, TimeoutError) as err:
-            log.warning("%s: cannot open a mesh stream: %s", self.name, err)
+        except Exception as err:  # the mesh's errors too (peer gone): one line
+            log.warning("%s: cannot open a mesh stream: %s", self.name[:12], err)
             if bridge.transport is not None:
                 bridge.transport.abort()
             return
@@ -209,22 +221,29 @@ class TunnelListener:
 
 async def relay_to_tcp(stream: Stream, host: str, port: int, *,
                        decoder: Decoder | None = None,
-                       on_decode_error: Callable[[ValueError], None] | None = None) -> None:
+                       on_decode_error: Callable[[ValueError], None] | None = None,
+                       on_closed: Callable[[], None] | None = None) -> asyncio.Transport | None:
     """The accepting end: connect `stream` to a local TCP service and relay until both close.
 
     A `decoder` failure (its ValueError) drops the connection and is reported to
-    `on_decode_error`."""
+    `on_decode_error`; `on_closed` hears once that the relay is over (or never began).
+    Returns the TCP side's transport (None if the service could not be reached)."""
     loop = asyncio.get_running_loop()
     bridge = _Bridge(decoder=decoder)
     bridge.on_decode_error = on_decode_error
+    bridge.on_closed = on_closed
     try:
         await asyncio.wait_for(loop.create_connection(lambda: bridge, host, port),
                                CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as err:
         log.warning("tunnel: cannot reach 127.0.0.1:%d: %s", port, err)
         stream.abort()
-        return
+        closed, bridge.on_closed = bridge.on_closed, None
+        if closed is not None:
+            closed()
+        return None
     bridge.attach(stream)
+    return bridge.transport
 
 
 class StreamTransport(asyncio.Transport):
