@@ -162,3 +162,14 @@ def test_a_leaving_node_is_planned_without() -> None:
 def test_another_rpc_protocol_is_left_out_even_with_the_same_bytes() -> None:
     _, excluded = serving_candidates(view("aa"), [view("bb", rpc="4.0.0")])
     assert "RPC protocol 4.0.0 differs from ours (3.0.0)" in excluded["bb"]
+
+
+def test_trusted_hosts_limit_who_may_host_not_who_serves() -> None:
+    me, big = view("aa", vram_gb=1), view("bb", vram_gb=8)
+    candidates, excluded = serving_candidates(me, [big], frozenset({"aa"}))
+    assert excluded == {} and ids(candidates) == ["aa", "bb"]
+    assert [c.can_host for c in candidates] == [True, False]
+    assert elect_host(candidates) == "aa"
+    assert elect_host(serving_candidates(me, [big])[0]) == "bb"  # unset: the most memory hosts
+    nobody, _ = serving_candidates(me, [big], frozenset({"cc"}))
+    assert elect_host(nobody) is None
