@@ -420,7 +420,9 @@ def test_waiting_node_says_why_and_chat_shows_the_api_error(page: Page, make_nod
         re.compile(r"^Waiting for more VRAM: need \d+\.\d GB"))
     page.locator("#prompt").fill("Anyone there?")
     page.locator("#send").click()
-    expect(page.locator(".msg.error .text")).to_have_text(body["error"]["message"])
+    # The request waits in the node's queue (30 s) for a model to get ready, then fails.
+    expect(page.locator(".msg.error .text")).to_have_text(body["error"]["message"],
+                                                          timeout=ANSWER_MS)
     shoot(page, "waiting")
 
 
