@@ -410,15 +410,23 @@ def cmd_stop(argv: Sequence[str]) -> int:
 
 def cmd_status(argv: Sequence[str]) -> int:
     import json
+    import urllib.error
     import urllib.request
 
     p = _Parser(prog="mesh-llm status", description="print a running node's status JSON")
     p.add_argument("--console", type=_port, default=DEFAULT_CONSOLE_PORT, metavar="PORT")
+    p.add_argument("--api-key", metavar="KEY", help="the node's --api-key, if it has one")
     args = p.parse_args(argv)
     url = f"http://127.0.0.1:{args.console}/api/status"
+    request = urllib.request.Request(url)
+    if args.api_key:
+        request.add_header("Authorization", f"Bearer {args.api_key}")
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5) as resp:
             print(json.dumps(json.load(resp), indent=2))
+    except urllib.error.HTTPError as err:
+        hint = "; give its key with --api-key" if err.code == 401 else ""
+        raise UserError(f"the console at {url} answered {err.code}{hint}") from None
     except OSError as err:
         raise UserError(f"no console answers at {url} ({err}); start the node with --console") \
             from None
