@@ -465,7 +465,8 @@ class Node:
                      "overrides": where.overrides}
         llama_plan = LlamaPlan(model=self.model.path, alias=self.model.name, rpc=tuple(endpoints),
                                draft=self.draft, draft_max=self.config.draft_max,
-                               extra=self.config.llama_args, **extra)
+                               parallel=self.config.parallel, extra=self.config.llama_args,
+                               **extra)
         self.llama = LlamaServer(self.engine, llama_plan, self.home.logs / "llama-server.log",
                                  self._llama_changed, before_start=self.rpc_stats.clear)
         what = f"split over {len(plan.workers)} worker(s) {plan.tensor_split}" if plan.workers \

@@ -17,6 +17,12 @@ from .processes import LoopbackServer
 log = logging.getLogger("mesh_llm.llama")
 
 HEALTH_POLL_S = 0.05
+# Slots llama-server gets for a split (`--parallel`): llama.cpp's own default is 4, so a
+# fifth user queues behind a whole answer, and slot turnover triggers the prompt-cache
+# traffic below. Eight users batched together cost the worker link no more round trips per
+# step than one (bench/rpc_profile.py).
+SPLIT_PARALLEL = 8
+MAX_PARALLEL = 256
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,21 @@ class LlamaPlan:
     overrides: tuple[str, ...] = ()  # -ot PATTERN=BUFFER entries
     draft: Path | None = None
     draft_max: int = 8
+    parallel: int | None = None  # slots; None: SPLIT_PARALLEL for a split, llama.cpp's solo
     extra: tuple[str, ...] = field(default_factory=tuple)
+
+
+def serving_args(split: bool, parallel: int | None) -> list[str]:
+    """Slots and caches. Why, for a split: llama-server's host-memory prompt cache
+    (``--cache-ram``) saves an idle slot's state whenever a new task arrives, and with the KV
+    of some layers on an RPC worker that save is one GET_TENSOR round trip per layer per KV
+    cell range: thousands of link RTTs after a burst (bench/rpc_profile.py). Off for a
+    split; the slot's own prefix reuse (``--cache-prompt``) stays. ``--kv-unified`` keeps
+    every slot able to use the whole context (without it each gets ctx / slots)."""
+    if split:
+        return ["--parallel", str(parallel or SPLIT_PARALLEL), "--kv-unified", "--cache-ram",
+                "0"]
+    return [] if parallel is None else ["--parallel", str(parallel), "--kv-unified"]
 
 
 def llama_server_argv(engine: Engine, plan: LlamaPlan, port: int) -> list[str]:
@@ -54,6 +74,7 @@ def llama_server_argv(engine: Engine, plan: LlamaPlan, port: int) -> list[str]:
         argv += ["--tensor-split", ",".join(f"{share:g}" for share in plan.tensor_split)]
     for override in plan.overrides:
         argv += ["-ot", override]
+    argv += serving_args(bool(plan.rpc), plan.parallel)
     if plan.draft is not None:
         argv += [
             "-md", str(plan.draft),
