@@ -8,7 +8,9 @@ one link RTT). Phases, all greedy with ignore_eos:
 - `prompt`: one request with a long prompt and max_tokens 1 → per prompt ubatch (-ub 512);
 - `one`: one stream of --tokens → per token;
 - `burst`: --streams concurrent streams of --tokens → per token (all streams together);
-- `after`: one stream right after the burst, then `next`: another one.
+- `after`: one stream right after the burst, then `next`: another one;
+- `prose`/`code`: 8-token requests of two different prompts, alternating (bench/split_table.py
+  alternates them too) → per request: what a prompt switch costs before its first token.
 
 Counts do not depend on the link's RTT; the time they cost does (round trips × RTT), so the
 default is no added delay. `--node-arg` passes options to node A (e.g. `--parallel 4`);
@@ -38,6 +40,8 @@ from splitmesh import split_pair
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 SHORT = [SYSTEM, {"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+CODE = [SYSTEM, {"role": "user", "content":
+                 "Write a Python function that checks whether a number is prime."}]
 # ~700 tokens: two ubatches of 512 at the default -ub.
 LONG = [SYSTEM, {"role": "user", "content": "Summarise this: " + " ".join(
     f"The keeper climbed stair {i} of the old lighthouse and counted the ships." for i in
@@ -111,6 +115,11 @@ async def profile(status: Any, base: str, tokens: int, streams: int) -> None:
             run = await stream_once(session, base, tokens, SHORT)
             show(phase, diff(snap(), before), run.tokens, "token",
                  f"   ({run.gen_tps:.1f} tok/s, TTFT {run.ttft_ms:.0f} ms)")
+        for phase, messages in (("prose", SHORT), ("code", CODE), ("prose", SHORT),
+                                ("code", CODE)):
+            before = snap()
+            run = await stream_once(session, base, 8, messages)
+            show(phase, diff(snap(), before), 1, "request", f"   (TTFT {run.ttft_ms:.0f} ms)")
 
 
 def main() -> None:
