@@ -19,6 +19,7 @@ from . import __version__
 from .config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, NodeConfig, default_home
 from .errors import UserError
 from .identity import is_node_id
+from .inference.llama import MAX_PARALLEL, SPLIT_PARALLEL
 from .models.catalog import DEFAULT_MODEL
 from .token import TokenError, decode_token
 
@@ -50,6 +51,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _slots(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= MAX_PARALLEL:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_PARALLEL}: {value}")
     return value
 
 
@@ -105,6 +116,9 @@ def node_parser() -> argparse.ArgumentParser:
     draft.add_argument("--no-draft", action="store_true", help="no speculative decoding")
     p.add_argument("--draft-max", type=int, default=8, metavar="N",
                    help="most tokens drafted per step (default 8)")
+    p.add_argument("--parallel", type=_slots, metavar="N",
+                   help="concurrent requests llama-server serves (slots; default: "
+                        f"{SPLIT_PARALLEL} for a split, llama.cpp's own choice solo)")
     p.add_argument("--bin-dir", type=Path, metavar="DIR",
                    help="use the llama.cpp binaries in DIR (e.g. a CUDA or Metal build)")
     p.add_argument("--device", metavar="DEV", help="llama.cpp device to use (--device)")
@@ -152,7 +166,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         bind_host=args.bind_host, bind_port=args.bind_port, advertise=tuple(args.advertise),
         split=args.split,
         max_vram_gb=args.max_vram, draft=args.draft, no_draft=args.no_draft,
-        draft_max=args.draft_max, bin_dir=args.bin_dir, device=args.device,
+        draft_max=args.draft_max, parallel=args.parallel, bin_dir=args.bin_dir,
+        device=args.device,
         listen_all=args.listen_all, api_key=args.api_key, llama_args=device_args,
         standalone=args.standalone, new_mesh=args.new_mesh,
         trust_hosts=trusted_hosts(args.trust_hosts, home),

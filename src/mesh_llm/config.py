@@ -30,6 +30,7 @@ class NodeConfig:
     draft: str | None = None
     no_draft: bool = False
     draft_max: int = 8
+    parallel: int | None = None  # llama-server slots (--parallel); None: the mode's default
     bin_dir: Path | None = None
     device: str | None = None
     listen_all: bool = False

@@ -42,6 +42,7 @@ from .inference.engine import Engine, find_engine
 from .inference.generation import DRAIN_S, Generation, counted_tcp_connect, overlap_refusal
 from .inference.llama import LlamaPlan, LlamaServer
 from .inference.rpc import RpcServer
+from .inference.rpc_wire import CommandCounts
 from .logutil import RateLimitedLog
 from .mesh.mesh import Mesh, MeshJoinError
 from .mesh.peers import PeerEvent, PeerInfo
@@ -541,7 +542,8 @@ class Node:
             return
         llama_plan = LlamaPlan(model=self.model.path, alias=self.model.name, rpc=tuple(endpoints),
                                draft=self.draft, draft_max=self.config.draft_max,
-                               extra=self.config.llama_args, **extra)
+                               parallel=self.config.parallel, extra=self.config.llama_args,
+                               **extra)
         gen.llama = LlamaServer(self.engine, llama_plan, self.home.logs / "llama-server.log",
                                 lambda: self._llama_changed(gen), before_start=gen.stats.clear)
         what = f"split over {len(plan.workers)} worker(s) {plan.tensor_split}" if plan.workers \
@@ -598,9 +600,14 @@ class Node:
             return encoder
         return make
 
-    def _rpc_tunnel_stats(self) -> dict[str, int]:
-        """What crossed the mesh to the workers since the current llama-server started."""
+    def _rpc_tunnel_stats(self) -> dict[str, Any]:
+        """What crossed the mesh to the workers since the current llama-server started, and
+        the RPC commands behind it: by type, bytes each way, and round trips (commands whose
+        reply llama-server waits for; each costs one link RTT)."""
         stats = self.rpc_stats
+        counts = CommandCounts()
+        for s in stats:
+            counts.add(s.commands)
         return {
             "bytes_in": sum(s.in_bytes for s in stats),  # what llama-server wrote
             "bytes_out": sum(s.out_bytes for s in stats),  # what went over the mesh
@@ -608,6 +615,9 @@ class Node:
             "weight_bytes_sent": sum(s.weight_bytes - s.ref_bytes for s in stats),
             "weight_bytes_referenced": sum(s.ref_bytes for s in stats),
             "connections": len(stats),
+            "commands": counts.commands,
+            "round_trips": counts.round_trips,
+            "by_command": counts.as_dict(),
         }
 
     async def _stop_serving(self) -> None:

@@ -16,11 +16,13 @@ from mesh_llm.inference.rpc_wire import (
     HEADER,
     MAX_SET_TENSOR,
     MAX_SMALL,
+    REPLY_SIZE,
     RPC_PROTO_VERSION,
     RPC_TENSOR_NAME_OFFSET,
     RPC_TENSOR_SIZE,
     SET_TENSOR_PREFIX,
     Command,
+    CommandCounts,
     DataPiece,
     RpcCmd,
     RpcStreamParser,
@@ -215,3 +217,57 @@ def test_garbage_raises_only_the_wire_error(garbage: bytes, cuts: list[int]) -> 
             parser.feed(chunk)
     except RpcWireError:
         assert parser.failed
+
+
+# --- per-command counts ------------------------------------------------------------------------
+
+def _get_tensor(size: int) -> bytes:
+    return pack_command(RpcCmd.GET_TENSOR, bytes(RPC_TENSOR_SIZE + 8) + struct.pack("<Q", size))
+
+
+def test_counts_commands_bytes_and_round_trips_at_any_chunking() -> None:
+    stream = (hello_request() + pack_command(RpcCmd.GRAPH_COMPUTE, bytes(1000))
+              + pack_set_tensor(b"kv", 0, bytes(64)) + _get_tensor(4096)
+              + pack_command(RpcCmd.GRAPH_RECOMPUTE, bytes(4)) + _get_tensor(128)
+              + pack_command(RpcCmd.BUFFER_GET_BASE, bytes(8)))
+    for step in (1, 7, 300, len(stream)):
+        parser = RpcStreamParser(report_commands=False)
+        for i in range(0, len(stream), step):
+            parser.feed(stream[i:i + step])
+        counts = parser.counts
+        got = counts.as_dict()
+        assert counts.commands == 7
+        # HELLO, two GET_TENSOR and BUFFER_GET_BASE wait for a reply; the rest do not.
+        assert counts.round_trips == 4
+        assert got["GET_TENSOR"] == {"count": 2, "replies": 2,
+                                     "bytes_to_server": 2 * (9 + 312),
+                                     "bytes_from_server": 2 * 8 + 4096 + 128}
+        assert got["GRAPH_COMPUTE"] == {"count": 1, "replies": 0, "bytes_to_server": 1009,
+                                        "bytes_from_server": 0}
+        assert got["SET_TENSOR"]["bytes_to_server"] == 9 + SET_TENSOR_PREFIX + 64
+        assert got["HELLO"]["bytes_from_server"] == 8 + 28
+        assert got["BUFFER_GET_BASE"]["bytes_from_server"] == 16
+        assert sum(c["bytes_to_server"] for c in got.values()) == len(stream)
+
+
+def test_counts_add_up_across_connections() -> None:
+    a, b = RpcStreamParser(), RpcStreamParser()
+    a.feed(_get_tensor(10))
+    b.feed(_get_tensor(20) + pack_command(RpcCmd.GRAPH_RECOMPUTE, bytes(4)))
+    total = CommandCounts()
+    total.add(a.counts)
+    total.add(b.counts)
+    assert (total.commands, total.round_trips) == (3, 2)
+    assert total.as_dict()["GET_TENSOR"]["bytes_from_server"] == 16 + 30
+
+
+def test_reply_table_matches_the_c_source() -> None:
+    """Commands sent with an output buffer (``send(CMD, req, size, &rsp, ...)``) are the ones
+    counted as round trips."""
+    if not RPC_CPP.exists():
+        pytest.skip("llama.cpp source not unpacked")
+    source = RPC_CPP.read_text()
+    waits = set(re.findall(r"send(?:_async)?\(RPC_CMD_(\w+), [^;]*?, [^;]*?, [^;]*?, [^;]*?\);",
+                           source))
+    waits.add("HELLO")  # negotiated with send_rpc_cmd directly
+    assert waits == {RpcCmd(c).name for c in REPLY_SIZE}

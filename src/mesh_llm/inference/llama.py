@@ -17,6 +17,13 @@ from .processes import LoopbackServer
 log = logging.getLogger("mesh_llm.llama")
 
 HEALTH_POLL_S = 0.05
+# Slots llama-server gets (`--parallel`): llama.cpp's own default is 4, so a fifth user
+# queues behind a whole answer (and, in a re-plan, requests queued behind busy slots cannot
+# move to the new llama-server); for a split, slot turnover also triggers the prompt-cache
+# traffic below. Eight users batched together cost the worker link no more round trips per
+# step than one (bench/rpc_profile.py). The KV cache is unified: slots cost no memory.
+SPLIT_PARALLEL = 8
+MAX_PARALLEL = 256
 
 
 @dataclass(frozen=True)
@@ -31,10 +38,19 @@ class LlamaPlan:
     overrides: tuple[str, ...] = ()  # -ot PATTERN=BUFFER entries
     draft: Path | None = None
     draft_max: int = 8
-    # Requests llama-server queues behind busy slots cannot move to a new llama-server in
-    # a re-plan; more slots, fewer of those. Its KV cache is unified: slots cost no memory.
-    parallel: int = 8
+    parallel: int | None = None  # slots (--parallel); None: SPLIT_PARALLEL
     extra: tuple[str, ...] = field(default_factory=tuple)
+
+
+def serving_args(split: bool, parallel: int | None) -> list[str]:
+    """Slots and caches. Why, for a split: llama-server's host-memory prompt cache
+    (``--cache-ram``) saves an idle slot's state whenever a new task arrives, and with the KV
+    of some layers on an RPC worker that save is one GET_TENSOR round trip per layer per KV
+    cell range: thousands of link RTTs after a burst (bench/rpc_profile.py). Off for a
+    split; the slot's own prefix reuse (``--cache-prompt``) stays. ``--kv-unified`` keeps
+    every slot able to use the whole context (without it each gets ctx / slots)."""
+    slots = ["--parallel", str(parallel or SPLIT_PARALLEL), "--kv-unified"]
+    return [*slots, "--cache-ram", "0"] if split else slots
 
 
 def llama_server_argv(engine: Engine, plan: LlamaPlan, port: int) -> list[str]:
@@ -47,7 +63,6 @@ def llama_server_argv(engine: Engine, plan: LlamaPlan, port: int) -> list[str]:
         "--port", str(port),
         "--no-webui",
         "--jinja",
-        "--parallel", str(plan.parallel),
     ]
     if plan.rpc:
         # -lv 4 puts each device's buffer sizes in the log: the split can be checked there.
@@ -58,6 +73,7 @@ def llama_server_argv(engine: Engine, plan: LlamaPlan, port: int) -> list[str]:
         argv += ["--tensor-split", ",".join(f"{share:g}" for share in plan.tensor_split)]
     for override in plan.overrides:
         argv += ["-ot", override]
+    argv += serving_args(bool(plan.rpc), plan.parallel)
     if plan.draft is not None:
         argv += [
             "-md", str(plan.draft),

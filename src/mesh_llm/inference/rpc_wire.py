@@ -72,6 +72,7 @@ RPC_TENSOR_DATA_OFFSET = 220
 RPC_TENSOR_NAME_OFFSET = 228
 RPC_TENSOR_NAME_SIZE = 64
 SET_TENSOR_PREFIX = RPC_TENSOR_SIZE + 1 + 8  # rpc_tensor | cache_flag u8 | offset u64
+GET_TENSOR_REQUEST = RPC_TENSOR_SIZE + 8 + 8  # rpc_tensor | offset u64 | size u64
 CONN_CAPS_SIZE = 24
 HELLO_REQUEST_SIZE = CONN_CAPS_SIZE
 HELLO_RESPONSE_SIZE = 4 + CONN_CAPS_SIZE
@@ -87,6 +88,20 @@ _SET_TAIL = struct.Struct("<BQ")  # cache_flag, offset (after rpc_tensor)
 MAX_SET_TENSOR = 1 << 38  # 256 GiB
 MAX_GRAPH = 1 << 30
 MAX_SMALL = 1 << 20
+
+
+# Commands the client sends with a reply to wait for (``dispatcher->send`` with an output
+# buffer in ggml-rpc.cpp), with the reply's payload size; GET_TENSOR's is the size it asks
+# for (-1 here). Each such command is one network round trip: the client's dispatcher thread
+# blocks on the reply before it sends anything else. The rest (SET_TENSOR, GRAPH_COMPUTE,
+# GRAPH_RECOMPUTE, INIT_TENSOR, MEMSET_TENSOR, BUFFER_CLEAR, FREE_BUFFER) are fire-and-forget.
+REPLY_SIZE: dict[int, int] = {
+    RpcCmd.ALLOC_BUFFER: 16, RpcCmd.GET_ALIGNMENT: 8, RpcCmd.GET_MAX_SIZE: 8,
+    RpcCmd.BUFFER_GET_BASE: 8, RpcCmd.SET_TENSOR_HASH: 1, RpcCmd.GET_TENSOR: -1,
+    RpcCmd.COPY_TENSOR: 1, RpcCmd.GET_DEVICE_MEMORY: 16, RpcCmd.GET_ALLOC_SIZE: 8,
+    RpcCmd.HELLO: HELLO_RESPONSE_SIZE, RpcCmd.DEVICE_COUNT: 4,
+}
+REPLY_HEADER = 8  # the reply's u64 size
 
 
 class RpcWireError(ValueError):
@@ -126,8 +141,12 @@ class DataPiece(NamedTuple):
 
 # Plain ints for the hot path (IntEnum compares cost ~0.2 µs each).
 _SET_TENSOR = int(RpcCmd.SET_TENSOR)
+_GET_TENSOR = int(RpcCmd.GET_TENSOR)
 _HELLO = int(RpcCmd.HELLO)
 _N_SENDABLE = int(RpcCmd.NONE)
+# Bytes of the reply each command's header implies (its u64 size included); 0: no reply.
+_REPLY_BYTES = tuple(REPLY_HEADER + max(REPLY_SIZE[c], 0) if c in REPLY_SIZE else 0
+                     for c in range(_N_SENDABLE))
 _LIMITS = tuple(MAX_SET_TENSOR if c == RpcCmd.SET_TENSOR else MAX_GRAPH
                 if c == RpcCmd.GRAPH_COMPUTE else MAX_SMALL for c in range(_N_SENDABLE))
 
@@ -150,7 +169,45 @@ def parse_set_tensor_prefix(prefix: bytes, size: int) -> SetTensor:
                      size - SET_TENSOR_PREFIX)
 
 
-_HDR, _PREFIX, _DATA, _SKIP = 0, 1, 2, 3
+_HDR, _PREFIX, _DATA, _SKIP, _GET = 0, 1, 2, 3, 4
+_GET_SIZE = struct.Struct("<Q")
+_GET_SIZE_AT = RPC_TENSOR_SIZE + 8
+
+
+class CommandCounts:
+    """Per command type: how many, bytes to the server, bytes of replies, and round trips
+    (commands whose reply the client waits for). Lists indexed by ``RpcCmd`` so the parser
+    adds with two index operations per command; ``as_dict`` is for people."""
+
+    __slots__ = ("count", "reply_bytes", "request_bytes")
+
+    def __init__(self) -> None:
+        self.count = [0] * _N_SENDABLE
+        self.request_bytes = [0] * _N_SENDABLE  # header + payload
+        self.reply_bytes = [0] * _N_SENDABLE  # size u64 + payload, implied by the request
+
+    @property
+    def round_trips(self) -> int:
+        return sum(self.count[c] for c in REPLY_SIZE)
+
+    @property
+    def commands(self) -> int:
+        return sum(self.count)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        """``{"GRAPH_COMPUTE": {"count", "bytes_to_server", "bytes_from_server"}, ...}``,
+        only commands seen, with round trips (``replies``) per type."""
+        return {RpcCmd(c).name: {"count": n, "replies": n if c in REPLY_SIZE else 0,
+                                 "bytes_to_server": self.request_bytes[c],
+                                 "bytes_from_server": self.reply_bytes[c]}
+                for c, n in enumerate(self.count) if n}
+
+    def add(self, other: CommandCounts) -> None:
+        """Sum another connection's counts into these."""
+        for c in range(_N_SENDABLE):
+            self.count[c] += other.count[c]
+            self.request_bytes[c] += other.request_bytes[c]
+            self.reply_bytes[c] += other.reply_bytes[c]
 
 
 class RpcStreamParser:
@@ -163,7 +220,7 @@ class RpcStreamParser:
     """
 
     __slots__ = ("_buf", "_cmd", "_left", "_pos", "_report", "_size", "_st", "_start",
-                 "_state", "commands", "consumed", "failed", "unsent_tail")
+                 "_state", "commands", "consumed", "counts", "failed", "unsent_tail")
 
     def __init__(self, *, report_commands: bool = True) -> None:
         """``report_commands=False``: only ``DataPiece`` events (all a relay needs)."""
@@ -179,6 +236,7 @@ class RpcStreamParser:
         self.consumed = 0  # stream bytes fed so far
         self.unsent_tail = 0
         self.commands = 0
+        self.counts = CommandCounts()
         self.failed = False
 
     @property
@@ -203,6 +261,8 @@ class RpcStreamParser:
             self.unsent_tail = len(self._buf)
         elif state == _PREFIX:
             self.unsent_tail = _HEADER_SIZE + len(self._buf)
+        elif state == _GET:  # like a skipped payload: held only until its first byte
+            self.unsent_tail = 0 if self._buf else _HEADER_SIZE
         elif state == _SKIP:
             self.unsent_tail = _HEADER_SIZE if self._left == self._size else 0
         else:
@@ -233,7 +293,8 @@ class RpcStreamParser:
                 if not left:
                     state = _HDR
                 continue
-            need = _HEADER_SIZE if state == _HDR else SET_TENSOR_PREFIX
+            need = (_HEADER_SIZE if state == _HDR else SET_TENSOR_PREFIX if state == _PREFIX
+                    else GET_TENSOR_REQUEST)
             buf = self._buf
             if buf:
                 take = min(need - len(buf), n - i)
@@ -259,6 +320,10 @@ class RpcStreamParser:
                     raise RpcWireError(f"RPC command {cmd} declares {size} bytes, over the "
                                        "bound")
                 self.commands += 1
+                counts = self.counts
+                counts.count[cmd] += 1
+                counts.request_bytes[cmd] += _HEADER_SIZE + size
+                counts.reply_bytes[cmd] += _REPLY_BYTES[cmd]
                 self._cmd, self._size, self._start = cmd, size, base + i - _HEADER_SIZE
                 if cmd == _SET_TENSOR:
                     if size < SET_TENSOR_PREFIX:
@@ -271,8 +336,14 @@ class RpcStreamParser:
                                        "protocol major")
                 if self._report:
                     events.append(_new(Command, (cmd, size, self._start, None)))
-                if size:
+                if cmd == _GET_TENSOR and size == GET_TENSOR_REQUEST:
+                    state = _GET  # read the size it asks for: that many bytes come back
+                elif size:
                     state, left = _SKIP, size
+            elif state == _GET:
+                self.counts.reply_bytes[_GET_TENSOR] += _GET_SIZE.unpack_from(
+                    block, at + _GET_SIZE_AT)[0]
+                state = _HDR
             else:
                 tid, ttype, bufp, dptr, name, flag, off = _SET_PREFIX_UNPACK(block, at)
                 st = _new(SetTensor, (name.split(b"\0", 1)[0], tid, ttype, bufp, dptr, flag,

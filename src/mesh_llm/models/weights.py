@@ -41,7 +41,7 @@ from pathlib import Path
 
 import xxhash
 
-from ..inference.rpc_wire import DataPiece, RpcStreamParser, RpcWireError
+from ..inference.rpc_wire import CommandCounts, DataPiece, RpcStreamParser, RpcWireError
 from .gguf_info import U32, U64, GgufError, read_string, skip_value
 
 # --- errors --------------------------------------------------------------------------------
@@ -301,6 +301,9 @@ class CodecStats:
     weight_bytes: int = 0  # SET_TENSOR data bytes of tensors in the index
     mismatch_bytes: int = 0  # of those, bytes that differed from the file (sent RAW)
     notes: list[str] = field(default_factory=list)
+    # RPC commands by type, bytes each way and round trips (host → worker direction only;
+    # the encoder's parser fills it in place, so reading it costs the data path nothing)
+    commands: CommandCounts = field(default_factory=CommandCounts)
 
 
 def _raw(out: list[bytes], data: bytes) -> None:
@@ -343,7 +346,7 @@ class DedupeEncoder:
         self._pend_addr = 0
         self._pend_len = 0
         self._hasher = xxhash.xxh3_64()
-        self.stats = CodecStats()
+        self.stats = CodecStats(commands=self._parser.counts)
 
     def preamble(self) -> bytes:
         """The preamble, once (``feed`` sends it itself if this was never called)."""
