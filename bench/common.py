@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from mesh_llm.benchmark import sse_data
 
 PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
           {"role": "user", "content": "Write a short story about a lighthouse keeper."}]
@@ -36,12 +37,8 @@ async def stream_once(session: aiohttp.ClientSession, base: str, tokens: int = 1
         resp.raise_for_status()
         buffer = b""
         async for chunk in resp.content.iter_any():
-            buffer += chunk
-            *events, buffer = buffer.split(b"\n\n")
-            for event in events:
-                if not event.startswith(b"data: ") or event == b"data: [DONE]":
-                    continue
-                data = json.loads(event[6:])
+            events, buffer = sse_data(buffer + chunk)
+            for data in events:
                 timings = data.get("timings") or timings
                 choices = data.get("choices") or [{}]
                 if choices[0].get("delta", {}).get("content"):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from mesh_llm.benchmark import sse_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -68,12 +69,8 @@ async def one_stream(session: aiohttp.ClientSession, api: str, tokens: int, i: i
                 else:
                     result.max_gap = max(result.max_gap, now - last)
                 last = now
-                buffer += chunk
-                *events, buffer = buffer.split(b"\n\n")
-                for event in events:
-                    if not event.startswith(b"data: ") or event == b"data: [DONE]":
-                        continue
-                    data = json.loads(event[6:])
+                events, buffer = sse_data(buffer + chunk)
+                for data in events:
                     if "error" in data:
                         result.error = str(data["error"])[:200]
                     for choice in data.get("choices") or []:

@@ -147,6 +147,14 @@ def render(report: Report) -> str:
     return "\n".join(lines)
 
 
+def sse_data(buffer: bytes) -> tuple[list[dict[str, Any]], bytes]:
+    """The complete `data:` events in what a stream has sent so far, parsed as JSON, and the
+    unfinished rest to keep for the next chunk (`[DONE]` and comments are skipped)."""
+    *events, rest = buffer.split(b"\n\n")
+    return [json.loads(event[6:]) for event in events
+            if event.startswith(b"data: ") and event != b"data: [DONE]"], rest
+
+
 # ----------------------------------------------------------------------------------- I/O
 
 
@@ -163,12 +171,8 @@ async def stream_once(session: aiohttp.ClientSession, base: str, messages: list[
             raise BenchError(f"{base} answered {resp.status}: {text}")
         buffer = b""
         async for chunk in resp.content.iter_any():
-            buffer += chunk
-            *events, buffer = buffer.split(b"\n\n")
-            for event in events:
-                if not event.startswith(b"data: ") or event == b"data: [DONE]":
-                    continue
-                data = json.loads(event[6:])
+            events, buffer = sse_data(buffer + chunk)
+            for data in events:
                 if "error" in data:
                     raise BenchError(f"the stream broke off: {data['error']}")
                 timings = data.get("timings") or timings
