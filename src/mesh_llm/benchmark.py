@@ -23,6 +23,8 @@ from typing import Any
 
 import aiohttp
 
+from .netutil import bearer
+
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 PROMPTS: dict[str, list[dict[str, str]]] = {
     "prose": [SYSTEM, {"role": "user", "content":
@@ -189,7 +191,7 @@ async def run_bench(targets: dict[str, str], reps: int, tokens: int, concurrency
                     api_key: str | None, header: dict[str, Any],
                     progress: Any = sys.stderr) -> Report:
     """Alternate prompts and targets; one warm-up each; `reps` measured runs of each."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = bearer(api_key)
     report = Report(header)
     runs: dict[tuple[str, str], list[Run]] = {(t, p): [] for t in targets for p in PROMPTS}
     waves: dict[tuple[str, str], list[tuple[float, float, int]]] = {k: [] for k in runs}
@@ -232,9 +234,8 @@ def fetch_status(console_port: int, api_key: str | None) -> dict[str, Any] | Non
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"http://127.0.0.1:{console_port}/api/status")
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
+    request = urllib.request.Request(f"http://127.0.0.1:{console_port}/api/status",
+                                     headers=bearer(api_key))
     try:
         with urllib.request.urlopen(request, timeout=5) as resp:
             status = json.load(resp)

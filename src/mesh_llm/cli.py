@@ -21,6 +21,7 @@ from .errors import UserError
 from .identity import is_node_id
 from .inference.llama import MAX_PARALLEL, SPLIT_PARALLEL
 from .models.catalog import DEFAULT_MODEL
+from .netutil import bearer
 from .token import TokenError, decode_token
 
 SUBCOMMANDS = ("models", "download", "status", "stop", "doctor", "invite", "bench", "bundle",
@@ -340,9 +341,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
         if value < low:
             raise UserError(f"{name} must be at least {low}", 2)
     base = f"http://127.0.0.1:{args.port}"
-    request = urllib.request.Request(base + "/health")
-    if args.api_key:
-        request.add_header("Authorization", f"Bearer {args.api_key}")
+    request = urllib.request.Request(base + "/health", headers=bearer(args.api_key))
     try:
         with urllib.request.urlopen(request, timeout=5):
             pass
@@ -433,9 +432,7 @@ def cmd_status(argv: Sequence[str]) -> int:
     p.add_argument("--api-key", metavar="KEY", help="the node's --api-key, if it has one")
     args = p.parse_args(argv)
     url = f"http://127.0.0.1:{args.console}/api/status"
-    request = urllib.request.Request(url)
-    if args.api_key:
-        request.add_header("Authorization", f"Bearer {args.api_key}")
+    request = urllib.request.Request(url, headers=bearer(args.api_key))
     try:
         with urllib.request.urlopen(request, timeout=5) as resp:
             print(json.dumps(json.load(resp), indent=2))

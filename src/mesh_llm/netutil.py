@@ -1,4 +1,4 @@
-"""Small socket helpers shared by the engine and the tests' view of it."""
+"""Small network helpers shared by the engine, the CLI and the tests' view of them."""
 
 from __future__ import annotations
 
@@ -10,3 +10,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The header a node started with --api-key wants (none without a key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
