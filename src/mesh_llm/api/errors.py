@@ -35,12 +35,17 @@ def from_http_exception(exc: web.HTTPException, method: str, path: str) -> web.R
     return response
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    """Turn aiohttp's plain-text HTTP errors (404, 405, 413 …) into JSON bodies."""
+async def answered_in_json(request: web.BaseRequest, handler):  # type: ignore[no-untyped-def]
+    """`handler(request)`, with an HTTP error it raises answered as a JSON body."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return from_http_exception(exc, request.method, request.path)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Turn aiohttp's plain-text HTTP errors (404, 405, 413 …) into JSON bodies."""
+    return await answered_in_json(request, handler)

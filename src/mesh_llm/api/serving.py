@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web, web_protocol, web_server
 
-from .errors import error_kind, from_http_exception, json_error
+from .errors import answered_in_json, error_kind, json_error
 
 log = logging.getLogger("mesh_llm.http")
 
@@ -132,12 +132,7 @@ def _json_http_errors(handler):  # type: ignore[no-untyped-def]
     """The app's whole request handling, with any HTTP error answered in JSON."""
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return from_http_exception(exc, request.method, request.path)
+        return await answered_in_json(request, handler)
 
     return handle
 
