@@ -47,7 +47,7 @@ from .logutil import RateLimitedLog
 from .mesh.mesh import Mesh, MeshJoinError
 from .mesh.peers import PeerEvent, PeerInfo
 from .mesh.protocol import StreamType
-from .mesh.transport import Stream
+from .mesh.quic import Stream
 from .mesh.tunnel import TunnelListener, relay_to_tcp, stream_connect
 from .models import hardware
 from .models.download import ensure as ensure_downloaded

@@ -19,7 +19,7 @@ import pytest
 
 from mesh_llm.mesh import Mesh, MeshJoinError, MeshSettings, PeerEvent, Stream, StreamType
 from mesh_llm.mesh.protocol import encode_frame
-from mesh_llm.mesh.transport import (
+from mesh_llm.mesh.quic import (
     CLOSE_AUTH_FAILED,
     Connection,
     QuicTransport,

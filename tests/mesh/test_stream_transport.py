@@ -10,7 +10,7 @@ import pytest
 
 from mesh_llm.mesh import Mesh, tunnel
 from mesh_llm.mesh.protocol import StreamType
-from mesh_llm.mesh.transport import Stream
+from mesh_llm.mesh.quic import Stream
 from mesh_llm.mesh.tunnel import stream_connect
 
 MakeMesh = Callable[..., Awaitable[Mesh]]  # the make_mesh fixture, from conftest.py

@@ -7,10 +7,9 @@ protocol.py (stream types, frames), transport.py (QUIC seam), auth.py, gossip.py
 from .mesh import Mesh, MeshError, MeshJoinError, MeshSettings, StreamHandler
 from .peers import PeerEvent, PeerInfo, PeerTable, Subscription
 from .protocol import MAX_FRAME, PROTOCOL_VERSION, FrameError, StreamType
-from .transport import (
+from .quic import (
     Connection,
     ConnectionClosed,
-    QuicTransport,
     Stream,
     StreamReset,
     TransportError,
@@ -30,7 +29,6 @@ __all__ = [
     "PeerEvent",
     "PeerInfo",
     "PeerTable",
-    "QuicTransport",
     "Stream",
     "StreamHandler",
     "StreamReset",

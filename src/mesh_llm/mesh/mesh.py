@@ -67,7 +67,7 @@ from .gossip import (
 )
 from .peers import PeerInfo, PeerTable, Subscription
 from .protocol import FrameError, StreamType, encode_frame, read_frame
-from .transport import (
+from .quic import (
     CLOSE_AUTH_FAILED,
     CLOSE_DUPLICATE,
     CLOSE_GOODBYE,

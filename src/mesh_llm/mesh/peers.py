@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .transport import Connection
+from .quic import Connection
 
 log = logging.getLogger("mesh_llm.mesh")
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from .transport import Stream
+from .quic import Stream
 
 log = logging.getLogger("mesh_llm.tunnel")
 
