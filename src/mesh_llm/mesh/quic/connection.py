@@ -269,20 +269,19 @@ class QuicConnection:
         quic = self._quic
         event = quic.next_event()
         while event is not None:
-            kind = type(event)
-            if kind in _STREAM_EVENTS:
+            if isinstance(event, _STREAM_EVENTS):
                 self._streams.handle(event, self.on_stream)
-            elif kind is events.HandshakeCompleted:
+            elif isinstance(event, events.HandshakeCompleted):
                 self._on_handshake(event)
-            elif kind is events.ConnectionIdIssued:
+            elif isinstance(event, events.ConnectionIdIssued):
                 self._router.register(event.connection_id, self)
-            elif kind is events.ConnectionIdRetired:
+            elif isinstance(event, events.ConnectionIdRetired):
                 self._router.unregister(event.connection_id, self)
-            elif kind is events.PingAcknowledged:
+            elif isinstance(event, events.PingAcknowledged):
                 waiter = self._ping_waiters.pop(event.uid, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(True)
-            elif kind is events.ConnectionTerminated:
+            elif isinstance(event, events.ConnectionTerminated):
                 self._on_terminated(event)
                 return
             event = quic.next_event()

@@ -198,7 +198,7 @@ class QuicTransport:
             raise TransportError(f"cannot resolve {host}:{port}: {err}") from None
         if not infos:
             raise TransportError(f"cannot resolve {host}:{port}")
-        addr = infos[0][4]
+        addr: Any = infos[0][4]
         if self._family == socket.AF_INET6 and len(addr) == 2:  # pragma: no cover
             addr = ("::ffff:" + addr[0], addr[1], 0, 0)
         quic = Qh3Connection(configuration=base_config(self.settings, is_client=True))

@@ -101,10 +101,14 @@ class ConnectionTimers:
 
     def stop(self) -> None:
         self.stopped = True
-        for handle in self._oneshots:
-            handle.cancel()
-        self._oneshots.clear()
-        for handle in (self._keepalive_handle, self._deadline_handle, self._transmit_handle):
+        handles: list[asyncio.Handle | None] = [
+            *self._oneshots, self._keepalive_handle, self._deadline_handle,
+            self._transmit_handle,
+        ]
+        for handle in handles:
             if handle is not None:
                 handle.cancel()
-        self._keepalive_handle = self._deadline_handle = self._transmit_handle = None
+        self._oneshots.clear()
+        self._keepalive_handle = None
+        self._deadline_handle = None
+        self._transmit_handle = None
