@@ -115,7 +115,7 @@ async def test_a_member_may_not_use_a_workers_rpc_server_nor_claim_huge_memory(
         assert "refused an RPC tunnel from " + mesh.node_id[:12] in out
         # A claim of more memory than one machine has drops the liar; it is never elected.
         mesh._announcement = replace(mesh._announcement, vram_bytes=2**61)
-        mesh._broadcast()
+        mesh._membership.broadcast()
         await wait_status(host, lambda s: all(p["id"] != mesh.node_id for p in s["peers"]),
                           "the host to drop the liar")
         assert host.status()["host"] == hid and worker.status()["host"] == hid

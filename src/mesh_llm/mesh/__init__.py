@@ -2,8 +2,8 @@
 
 `Mesh` (mesh.py) is the facade the node uses; the other modules are its parts:
 protocol.py (stream types, frames), transport.py (QUIC seam), auth.py, announcement.py,
-gossip.py and session.py, peers.py, dialler.py, inbound.py, link_rule.py and adoption.py,
-addresses.py, settings.py, state.py.
+gossip.py, session.py and membership.py, peers.py, dialler.py and join.py, inbound.py,
+link_rule.py and adoption.py, addresses.py, settings.py, state.py.
 """
 
 from .announcement import Announcement

@@ -1,7 +1,8 @@
 """The mesh facade the node uses: listen, join by token, keep a live peer table, carry streams.
 
 Life of a connection, and the module that does each step:
-  1. QUIC handshake (transport.py); dialling an address list (dialler.py).
+  1. QUIC handshake (transport.py); dialling an address list (dialler.py), the addresses of
+     invite tokens first (join.py).
   2. AUTH stream: the dialer opens it; both sides prove key and mesh secret, or an invite
      derived from it (auth.py); the acceptor drops a connection that has not authenticated
      within `auth_timeout_s` and serves a peer's streams by type (inbound.py). What the
@@ -10,7 +11,8 @@ Life of a connection, and the module that does each step:
      adoption.py).
   4. Gossip: each side opens a GOSSIP stream and sends its state (its `Announcement`,
      announcement.py, and the peers it knows) on connect and on every change, and pings
-     (session.py); unknown peers are dialled: full mesh.
+     (session.py); what a peer says goes into the peer table, and the peers it knows
+     that we do not are dialled: full mesh (membership.py, peers.py).
   5. End: a goodbye (or a GOODBYE close) removes the peer at once; an unexpected loss marks
      it "reconnecting" and the dialler redials its addresses for `reconnect_timeout_s`;
      success → gossip again, failure → the peer is removed.
@@ -22,40 +24,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import replace
 
 from ..errors import UserError
 from ..identity import Identity
-from ..token import (
-    MAX_ADDRS,
-    InviteKind,
-    InviteToken,
-    TokenError,
-    decode_token,
-    encode_token,
-    mint_invite,
-)
+from ..token import InviteKind, InviteToken, encode_token, mint_invite
 from . import adoption
 from .addresses import advertised, remote, token_addrs
-from .announcement import Announcement, clamp_client
+from .announcement import Announcement
 from .auth import AuthResult, Grant
 from .dialler import DialFailed, Dialler
-from .gossip import PeerHint, StateMsg, state_message
 from .inbound import Inbound, StreamHandler
+from .join import join_through
+from .membership import Membership
 from .peers import PeerTable, Subscription
-from .session import GossipSession
 from .settings import MeshSettings
 from .state import Link, MeshState
-from .transport import (
-    CLOSE_GOODBYE,
-    CLOSE_PROTOCOL_ERROR,
-    CLOSE_SHUTDOWN,
-    Connection,
-    QuicTransport,
-    Stream,
-)
+from .transport import CLOSE_GOODBYE, CLOSE_SHUTDOWN, Connection, QuicTransport, Stream
 
 log = logging.getLogger("mesh_llm.mesh")
 
@@ -89,7 +75,7 @@ class Mesh:
         self._inbound = Inbound(self._state, register=self._register, adopt=self._adopt)
         self._dialler = Dialler(self._state, register=self._register, adopt=self._adopt,
                                 forget=self._forget_peer)
-        self._broadcast_handle: asyncio.Handle | None = None
+        self._membership = Membership(self._state, self._dialler, lambda: self._announcement)
         self._started = False
 
     # ------------------------------------------------------------------ public API
@@ -172,55 +158,20 @@ class Mesh:
             raise MeshError("start the mesh before joining")
         if not tokens:
             return None
-        state = self._state
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        tried: list[str] = []
-        usable: list[tuple[str, InviteToken]] = []
-        for index, text in enumerate(tokens):
-            label = f"token {index + 1}" if len(tokens) > 1 else "token"
-            try:
-                tok = decode_token(text)
-            except TokenError as err:
-                tried.append(f"{label}: {err}")
-                continue
-            if tok.node_id == self.node_id:
-                tried.append(f"{label}: that is this node's own token")
-                continue
-            usable.append((label, tok))
-        original = (state.secret, state.invite)
-        for index, (label, tok) in enumerate(usable):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                tried.append(f"{label}: not tried, out of time")
-                continue
-            left = len(usable) - index
-            budget = remaining if left == 1 else max(remaining / left, min(remaining, 3.0))
-            if tok.invite is not None and tok.invite.expired(time.time()):
-                tried.append(f"{label}: this {tok.invite.kind} invite has expired; ask for "
-                             "a new one (mesh-llm invite)")
-                continue
-            if tok.invite is None:  # a member's token: its secret is the mesh's
-                state.secret, state.invite = tok.secret, None
-            elif tok.invite.kind == "client":  # a lite client: the invite, nothing more
-                state.secret, state.invite = None, tok.invite
-            try:
-                peer = await self._dialler.dial(tok.node_id, tok.addrs, budget, tok.invite)
-            except DialFailed as err:
-                if tok.node_id in state.peer_links:  # it dialled us meanwhile
-                    peer = tok.node_id
-                else:
-                    tried.extend(err.attempts)
-                    state.secret, state.invite = original
-                    continue
-            if state.secret is not None and state.secret != original[0] \
-                    and self.on_secret is not None:
-                self.on_secret(state.secret)
-            await self._wait_for_announcement(peer, max(0.0, deadline - loop.time()))
-            log.info("joined the mesh through %s", peer[:12])
-            return peer
-        state.secret, state.invite = original
-        raise MeshJoinError("could not join the mesh: " + "; ".join(tried))
+        before = self._state.secret
+        try:
+            peer = await join_through(self._state, self._dialler, tokens, deadline)
+        except DialFailed as err:
+            raise MeshJoinError("could not join the mesh: " + "; ".join(err.attempts)) \
+                from None
+        secret = self._state.secret
+        if secret is not None and secret != before and self.on_secret is not None:
+            self.on_secret(secret)
+        await self._wait_for_announcement(peer, max(0.0, deadline - loop.time()))
+        log.info("joined the mesh through %s", peer[:12])
+        return peer
 
     def update_announcement(self, announcement: Announcement) -> None:
         """Gossip `announcement` as ours from now on (ValueError when out of bounds). Its
@@ -228,7 +179,7 @@ class Mesh:
         new = self._own(announcement)
         if new != self._announcement:
             self._announcement = new
-            self._schedule_broadcast()
+            self._membership.schedule_broadcast()
 
     def subscribe(self, maxsize: int = 1024) -> Subscription:
         """Async stream of PeerEvents (added/updated/disconnected/reconnected/removed)."""
@@ -288,8 +239,7 @@ class Mesh:
             else:
                 state.transport.abort()
         await state.cancel_tasks()
-        if self._broadcast_handle is not None:
-            self._broadcast_handle.cancel()
+        self._membership.stop()
         state.table.clear()
         log.info("mesh stopped (%s)", "goodbye sent" if graceful else "dropped")
 
@@ -326,12 +276,7 @@ class Mesh:
         log.info("connected to %s (%s, %s%s)", peer[:12], remote(conn),
                  "dialled" if link.dialed else "accepted",
                  ", client invite" if result.grant == "client" else "")
-        link.session = GossipSession(
-            conn, peer, self.settings, state=lambda: self._state_message(peer),
-            on_state=lambda msg: self._on_state(link, msg),
-            on_goodbye=lambda: self._on_goodbye(link),
-            on_rtt=lambda rtt_ms: state.table.set_rtt(peer, rtt_ms),
-            on_bad=lambda reason: state.close_link(link, CLOSE_PROTOCOL_ERROR, reason))
+        link.session = self._membership.session(link)
         state.spawn(link.session.start(), "mesh-gossip-out")
         pending, link.pending = link.pending, []
         for stream in pending:
@@ -355,10 +300,7 @@ class Mesh:
             self._dialler.lost(peer, conn)
 
     def _forget_peer(self, peer: str, reason: str) -> None:
-        self._dialler.cancel_reconnect(peer)
-        if self._state.table.remove(peer) is not None:
-            log.info("peer %s removed: %s", peer[:12], reason)
-            self._schedule_broadcast()
+        self._membership.forget(peer, reason)
 
     async def _wait_for_announcement(self, peer: str, timeout: float) -> None:
         table = self._state.table
@@ -368,57 +310,6 @@ class Mesh:
             async with asyncio.timeout(timeout):
                 while peer not in table:
                     await sub.get()
-
-    # ------------------------------------------------------------------ gossip
-
-    def _state_message(self, peer: str) -> dict[str, object]:
-        hints = [  # client-invite peers accept no connections: nobody should dial them
-            PeerHint(info.node_id, info.addrs) for info in self._state.table.values()
-            if info.connected and info.node_id != peer and info.addrs
-            and info.grant == "member"
-        ]
-        return state_message(self._announcement, hints)
-
-    def _schedule_broadcast(self) -> None:
-        if self._broadcast_handle is None and not self._state.stopping:
-            self._broadcast_handle = asyncio.get_running_loop().call_soon(self._broadcast)
-
-    def _broadcast(self) -> None:
-        self._broadcast_handle = None
-        for link in self._state.adopted_links():
-            if link.session is not None:
-                link.session.send_state()
-
-    def _on_state(self, link: Link, msg: StateMsg) -> None:
-        state, peer = self._state, link.peer_id
-        assert peer is not None
-        if state.active_link(peer) is not link:
-            return  # a duplicate on its way out; the newest link carries the same state
-        grant: Grant = link.grant or "member"
-        announcement, addrs = msg.announcement, list(msg.announcement.addrs)
-        if grant == "client":
-            # A client invite grants the API tunnel and nothing else: whatever it claims,
-            # it is a client with no memory, no model and no say in the election.
-            announcement, addrs = clamp_client(announcement), []
-        elif (observed := remote(link.conn)) not in addrs and len(addrs) < MAX_ADDRS:
-            addrs.append(observed)
-        known = peer in state.table
-        state.table.upsert(peer, announcement, link.conn, addrs, grant)
-        if not known:
-            self._schedule_broadcast()  # everyone else should learn of the newcomer
-        if grant == "member":  # a client's hints would make us dial where it says
-            for hint in msg.peers:
-                self._dialler.maybe_dial(hint)
-
-    def _on_goodbye(self, link: Link) -> None:
-        peer = link.peer_id
-        assert peer is not None
-        links = self._state.peer_links.get(peer, [link])
-        for each in [*links, link]:
-            each.goodbye = True
-        self._forget_peer(peer, "left the mesh")
-        for each in list(self._state.peer_links.get(peer, [link])):
-            self._state.close_link(each, CLOSE_GOODBYE, "goodbye")
 
 
 __all__ = ["Mesh", "MeshError", "MeshJoinError"]
