@@ -1,24 +1,20 @@
 """The peer table: who is in the mesh, what they announced, how to reach them.
 
-Readers (the console's SSE stream, the election) either `subscribe()` to an async stream of
-`PeerEvent`s or register a plain callback with `add_listener`. Only the mesh mutates it.
+Readers (the console's SSE stream, the election) `subscribe()` to an async stream of
+`PeerEvent`s. Only the mesh mutates it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .announcement import Announcement
 from .transport import Connection
-
-log = logging.getLogger("mesh_llm.mesh")
 
 PeerState = Literal["connected", "reconnecting"]
 EventKind = Literal["added", "updated", "disconnected", "reconnected", "removed"]
@@ -33,7 +29,6 @@ class PeerInfo:
     connection: Connection | None = None
     state: PeerState = "connected"
     addrs: list[str] = field(default_factory=list)  # where to redial it, best first
-    connected_at: float = field(default_factory=time.time)
     ping_rtt_ms: float | None = None  # measured over the gossip stream (app-level)
     grant: str = "member"  # what it proved: "member", or "client" for a client invite
 
@@ -91,7 +86,6 @@ class PeerEvent:
     kind: EventKind
     node_id: str
     peer: PeerInfo | None
-    at: float = field(default_factory=time.monotonic)
 
 
 class Subscription:
@@ -162,7 +156,6 @@ class PeerTable(Mapping[str, PeerInfo]):
     def __init__(self) -> None:
         self._peers: dict[str, PeerInfo] = {}
         self._subs: list[Subscription] = []
-        self._listeners: list[Callable[[PeerEvent], None]] = []
 
     # Mapping
     def __getitem__(self, node_id: str) -> PeerInfo:
@@ -180,16 +173,6 @@ class PeerTable(Mapping[str, PeerInfo]):
         self._subs.append(sub)
         return sub
 
-    def add_listener(self, callback: Callable[[PeerEvent], None]) -> Callable[[], None]:
-        """`callback(event)` synchronously on every change; returns a function to remove it."""
-        self._listeners.append(callback)
-
-        def remove() -> None:
-            with contextlib.suppress(ValueError):
-                self._listeners.remove(callback)
-
-        return remove
-
     def _unsubscribe(self, sub: Subscription) -> None:
         with contextlib.suppress(ValueError):
             self._subs.remove(sub)
@@ -198,11 +181,6 @@ class PeerTable(Mapping[str, PeerInfo]):
         event = PeerEvent(kind, node_id, peer)
         for sub in list(self._subs):
             sub._push(event)
-        for callback in list(self._listeners):
-            try:
-                callback(event)
-            except Exception:
-                log.exception("peer-table listener failed")
 
     # mutators (mesh only)
     def upsert(
@@ -229,7 +207,6 @@ class PeerTable(Mapping[str, PeerInfo]):
         peer.connection = connection
         peer.state = "connected"
         if was_reconnecting:
-            peer.connected_at = time.time()
             self._emit("reconnected", node_id, peer)
         elif changed:
             self._emit("updated", node_id, peer)
@@ -247,7 +224,6 @@ class PeerTable(Mapping[str, PeerInfo]):
             peer.grant = grant
         if peer.state != "connected":
             peer.state = "connected"
-            peer.connected_at = time.time()
             self._emit("reconnected", node_id, peer)
 
     def set_rtt(self, node_id: str, rtt_ms: float) -> None:
