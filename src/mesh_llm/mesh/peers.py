@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ class PeerEvent:
     kind: EventKind
     node_id: str
     peer: PeerInfo | None
+    at: float = field(default_factory=time.monotonic)
 
 
 class Subscription:
