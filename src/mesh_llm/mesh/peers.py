@@ -1,21 +1,24 @@
 """The peer table: who is in the mesh, what they announced, how to reach them.
 
-Readers (the console's SSE stream, the election) `subscribe()` to an async stream of
-`PeerEvent`s. Only the mesh mutates it.
+Readers (the console's SSE stream, the election) either `subscribe()` to an async stream of
+`PeerEvent`s or register a plain callback with `add_listener`. Only the mesh mutates it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .announcement import Announcement
 from .transport import Connection
+
+log = logging.getLogger("mesh_llm.mesh")
 
 PeerState = Literal["connected", "reconnecting"]
 EventKind = Literal["added", "updated", "disconnected", "reconnected", "removed"]
@@ -158,6 +161,7 @@ class PeerTable(Mapping[str, PeerInfo]):
     def __init__(self) -> None:
         self._peers: dict[str, PeerInfo] = {}
         self._subs: list[Subscription] = []
+        self._listeners: list[Callable[[PeerEvent], None]] = []
 
     # Mapping
     def __getitem__(self, node_id: str) -> PeerInfo:
@@ -175,6 +179,16 @@ class PeerTable(Mapping[str, PeerInfo]):
         self._subs.append(sub)
         return sub
 
+    def add_listener(self, callback: Callable[[PeerEvent], None]) -> Callable[[], None]:
+        """`callback(event)` synchronously on every change; returns a function to remove it."""
+        self._listeners.append(callback)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(callback)
+
+        return remove
+
     def _unsubscribe(self, sub: Subscription) -> None:
         with contextlib.suppress(ValueError):
             self._subs.remove(sub)
@@ -183,6 +197,11 @@ class PeerTable(Mapping[str, PeerInfo]):
         event = PeerEvent(kind, node_id, peer)
         for sub in list(self._subs):
             sub._push(event)
+        for callback in list(self._listeners):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("peer-table listener failed")
 
     # mutators (mesh only)
     def upsert(
