@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 from mesh_llm.identity import Identity
-from mesh_llm.mesh import Mesh, Stream, StreamType
+from mesh_llm.mesh import Announcement, Mesh, Stream, StreamType
 from mesh_llm.token import new_secret
 
 MiB = 1024 * 1024
@@ -68,7 +68,9 @@ async def _tcp_serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
 
 
 async def _far_end(pipe: Pipe) -> None:
-    mesh = Mesh(Identity.generate(), new_secret(), {"role": "worker"}, bind_host="127.0.0.1")
+    identity = Identity.generate()
+    mesh = Mesh(identity, new_secret(), Announcement(identity.node_id, role="worker"),
+                bind_host="127.0.0.1")
     await mesh.start()
     mesh.add_stream_handler(StreamType.RPC_TUNNEL, _quic_echo)
     mesh.add_stream_handler(StreamType.HTTP_TUNNEL, _quic_sink)
@@ -123,7 +125,9 @@ async def _bulk(write: Any, finish: Any, total: int) -> float:
 
 
 async def _bench_quic(token: str, rounds: int, total: int) -> dict[str, Any]:
-    mesh = Mesh(Identity.generate(), new_secret(), {"role": "client"}, bind_host="127.0.0.1")
+    identity = Identity.generate()
+    mesh = Mesh(identity, new_secret(), Announcement(identity.node_id, role="client"),
+                bind_host="127.0.0.1")
     await mesh.start()
     try:
         peer = await mesh.join([token], timeout=10)

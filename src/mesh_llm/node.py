@@ -44,6 +44,7 @@ from .inference.llama import LlamaPlan, LlamaServer
 from .inference.rpc import RpcServer
 from .inference.rpc_wire import CommandCounts
 from .logutil import RateLimitedLog
+from .mesh.announcement import Announcement
 from .mesh.mesh import Mesh, MeshJoinError
 from .mesh.peers import PeerEvent, PeerInfo
 from .mesh.protocol import StreamType
@@ -206,7 +207,7 @@ class Node:
             return Upstream(None, WAITING_FOR_A_HOST)
         if host is None:
             return Upstream(None, "no host is ready: waiting for a node that serves a model")
-        if not host.announcement.get("ready"):
+        if not host.announcement.ready:
             return Upstream(None, f"the host {host.node_id[:12]} is still loading its model")
         return Upstream(stream_connect(self._opener(host.node_id, StreamType.HTTP_TUNNEL)),
                         key=f"mesh {host.node_id}")
@@ -245,8 +246,7 @@ class Node:
         if self.host_id == self.node_id:
             plan = self._plan_json()
         else:
-            announced = host.announcement.get("plan") if host else None
-            plan = announced if isinstance(announced, dict) else None
+            plan = host.announcement.plan if host else None
         upstream = self.upstream()
         token = self.mesh.token() if self.mesh is not None else ""
         reason = None if upstream.connect else upstream.reason
@@ -258,10 +258,10 @@ class Node:
             role=self.role(),
             host_id=self.host_id,
             llama_ready=bool(llama and llama.ready) or bool(
-                host and host.announcement.get("ready")),
+                host and host.announcement.ready),
             model=self._shown_model(host),
             draft=self._draft_name() if self.host_id == self.node_id else (
-                host.announcement.get("draft") if host else None),
+                host.announcement.draft if host else None),
             api_port=self.config.api_port,
             console_port=self.config.console_port,
             vram_bytes=self.vram_bytes,
@@ -353,23 +353,24 @@ class Node:
                  "workers": list(g.plan.workers), "open_requests": g.open_requests}
                 for state, g in gens if g is not None]
 
-    def _announcement(self) -> dict[str, Any]:
+    def _announcement(self) -> Announcement:
         hosting = self.host_id == self.node_id
         ready = bool(self.llama and self.llama.ready and hosting and not self._held)
-        return {
-            "plan": self._plan_json() if hosting else None,
-            "draft": self._draft_name() if hosting else None,
-            "role": self.role(),
-            "vram_bytes": 0 if self.config.client else self.vram_bytes,
-            "models": self._models(),
-            "model_file": self.model is not None,
-            "rpc_version": self._rpc_version(),
-            "version": __version__,
-            "ready": ready,
-            "rpc_ready": bool(self.rpc and self.rpc.ready),
-            "model_fingerprint": self.fingerprint,
-            "leaving": self.leaving,
-        }
+        return Announcement(
+            self.node_id,
+            plan=self._plan_json() if hosting else None,
+            draft=self._draft_name() if hosting else None,
+            role=self.role(),
+            vram_bytes=0 if self.config.client else self.vram_bytes,
+            models=tuple(self._models()),
+            model_file=self.model is not None,
+            rpc_version=self._rpc_version(),
+            version=__version__,
+            ready=ready,
+            rpc_ready=bool(self.rpc and self.rpc.ready),
+            model_fingerprint=self.fingerprint,
+            leaving=self.leaving,
+        )
 
     async def _start_mesh(self) -> None:
         assert self.identity is not None
@@ -459,13 +460,13 @@ class Node:
         else:
             self._follow(host_id)
         if self.mesh is not None:
-            self.mesh.update_announcement(**self._announcement())
+            self.mesh.update_announcement(self._announcement())
         self.changes.bump()
 
     def _host(self, me: Candidate, others: list[Candidate]) -> None:
         assert self.model is not None
         workers = [c for c in others if (peer := self._peer(c.node_id)) is not None
-                   and peer.announcement.get("rpc_ready")]
+                   and peer.announcement.rpc_ready]
         plan = make_plan(me, workers, self.model.size_bytes, self.config.split)
         for gen in self._draining:  # one that lost a worker is broken: nothing to wait for
             if not gen.stopped and any(self._peer(w) is None for w in gen.plan.workers):
@@ -594,7 +595,7 @@ class Node:
         def make() -> DedupeEncoder:
             peer = self._peer(worker)
             same_file = bool(self.fingerprint and peer is not None
-                             and peer.announcement.get("model_fingerprint") == self.fingerprint)
+                             and peer.announcement.model_fingerprint == self.fingerprint)
             encoder = DedupeEncoder(self.weights, refs=same_file)
             gen.stats.append(encoder.stats)
             return encoder
@@ -635,7 +636,7 @@ class Node:
             self._spawn(self._stop_serving())
         self.plan = None
         host = self._peer(host_id)
-        self.state = "running" if host and host.announcement.get("ready") else "waiting"
+        self.state = "running" if host and host.announcement.ready else "waiting"
 
     def _opener(self, peer_id: str, kind: StreamType):  # type: ignore[no-untyped-def]
         async def open_stream() -> Stream:
@@ -730,7 +731,7 @@ class Node:
                 log.info("ready: %s answers on http://127.0.0.1:%d/v1", self._model_name(),
                          self.config.api_port)
         if self.mesh is not None:
-            self.mesh.update_announcement(**self._announcement())
+            self.mesh.update_announcement(self._announcement())
         self.changes.bump()
 
     async def _leave(self) -> None:
@@ -738,7 +739,7 @@ class Node:
         serves without us and its old llama-server has let go of our ggml-rpc-server."""
         assert self.mesh is not None
         self.leaving = True
-        self.mesh.update_announcement(**self._announcement())
+        self.mesh.update_announcement(self._announcement())
         if not self._host_needs_us():
             return
         log.info("leaving: waiting for the host to serve without this node (at most %.0f s)",
@@ -763,8 +764,8 @@ class Node:
         if self._rpc_connections > 0:
             return True
         host = self._peer(self.host_id) if self.host_id != self.node_id else None
-        plan = host.announcement.get("plan") if host is not None else None
-        return isinstance(plan, dict) and self.node_id in (plan.get("workers") or [])
+        plan = host.announcement.plan if host is not None else None
+        return plan is not None and self.node_id in plan["workers"]
 
     async def shutdown(self) -> None:
         if self.state != "stopping" and self.mesh is not None and not self.config.client:
@@ -798,9 +799,8 @@ def _view_of(peer: PeerInfo) -> NodeView:
     ann = peer.announcement
     return NodeView(peer.node_id, peer.role, peer.vram_bytes, peer.rtt_ms,
                     models=tuple(peer.models), model_file=peer.model_file,
-                    fingerprint=str(ann.get("model_fingerprint") or ""),
-                    rpc_version=str(ann.get("rpc_version", "")),
-                    leaving=ann.get("leaving") is True)
+                    fingerprint=ann.model_fingerprint, rpc_version=ann.rpc_version,
+                    leaving=ann.leaving)
 
 
 async def run_node(config: NodeConfig) -> None:

@@ -14,10 +14,12 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from mesh_llm.identity import Identity
-from mesh_llm.mesh import Mesh, Stream, StreamType
+from mesh_llm.mesh import Announcement, Mesh, Stream, StreamType
 from mesh_llm.token import decode_token
 from nodes import NodeProcess, greedy, http_json
 
@@ -26,8 +28,11 @@ PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
 
 
 async def intruder(tmp_path: Path, token: str, **announcement: object) -> Mesh:
-    mesh = Mesh(Identity.generate(), None, {"role": "worker", "vram_bytes": 1000,
-                                            **announcement}, bind_host="127.0.0.1")
+    identity = Identity.generate()
+    fields: dict[str, Any] = {"role": "worker", "vram_bytes": 1000, **announcement}
+    fields["models"] = tuple(fields.get("models", ()))
+    mesh = Mesh(identity, None, Announcement(identity.node_id, **fields),
+                bind_host="127.0.0.1")
     await mesh.start()
     await mesh.join([token], timeout=10)
     return mesh
@@ -109,8 +114,8 @@ async def test_a_member_may_not_use_a_workers_rpc_server_nor_claim_huge_memory(
         out = worker.output() + host.output()
         assert "refused an RPC tunnel from " + mesh.node_id[:12] in out
         # A claim of more memory than one machine has drops the liar; it is never elected.
-        mesh._announcement = {**mesh._announcement, "vram_bytes": 2**61}
-        mesh._broadcast()
+        mesh._announcement = replace(mesh._announcement, vram_bytes=2**61)
+        mesh._membership.broadcast()
         await wait_status(host, lambda s: all(p["id"] != mesh.node_id for p in s["peers"]),
                           "the host to drop the liar")
         assert host.status()["host"] == hid and worker.status()["host"] == hid

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mesh_llm.identity import Identity
-from mesh_llm.mesh import Mesh, MeshSettings
+from mesh_llm.mesh import Announcement, Mesh, MeshSettings
 from mesh_llm.token import new_secret
 
 MakeMesh = Callable[..., Awaitable[Mesh]]
@@ -27,11 +28,14 @@ async def make_mesh(tmp_path: Path) -> AsyncIterator[MakeMesh]:
         **announcement: object,
     ) -> Mesh:
         home = home or tmp_path / f"node{len(meshes)}"
+        identity = Identity.load_or_create(home)
+        fields: dict[str, Any] = {"role": "worker", "vram_bytes": 1000 + len(meshes),
+                                  "models": ["m"], **announcement}
+        fields["models"] = tuple(fields["models"])
         mesh = Mesh(
-            Identity.load_or_create(home),
+            identity,
             secret or new_secret(),
-            {"role": "worker", "vram_bytes": 1000 + len(meshes), "models": ["m"],
-             **announcement},
+            Announcement(identity.node_id, **fields),
             bind_host="127.0.0.1",
             settings=settings,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import pytest
 from test_mesh_loopback import knows, wait_until
@@ -114,8 +115,8 @@ async def test_a_claim_of_more_memory_than_a_machine_has_drops_the_peer(
     await liar.join([a.token()])
     await wait_until(a, knows(a, liar), 5, "a to see the peer")
     with a.subscribe() as sub:
-        liar._announcement = {**liar._announcement, "vram_bytes": 2**61}  # what a forged
-        liar._broadcast()  # build would send; our own validation would refuse to make it
+        liar._announcement = replace(liar._announcement, vram_bytes=2**61)  # what a forged
+        liar._membership.broadcast()  # build would send; our own validation would refuse to make it
         async with asyncio.timeout(5):
             while liar.node_id in a.peers and a.peers[liar.node_id].vram_bytes != 2**61:
                 await sub.get()

@@ -10,14 +10,13 @@ import pytest
 from test_auth import ACCEPTOR, DIALER, FP, SECRET, pipe_pair
 
 from mesh_llm.logutil import RateLimitedLog
-from mesh_llm.mesh.auth import AuthError, run_acceptor, run_dialer
-from mesh_llm.mesh.gossip import (
+from mesh_llm.mesh.announcement import (
     MAX_VRAM_BYTES,
-    GossipError,
+    Announcement,
+    AnnouncementError,
     clamp_client,
-    make_announcement,
-    validate_announcement,
 )
+from mesh_llm.mesh.auth import AuthError, run_acceptor, run_dialer
 from mesh_llm.token import (
     Invite,
     TokenError,
@@ -132,20 +131,20 @@ def test_bad_durations(text: str) -> None:
 
 
 def test_vram_claims_are_bounded() -> None:
-    ok = make_announcement(NODE, vram_bytes=MAX_VRAM_BYTES)
-    assert ok["vram_bytes"] == MAX_VRAM_BYTES
+    ok = Announcement(NODE, vram_bytes=MAX_VRAM_BYTES).checked()
+    assert ok.vram_bytes == MAX_VRAM_BYTES
     for claim in (MAX_VRAM_BYTES + 1, 2**61):
-        with pytest.raises(GossipError, match="more than one machine"):
-            validate_announcement({**ok, "vram_bytes": claim}, NODE)
+        with pytest.raises(AnnouncementError, match="more than one machine"):
+            Announcement.from_wire({**ok.to_wire(), "vram_bytes": claim}, NODE)
 
 
 def test_a_client_is_clamped_whatever_it_claims() -> None:
-    claim = make_announcement(NODE, role="host", vram_bytes=10**12, models=["m"], ready=True,
-                              model_file=True, version="9")
-    clamped = validate_announcement(clamp_client(claim), NODE)
-    assert clamped["role"] == "client" and clamped["vram_bytes"] == 0
-    assert clamped["models"] == [] and not clamped["ready"] and not clamped["model_file"]
-    assert clamped["version"] == "9"
+    claim = Announcement(NODE, role="host", vram_bytes=10**12, models=("m",), ready=True,
+                         model_file=True, version="9").checked()
+    clamped = clamp_client(claim).checked()
+    assert clamped.role == "client" and clamped.vram_bytes == 0
+    assert clamped.models == () and not clamped.ready and not clamped.model_file
+    assert clamped.version == "9"
 
 
 def test_rate_limited_log_counts_what_it_left_out(caplog: pytest.LogCaptureFixture) -> None:

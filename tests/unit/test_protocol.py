@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mesh_llm.mesh.announcement import Announcement, AnnouncementError
 from mesh_llm.mesh.gossip import (
     GoodbyeMsg,
     GossipError,
@@ -18,11 +19,9 @@ from mesh_llm.mesh.gossip import (
     PingMsg,
     StateMsg,
     goodbye_message,
-    make_announcement,
     parse_gossip,
     ping_message,
     state_message,
-    validate_announcement,
 )
 from mesh_llm.mesh.protocol import (
     MAX_FRAME,
@@ -181,12 +180,13 @@ async def test_framed_garbage_raises_only_frame_error(body: bytes) -> None:
 # ---------------------------------------------------------------------------- gossip
 
 
-def test_make_announcement_fills_defaults() -> None:
-    ann = make_announcement(NODE, role="host", vram_bytes=5, extra={"any": "thing"})
-    assert ann["node_id"] == NODE and ann["role"] == "host" and ann["vram_bytes"] == 5
-    assert ann["models"] == [] and ann["ready"] is False and ann["extra"] == {"any": "thing"}
+def test_announcement_fills_defaults() -> None:
+    ann = Announcement.from_wire({"role": "host", "vram_bytes": 5, "extra": {"any": "thing"}},
+                                 NODE)
+    assert ann.node_id == NODE and ann.role == "host" and ann.vram_bytes == 5
+    assert ann.models == () and ann.ready is False
     with pytest.raises(ValueError, match="role"):
-        make_announcement(NODE, role="boss")
+        Announcement(NODE, role="boss").checked()
 
 
 @pytest.mark.parametrize(
@@ -209,13 +209,13 @@ def test_make_announcement_fills_defaults() -> None:
         ({"addrs": "h:1"}, "addrs"),
     ],
 )
-def test_validate_announcement_rejects(raw: object, message: str) -> None:
-    with pytest.raises(GossipError, match=message):
-        validate_announcement(raw, NODE)
+def test_announcement_from_wire_rejects(raw: object, message: str) -> None:
+    with pytest.raises(AnnouncementError, match=message):
+        Announcement.from_wire(raw, NODE)
 
 
 def test_parse_gossip_messages() -> None:
-    ann = make_announcement(NODE, models=["m"])
+    ann = Announcement(NODE, models=("m",))
     hint = PeerHint("ef" * 32, ["127.0.0.1:5"])
     state = parse_gossip(state_message(ann, [hint]), NODE)
     assert state == StateMsg(ann, [hint])

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .announcement import Announcement
 from .quic import Connection
 
 log = logging.getLogger("mesh_llm.mesh")
@@ -28,17 +29,17 @@ class PeerInfo:
     """One peer. `announcement` is what it last gossiped about itself (validated)."""
 
     node_id: str
-    announcement: dict[str, Any]
+    announcement: Announcement
     connection: Connection | None = None
     state: PeerState = "connected"
     addrs: list[str] = field(default_factory=list)  # where to redial it, best first
-    connected_at: float = field(default_factory=time.time)
     ping_rtt_ms: float | None = None  # measured over the gossip stream (app-level)
     grant: str = "member"  # what it proved: "member", or "client" for a client invite
 
     @property
     def rtt_ms(self) -> float | None:
-        """Round trip to the peer: our gossip ping when measured, else QUIC's estimate."""
+        """Round trip to the peer: our gossip ping when measured, else QUIC's estimate.
+        The one RTT every reader uses (status, console, bench, election, duplicate probe)."""
         if self.ping_rtt_ms is not None:
             return self.ping_rtt_ms
         conn = self.connection
@@ -50,22 +51,20 @@ class PeerInfo:
 
     @property
     def role(self) -> str:
-        return str(self.announcement.get("role", ""))
+        return self.announcement.role
 
     @property
     def vram_bytes(self) -> int:
-        value = self.announcement.get("vram_bytes", 0)
-        return value if isinstance(value, int) else 0
+        return self.announcement.vram_bytes
 
     @property
     def models(self) -> list[str]:
-        value = self.announcement.get("models", [])
-        return list(value) if isinstance(value, list) else []
+        return list(self.announcement.models)
 
     @property
     def model_file(self) -> bool:
         """Whether it holds a file of its models (a worker without one serves the host's)."""
-        return self.announcement.get("model_file", True) is not False
+        return self.announcement.model_file
 
     def to_status(self) -> dict[str, Any]:
         """The console's per-peer shape: {id, role, vram_bytes, models, rtt_ms, ...}."""
@@ -76,7 +75,7 @@ class PeerInfo:
             "vram_bytes": self.vram_bytes,
             "models": self.models,
             "rtt_ms": None if rtt is None else round(rtt, 3),
-            "ready": bool(self.announcement.get("ready", False)),
+            "ready": self.announcement.ready,
             "model_file": self.model_file,
             "state": self.state,
             "addrs": list(self.addrs),
@@ -163,7 +162,6 @@ class PeerTable(Mapping[str, PeerInfo]):
         self._peers: dict[str, PeerInfo] = {}
         self._subs: list[Subscription] = []
         self._listeners: list[Callable[[PeerEvent], None]] = []
-        self.version = 0  # bumps on every change; cheap "did anything change?" check
 
     # Mapping
     def __getitem__(self, node_id: str) -> PeerInfo:
@@ -174,9 +172,6 @@ class PeerTable(Mapping[str, PeerInfo]):
 
     def __len__(self) -> int:
         return len(self._peers)
-
-    def connected_ids(self) -> list[str]:
-        return [pid for pid, p in self._peers.items() if p.connected]
 
     # notification
     def subscribe(self, maxsize: int = 1024) -> Subscription:
@@ -199,7 +194,6 @@ class PeerTable(Mapping[str, PeerInfo]):
             self._subs.remove(sub)
 
     def _emit(self, kind: EventKind, node_id: str, peer: PeerInfo | None) -> None:
-        self.version += 1
         event = PeerEvent(kind, node_id, peer)
         for sub in list(self._subs):
             sub._push(event)
@@ -213,7 +207,7 @@ class PeerTable(Mapping[str, PeerInfo]):
     def upsert(
         self,
         node_id: str,
-        announcement: dict[str, Any],
+        announcement: Announcement,
         connection: Connection,
         addrs: list[str],
         grant: str = "member",
@@ -234,7 +228,6 @@ class PeerTable(Mapping[str, PeerInfo]):
         peer.connection = connection
         peer.state = "connected"
         if was_reconnecting:
-            peer.connected_at = time.time()
             self._emit("reconnected", node_id, peer)
         elif changed:
             self._emit("updated", node_id, peer)
@@ -252,7 +245,6 @@ class PeerTable(Mapping[str, PeerInfo]):
             peer.grant = grant
         if peer.state != "connected":
             peer.state = "connected"
-            peer.connected_at = time.time()
             self._emit("reconnected", node_id, peer)
 
     def set_rtt(self, node_id: str, rtt_ms: float) -> None:

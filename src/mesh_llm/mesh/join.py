@@ -1,0 +1,73 @@
+"""Joining through invite tokens: try each usable token in turn, within one time budget.
+
+A member's token carries the mesh secret, which becomes ours; a client invite carries a
+credential for the API tunnel only (no secret). A token that fails leaves our credential
+as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ..token import InviteToken, TokenError, decode_token
+from .dialler import DialFailed, Dialler
+from .state import MeshState
+
+MIN_SHARE_S = 3.0  # each token but the last gets at least this long (or what is left)
+
+
+def usable_tokens(tokens: list[str], own_id: str) -> tuple[list[tuple[str, InviteToken]],
+                                                            list[str]]:
+    """(label, token) for each token worth dialling, and why the others are not."""
+    tried: list[str] = []
+    usable: list[tuple[str, InviteToken]] = []
+    for index, text in enumerate(tokens):
+        label = f"token {index + 1}" if len(tokens) > 1 else "token"
+        try:
+            tok = decode_token(text)
+        except TokenError as err:
+            tried.append(f"{label}: {err}")
+            continue
+        if tok.node_id == own_id:
+            tried.append(f"{label}: that is this node's own token")
+            continue
+        usable.append((label, tok))
+    return usable, tried
+
+
+def share(remaining: float, left: int) -> float:
+    """The time one of `left` tokens may take out of `remaining` seconds."""
+    return remaining if left == 1 else max(remaining / left, min(remaining, MIN_SHARE_S))
+
+
+async def join_through(state: MeshState, dialler: Dialler, tokens: list[str],
+                       deadline: float) -> str:
+    """The node id joined through the first token that works by `deadline` (loop time);
+    DialFailed listing every token and address tried otherwise."""
+    loop = asyncio.get_running_loop()
+    usable, tried = usable_tokens(tokens, state.node_id)
+    original = (state.secret, state.invite)
+    for index, (label, tok) in enumerate(usable):
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            tried.append(f"{label}: not tried, out of time")
+            continue
+        if tok.invite is not None and tok.invite.expired(time.time()):
+            tried.append(f"{label}: this {tok.invite.kind} invite has expired; ask for "
+                         "a new one (mesh-llm invite)")
+            continue
+        if tok.invite is None:  # a member's token: its secret is the mesh's
+            state.secret, state.invite = tok.secret, None
+        elif tok.invite.kind == "client":  # a lite client: the invite, nothing more
+            state.secret, state.invite = None, tok.invite
+        try:
+            return await dialler.dial(tok.node_id, tok.addrs,
+                                      share(remaining, len(usable) - index), tok.invite)
+        except DialFailed as err:
+            if tok.node_id in state.peer_links:  # it dialled us meanwhile
+                return tok.node_id
+            tried.extend(err.attempts)
+            state.secret, state.invite = original
+    state.secret, state.invite = original
+    raise DialFailed(tried)

@@ -1,0 +1,103 @@
+"""What gossip does: our state out to every peer, each peer's state into the peer table
+(clamped for a client-invite peer), its hints to the dialler, its goodbye to a removal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..token import MAX_ADDRS
+from .addresses import remote
+from .announcement import Announcement, clamp_client
+from .auth import Grant
+from .dialler import Dialler
+from .gossip import PeerHint, StateMsg, state_message
+from .quic import CLOSE_GOODBYE, CLOSE_PROTOCOL_ERROR
+from .session import GossipSession
+from .state import Link, MeshState
+
+log = logging.getLogger("mesh_llm.mesh")
+
+
+class Membership:
+    """Who is in the mesh, as gossip tells it. `announcement()` is ours, as sent now."""
+
+    def __init__(self, state: MeshState, dialler: Dialler,
+                 announcement: Callable[[], Announcement]) -> None:
+        self._state = state
+        self._dialler = dialler
+        self._announcement = announcement
+        self._broadcast_handle: asyncio.Handle | None = None
+
+    def session(self, link: Link) -> GossipSession:
+        """The gossip session for a newly adopted link."""
+        state, peer = self._state, link.peer_id
+        assert peer is not None
+        return GossipSession(
+            link.conn, peer, state.settings, state=lambda: self._state_message(peer),
+            on_state=lambda msg: self._on_state(link, msg),
+            on_goodbye=lambda: self._on_goodbye(link),
+            on_rtt=lambda rtt_ms: state.table.set_rtt(peer, rtt_ms),
+            on_bad=lambda reason: state.close_link(link, CLOSE_PROTOCOL_ERROR, reason))
+
+    def forget(self, peer: str, reason: str) -> None:
+        """Remove `peer` for good (and tell the others)."""
+        self._dialler.cancel_reconnect(peer)
+        if self._state.table.remove(peer) is not None:
+            log.info("peer %s removed: %s", peer[:12], reason)
+            self.schedule_broadcast()
+
+    def schedule_broadcast(self) -> None:
+        """Send our state to every peer soon (changes in one loop turn go out once)."""
+        if self._broadcast_handle is None and not self._state.stopping:
+            self._broadcast_handle = asyncio.get_running_loop().call_soon(self.broadcast)
+
+    def broadcast(self) -> None:
+        self._broadcast_handle = None
+        for link in self._state.adopted_links():
+            if link.session is not None:
+                link.session.send_state()
+
+    def stop(self) -> None:
+        if self._broadcast_handle is not None:
+            self._broadcast_handle.cancel()
+
+    def _state_message(self, peer: str) -> dict[str, Any]:
+        hints = [  # client-invite peers accept no connections: nobody should dial them
+            PeerHint(info.node_id, info.addrs) for info in self._state.table.values()
+            if info.connected and info.node_id != peer and info.addrs
+            and info.grant == "member"
+        ]
+        return state_message(self._announcement(), hints)
+
+    def _on_state(self, link: Link, msg: StateMsg) -> None:
+        state, peer = self._state, link.peer_id
+        assert peer is not None
+        if state.active_link(peer) is not link:
+            return  # a duplicate on its way out; the newest link carries the same state
+        grant: Grant = link.grant or "member"
+        announcement, addrs = msg.announcement, list(msg.announcement.addrs)
+        if grant == "client":
+            # A client invite grants the API tunnel and nothing else: whatever it claims,
+            # it is a client with no memory, no model and no say in the election.
+            announcement, addrs = clamp_client(announcement), []
+        elif (observed := remote(link.conn)) not in addrs and len(addrs) < MAX_ADDRS:
+            addrs.append(observed)
+        known = peer in state.table
+        state.table.upsert(peer, announcement, link.conn, addrs, grant)
+        if not known:
+            self.schedule_broadcast()  # everyone else should learn of the newcomer
+        if grant == "member":  # a client's hints would make us dial where it says
+            for hint in msg.peers:
+                self._dialler.maybe_dial(hint)
+
+    def _on_goodbye(self, link: Link) -> None:
+        peer = link.peer_id
+        assert peer is not None
+        for each in [*self._state.peer_links.get(peer, []), link]:
+            each.goodbye = True
+        self.forget(peer, "left the mesh")
+        for each in list(self._state.peer_links.get(peer, [link])):
+            self._state.close_link(each, CLOSE_GOODBYE, "goodbye")

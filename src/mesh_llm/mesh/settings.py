@@ -1,0 +1,26 @@
+"""The mesh's timers and limits, in one place: defaults follow the seed; tests shorten them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .quic import TransportSettings
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """Timers. Defaults follow the seed; tests shorten them."""
+
+    transport: TransportSettings = field(default_factory=TransportSettings)
+    auth_timeout_s: float = 5.0
+    first_byte_timeout_s: float = 5.0  # a peer-opened stream must name its type by then
+    reconnect_timeout_s: float = 10.0
+    reconnect_attempt_s: float = 3.0
+    dial_timeout_s: float = 10.0  # dialling a peer learned by gossip
+    gossip_dial_delay_s: float = 1.0  # the larger id waits this long: fewer duplicate dials
+    redial_backoff_s: float = 5.0  # after a failed gossip dial of a peer
+    ping_interval_s: float = 2.0  # app-level ping on the gossip stream: RTT and liveness
+    silence_timeout_s: float = 8.0  # nothing heard for this long: the connection is lost
+    max_pending_streams: int = 8
+    duplicate_grace_s: float = 5.0  # larger id: close older duplicates after this long
+    probe_timeout_s: float = 1.0  # an older duplicate that cannot answer a PING is dropped
