@@ -23,6 +23,7 @@ from mesh_llm.console.auth import COOKIE
 from mesh_llm.console.server import MAX_CHAT_BYTES, STATIC, Console
 from mesh_llm.inference.election import Plan
 from mesh_llm.status import build_status, plan_json
+from upstreams import tcp_upstream
 
 HOST, WORKER, CLIENT = "a" * 64, "b" * 64, "c" * 64
 NO_HOST = Upstream(None, "no host is ready")
@@ -297,7 +298,7 @@ async def test_chat_is_relayed_to_chat_completions(harness) -> None:  # type: ig
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        h = await harness(Upstream.tcp("127.0.0.1", runner.addresses[0][1]))
+        h = await harness(tcp_upstream("127.0.0.1", runner.addresses[0][1]))
         message = {"role": "user", "content": "Capital of France?"}
         async with h.session.post(h.url + "/api/chat", json={"messages": [message]}) as resp:
             assert resp.status == 200

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from mesh_llm.api.proxy import ApiProxy, Upstream
+from upstreams import tcp_upstream
 
 CHAT = "/v1/chat/completions"
 BODY = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -49,7 +50,7 @@ async def relay() -> AsyncIterator[Callable[..., Awaitable[Relay]]]:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         runners.append(runner)
-        made.append(await Relay(Upstream.tcp("127.0.0.1", runner.addresses[0][1])).start())
+        made.append(await Relay(tcp_upstream("127.0.0.1", runner.addresses[0][1])).start())
         return made[-1]
 
     yield make
@@ -132,7 +133,7 @@ async def test_garbage_from_upstream_is_a_502_json(reply: bytes) -> None:
         writer.close()
 
     server, port = await raw_server(answer)
-    r = await Relay(Upstream.tcp("127.0.0.1", port)).start()
+    r = await Relay(tcp_upstream("127.0.0.1", port)).start()
     try:
         async with r.session.post(r.url + CHAT, json={**BODY, "stream": False}) as resp:
             assert resp.status == 502
@@ -148,7 +149,7 @@ async def test_no_upstream_listening_is_a_502_json() -> None:
     server, port = await raw_server(lambda r, w: asyncio.sleep(0))
     server.close()
     await server.wait_closed()  # the port is free again: connecting is refused
-    r = await Relay(Upstream.tcp("127.0.0.1", port)).start()
+    r = await Relay(tcp_upstream("127.0.0.1", port)).start()
     try:
         async with r.session.post(r.url + CHAT, json=BODY) as resp:
             assert resp.status == 502
@@ -224,7 +225,7 @@ async def test_bad_bodies_are_400_json_and_never_relayed(relay, data: bytes,  # 
 
 async def test_head_on_models_is_a_405_json_not_a_502() -> None:
     upstream = await _models_upstream()
-    r = await Relay(Upstream.tcp("127.0.0.1", upstream.addresses[0][1])).start()
+    r = await Relay(tcp_upstream("127.0.0.1", upstream.addresses[0][1])).start()
     try:
         async with r.session.head(r.url + "/v1/models") as resp:
             assert resp.status == 405
@@ -243,7 +244,7 @@ async def test_head_on_models_is_a_405_json_not_a_502() -> None:
 
 async def test_foreign_host_and_origin_are_403_json() -> None:
     upstream = await _models_upstream()
-    r = await Relay(Upstream.tcp("127.0.0.1", upstream.addresses[0][1])).start()
+    r = await Relay(tcp_upstream("127.0.0.1", upstream.addresses[0][1])).start()
     port = r.url.rsplit(":", 1)[1]
     try:
         for path in ("/health", "/v1/models"):

@@ -28,7 +28,7 @@ from mesh_llm.inference.dedupe import (
     WeightMismatchError,
     preamble,
 )
-from mesh_llm.inference.rpc_wire import RpcCmd, hello_request, pack_command, pack_set_tensor
+from mesh_llm.inference.rpc_wire import RpcCmd, hello_request, pack_command
 from mesh_llm.models.gguf_header import GgufError
 from mesh_llm.models.weights import (
     GGML_TYPE_SIZES,
@@ -37,6 +37,7 @@ from mesh_llm.models.weights import (
     _sample_offsets,
     fingerprint,
 )
+from rpcgen import pack_set_tensor
 
 SETTINGS = settings(max_examples=80, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,

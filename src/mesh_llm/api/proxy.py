@@ -30,7 +30,6 @@ from .upstream import (
     Exchange,
     UpstreamClosed,
     open_exchange,
-    tcp_connect,
 )
 
 log = logging.getLogger("mesh_llm.api")
@@ -49,10 +48,6 @@ class Upstream:
     connect: Connect | None
     reason: str = "no host is ready"
     key: str = ""  # names the target, so a retry can tell a new upstream from the same one
-
-    @classmethod
-    def tcp(cls, host: str, port: int) -> Upstream:
-        return cls(tcp_connect(host, port), key=f"tcp {host}:{port}")
 
 
 class ApiProxy:

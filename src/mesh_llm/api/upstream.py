@@ -185,13 +185,6 @@ Connect = Callable[[asyncio.Protocol], Awaitable[None]]
 so the same exchange runs over loopback TCP or straight over a mesh stream."""
 
 
-def tcp_connect(host: str, port: int) -> Connect:
-    async def connect(protocol: asyncio.Protocol) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.create_connection(lambda: protocol, host, port)
-    return connect
-
-
 async def open_exchange(connect: Connect, request: bytes, max_body: int) -> Exchange:
     """Connect and send `request`; OSError/TimeoutError if the upstream is not there."""
     exchange = Exchange(request, max_body)
