@@ -22,7 +22,7 @@ from ..changes import ChangeFeed
 from .errors import json_error, json_errors
 from .guard import LOOPBACK, AllowedHosts
 from .http1 import ResponseHead, request_bytes
-from .jsonbody import BodyError, decode_json_object, read_body
+from .jsonbody import BodyError, read_json_object
 from .middleware import host_guard
 from .upstream import (
     READ_TIMEOUT_S,
@@ -94,10 +94,9 @@ class ApiProxy:
 
     async def relay_post(self, request: web.Request) -> web.StreamResponse:
         try:
-            body = await read_body(request)
-            decode_json_object(body)
+            body, _ = await read_json_object(request)
         except BodyError as err:
-            return json_error(err.status, str(err), "invalid_request_error")
+            return err.response()
         return await self.relay(request, request.path, body)
 
     async def relay(self, request: web.Request, path: str,
