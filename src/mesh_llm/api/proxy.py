@@ -29,6 +29,7 @@ from .upstream import (
     Connect,
     Exchange,
     UpstreamClosed,
+    UpstreamSilent,
     open_exchange,
 )
 
@@ -105,8 +106,11 @@ class ApiProxy:
 
         With no upstream ready (a host loading, a re-plan, no host yet) the request waits
         for one, up to QUEUE_WAIT_S, in a queue of at most MAX_QUEUED; the 503 says why
-        only when the wait runs out. An upstream that refuses before answering (it was
-        just replaced) is retried, within the same wait."""
+        only when the wait runs out. A connection closed before one byte of answer is
+        tried once more at once on a fresh connection (closed under us just as we sent the
+        request; the routes relayed change no state, so sending again is safe). An
+        upstream that refuses or closes before answering again is retried whenever the
+        upstream changes (it was just replaced), within the same wait."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + QUEUE_WAIT_S
         upstream = await self._await_upstream(deadline)
@@ -115,6 +119,7 @@ class ApiProxy:
         headers = {"Content-Type": "application/json",
                    "Accept": request.headers.get("Accept", "*/*")}
         self.in_flight += 1
+        fresh_retry = True
         try:
             while True:
                 seen = self._changes.version if self._changes is not None else 0
@@ -124,6 +129,11 @@ class ApiProxy:
                     if _client_gone(request):
                         log.debug("client hung up (%s)", err)
                         return web.Response(status=499)
+                    if fresh_retry and isinstance(err, UpstreamSilent):
+                        fresh_retry = False
+                        log.debug("upstream %s closed before answering (%s); trying a fresh "
+                                  "connection", upstream.key, err)
+                        continue
                     # Nothing answered: the upstream went away between our look and our
                     # connect (a re-plan stops llama-server). The same one again: wait for
                     # a change (within the deadline) before trying it once more.
@@ -177,6 +187,8 @@ class ApiProxy:
         try:
             try:
                 head = await asyncio.wait_for(exchange.head, READ_TIMEOUT_S)
+            except UpstreamSilent:
+                raise  # not one byte came back: the relay may send the request again
             except UpstreamClosed as err:
                 raise ConnectionResetError(str(err)) from err  # nothing answered: retry
             if not head.content_type.startswith("text/event-stream"):
