@@ -33,7 +33,8 @@ from pathlib import Path
 
 import aiohttp
 
-from mesh_llm.models.weights import DedupeDecoder, DedupeEncoder, DedupeError, ModelWeights
+from mesh_llm.inference.dedupe import DedupeDecoder, DedupeEncoder, DedupeError
+from mesh_llm.models.weights import ModelWeights
 from mesh_llm.netutil import free_port
 
 

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from mesh_llm.netutil import free_port
+from waiting import wait_until
 
 READY_TIMEOUT_S = 120.0
 POLL_S = 0.05
@@ -71,17 +71,8 @@ class NodeProcess:
 
     def wait_for(self, predicate, what: str, timeout: float = READY_TIMEOUT_S):  # type: ignore[no-untyped-def]
         """Poll `predicate()` until it returns something truthy, the node dies, or time runs out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                found = predicate()
-            except (OSError, ValueError):
-                found = None
-            if found:
-                return found
-            time.sleep(POLL_S)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.output()[-3000:]}")
+        return wait_until(predicate, what, timeout, POLL_S, check=self._check_alive,
+                          ignore=(OSError, ValueError), detail=lambda: self.output()[-3000:])
 
     def status(self) -> dict[str, Any]:
         code, body = http_json(self.console + "/api/status")

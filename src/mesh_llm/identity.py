@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from .errors import UserError
 
 KEY_FILE = "node.key"
-NODE_ID_HEX_LEN = 64
 SIGNATURE_LEN = 64
 _MAX_KEY_FILE = 4096
 _NODE_ID_RE = re.compile(r"[0-9a-f]{64}")

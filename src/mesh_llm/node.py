@@ -29,6 +29,7 @@ from .errors import UserError
 from .home import HomeDir
 from .identity import Identity, is_node_id
 from .inference.backend import Device, backend_of, list_devices, offered_memory
+from .inference.dedupe import CodecStats, DedupeDecoder, DedupeEncoder
 from .inference.election import (
     Candidate,
     NodeView,
@@ -56,7 +57,7 @@ from .models.draft import find_draft
 from .models.gguf_info import block_count
 from .models.resolve import ResolvedModel, resolve_model
 from .models.split import model_stem
-from .models.weights import CodecStats, DedupeDecoder, DedupeEncoder, ModelWeights
+from .models.weights import ModelWeights
 from .status import build_status, plan_json
 
 log = logging.getLogger("mesh_llm.node")

@@ -19,6 +19,7 @@ from mesh_llm.api.serving import EdgeRunner
 from mesh_llm.changes import ChangeFeed
 from mesh_llm.console.server import Console
 from mesh_llm.netutil import free_port
+from upstreams import tcp_upstream
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -141,7 +142,7 @@ class FakeConsole:
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", 0).start()
             self.upstream_runner = runner
-            self.upstream = Upstream.tcp("127.0.0.1", runner.addresses[0][1])
+            self.upstream = tcp_upstream("127.0.0.1", runner.addresses[0][1])
         self._call(start)
 
     def in_flight(self) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from nodes import NodeProcess, http_json
+from waiting import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -82,10 +82,7 @@ def link(page: Page, node_id: str):  # type: ignore[no-untyped-def]
 
 def eventually(predicate, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     """For conditions outside the page (a server's counters): poll until true."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    wait_until(predicate, what, timeout, 0.02)
 
 
 def expect_only_same_origin(requests, origin: str) -> None:  # type: ignore[no-untyped-def]

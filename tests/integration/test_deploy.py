@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from test_bundle import session_bundle
 
 from mesh_llm.home import running_pid
 from mesh_llm.netutil import free_port
+from waiting import wait_until
 
 SSHD = Path("/usr/sbin/sshd")
 DEADLINE_S = 20.0
@@ -71,11 +71,10 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
         proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + DEADLINE_S
-        while not _listening(port):
+        def alive() -> None:
             assert proc.poll() is None, (root / "sshd.log").read_text()
-            assert time.monotonic() < deadline, "sshd did not listen"
-            time.sleep(0.05)
+
+        wait_until(lambda: _listening(port), "sshd to listen", DEADLINE_S, check=alive)
         yield Sshd(port, root / "user_key")
     finally:
         proc.terminate()

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from hub import LoopbackHub
 from mesh_llm.netutil import free_port
 from modelgen import smollm2_path, split_gguf
 from nodes import NodeProcess, greedy
+from waiting import wait_until
 
 REPO = "test-org/SmolLM2-135M-Instruct-GGUF"
 STEM = "SmolLM2-135M-Instruct-Q4_1"
@@ -325,10 +325,12 @@ def test_two_downloads_of_one_file_take_turns(
     cmd = [sys.executable, "-m", "mesh_llm", "download", ref]
     first = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + CLI_TIMEOUT_S
-        while not hub.gets(name):  # the first holds the lock, stalled in part 3's body
-            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-            time.sleep(0.05)
+        def first_alive() -> None:
+            assert first.poll() is None, first.communicate()
+
+        # the first holds the lock, stalled in part 3's body
+        wait_until(lambda: hub.gets(name), f"the first download to ask for {name}",
+                   CLI_TIMEOUT_S, check=first_alive)
         second = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                                   text=True)
         lines: list[str] = []

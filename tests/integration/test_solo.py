@@ -125,14 +125,30 @@ def test_client_disconnecting_mid_stream_leaves_nothing_behind(
 
 
 async def test_back_to_back_streams_all_succeed(solo: NodeProcess) -> None:
-    """Pooled upstream connections that llama-server has closed must not surface as 502s."""
+    """Back-to-back streams on one pooled client connection, each on a fresh connection to
+    llama-server: none may surface as a 502 or end short. A failure says everything: which
+    stream, its status and body (or the client's exception), and the node's log tail."""
     body = {"messages": PROMPT, "max_tokens": 128, "temperature": 0, "stream": True,
             "ignore_eos": True, "stream_options": {"include_usage": True}}
     async with aiohttp.ClientSession() as session:
-        for _ in range(6):
-            async with session.post(solo.api + "/v1/chat/completions", json=body) as resp:
-                assert resp.status == 200, await resp.text()
-                events = (await resp.read()).decode().split("\n\n")
-            assert events[-2] == "data: [DONE]", events[-3:]
+        for n in range(6):
+            try:
+                async with session.post(solo.api + "/v1/chat/completions", json=body) as resp:
+                    status, raw = resp.status, await resp.read()
+            except aiohttp.ClientError as err:
+                pytest.fail(f"stream {n + 1}: {err!r}\nnode log:\n{solo.output()[-3000:]}")
+            text = raw.decode(errors="replace")
+            context = (f"stream {n + 1}: status {status}, body {_ends(text)}\n"
+                       f"node log:\n{solo.output()[-3000:]}")
+            assert status == 200, context
+            events = text.split("\n\n")
+            assert events[-2] == "data: [DONE]", context
             usage = json.loads(events[-3].removeprefix("data: "))["usage"]
-            assert usage["completion_tokens"] == 128
+            assert usage["completion_tokens"] == 128, context
+
+
+def _ends(text: str, keep: int = 1500) -> str:
+    """A body for a failure message: whole when short, else its head and tail."""
+    if len(text) <= 2 * keep:
+        return repr(text)
+    return f"{text[:keep]!r} ... ({len(text) - 2 * keep} chars) ... {text[-keep:]!r}"

@@ -12,15 +12,16 @@ import random
 import shutil
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from mesh_llm.inference.dedupe import WeightMismatchError
 from mesh_llm.inference.rpc_wire import Command, DataPiece, RpcStreamParser
-from mesh_llm.models.weights import ModelWeights, WeightMismatchError, _sample_offsets
+from mesh_llm.models.weights import ModelWeights, _sample_offsets
 from mesh_llm.netutil import free_port
+from waiting import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import weight_dedupe as harness  # the bench owns the proxy and the process helpers
@@ -42,15 +43,14 @@ def rpc_port(workdir: Path) -> Iterator[int]:
     port = free_port()
     proc = harness.start_rpc_server(port, workdir / "rpc.log", THREADS)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        def alive() -> None:
+            assert proc.poll() is None, f"ggml-rpc-server exited with {proc.returncode}"
+
+        def listening() -> bool:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+
+        wait_until(listening, "ggml-rpc-server to listen", 10, check=alive, ignore=(OSError,))
         yield port
     finally:
         harness.stop(proc)

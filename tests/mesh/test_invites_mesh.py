@@ -13,6 +13,7 @@ from test_mesh_loopback import knows, wait_until
 
 from mesh_llm.mesh import Mesh, MeshJoinError, Stream, StreamType
 from mesh_llm.token import encode_token, mint_invite
+from waiting import wait_until_async
 
 MakeMesh = Callable[..., Awaitable[Mesh]]
 
@@ -136,9 +137,7 @@ async def test_a_flood_of_refused_handshakes_writes_one_line(
             intruder = await make_mesh()
             with pytest.raises(MeshJoinError):
                 await intruder.join([wrong], timeout=3)
-        async with asyncio.timeout(5):
-            while a.refused < 40:
-                await asyncio.sleep(0.01)
+        await wait_until_async(lambda: a.refused >= 40, "a to count 40 refusals", 5)
     refused_lines = [r for r in caplog.records if r.name == "mesh_llm.mesh"
                      and r.getMessage().startswith("refused connection from")]
     assert a.refused == 40 and len(refused_lines) == 1

@@ -23,6 +23,8 @@ from mesh_llm.console.auth import COOKIE
 from mesh_llm.console.server import MAX_CHAT_BYTES, STATIC, Console
 from mesh_llm.inference.election import Plan
 from mesh_llm.status import build_status, plan_json
+from upstreams import tcp_upstream
+from waiting import wait_until_async
 
 HOST, WORKER, CLIENT = "a" * 64, "b" * 64, "c" * 64
 NO_HOST = Upstream(None, "no host is ready")
@@ -123,14 +125,6 @@ async def next_event(resp: aiohttp.ClientResponse) -> tuple[str, str]:
         lines = []  # a `retry:` block: not an event
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 # ---------- the status JSON ----------
 
 STATUS_CONTRACT = {  # DESIGN.md section 8, plus what the page reads
@@ -216,7 +210,7 @@ async def test_dropped_streams_do_not_leak(harness) -> None:  # type: ignore[no-
     assert h.console.open_streams == 100
     for resp in responses:
         resp.close()  # drops the connection, as a closed tab does
-    await wait_until(lambda: h.console.open_streams == 0)
+    await wait_until_async(lambda: h.console.open_streams == 0, "the event streams to end", 5)
 
 
 async def test_shutdown_ends_open_streams(harness) -> None:  # type: ignore[no-untyped-def]
@@ -297,7 +291,7 @@ async def test_chat_is_relayed_to_chat_completions(harness) -> None:  # type: ig
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        h = await harness(Upstream.tcp("127.0.0.1", runner.addresses[0][1]))
+        h = await harness(tcp_upstream("127.0.0.1", runner.addresses[0][1]))
         message = {"role": "user", "content": "Capital of France?"}
         async with h.session.post(h.url + "/api/chat", json={"messages": [message]}) as resp:
             assert resp.status == 200
@@ -485,11 +479,7 @@ async def test_one_address_cannot_hold_more_than_its_share(harness) -> None:  # 
         finally:
             writer.close()
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not await served_again():
-        assert loop.time() < deadline, "a closed connection was never counted out"
-        await asyncio.sleep(0.02)
+    await wait_until_async(served_again, "a closed connection to be counted out", 10, 0.02)
     for _, writer in held:
         writer.close()
 

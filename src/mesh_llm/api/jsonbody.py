@@ -1,5 +1,6 @@
-"""One check for request bodies, shared by the API and the console's chat: a body is strict
-UTF-8 JSON or the client gets a 400 that says why — never a 500 from the decoder."""
+"""One check for request bodies, shared by the API and the console (its chat and its login):
+a body is strict UTF-8 JSON or the client gets a 400 that says why — never a 500 from the
+decoder."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from .errors import json_error
+
 BODY_TIMEOUT_S = 30.0  # a client that stops sending half-way through a body is dropped
 
 
@@ -19,6 +22,10 @@ class BodyError(ValueError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+    def response(self) -> web.Response:
+        """The JSON error the client gets."""
+        return json_error(self.status, str(self), "invalid_request_error")
 
 
 def _no_constants(name: str) -> Any:
@@ -39,6 +46,7 @@ def decode_json(raw: bytes) -> Any:
 
 
 def decode_json_object(raw: bytes) -> dict[str, Any]:
+    """`decode_json`, and the value must be an object (every route's body is one)."""
     value = decode_json(raw)
     if not isinstance(value, dict):
         raise BodyError("request body must be a JSON object")
@@ -54,6 +62,12 @@ async def read_body(request: web.Request) -> bytes:
                         408) from None
     except RequestPayloadError as err:  # bad chunking, a body cut short
         raise BodyError(f"malformed request body: {_short(err)}") from None
+
+
+async def read_json_object(request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    """The body as received and as parsed: a JSON object, or a ``BodyError`` saying why not."""
+    raw = await read_body(request)
+    return raw, decode_json_object(raw)
 
 
 def _short(err: Exception) -> str:

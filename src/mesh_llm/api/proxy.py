@@ -22,15 +22,15 @@ from ..changes import ChangeFeed
 from .errors import json_error, json_errors
 from .guard import LOOPBACK, AllowedHosts
 from .http1 import ResponseHead, request_bytes
-from .jsonbody import BodyError, decode_json_object, read_body
+from .jsonbody import BodyError, read_json_object
 from .middleware import host_guard
 from .upstream import (
     READ_TIMEOUT_S,
     Connect,
     Exchange,
     UpstreamClosed,
+    UpstreamSilent,
     open_exchange,
-    tcp_connect,
 )
 
 log = logging.getLogger("mesh_llm.api")
@@ -49,10 +49,6 @@ class Upstream:
     connect: Connect | None
     reason: str = "no host is ready"
     key: str = ""  # names the target, so a retry can tell a new upstream from the same one
-
-    @classmethod
-    def tcp(cls, host: str, port: int) -> Upstream:
-        return cls(tcp_connect(host, port), key=f"tcp {host}:{port}")
 
 
 class ApiProxy:
@@ -99,10 +95,9 @@ class ApiProxy:
 
     async def relay_post(self, request: web.Request) -> web.StreamResponse:
         try:
-            body = await read_body(request)
-            decode_json_object(body)
+            body, _ = await read_json_object(request)
         except BodyError as err:
-            return json_error(err.status, str(err), "invalid_request_error")
+            return err.response()
         return await self.relay(request, request.path, body)
 
     async def relay(self, request: web.Request, path: str,
@@ -111,8 +106,11 @@ class ApiProxy:
 
         With no upstream ready (a host loading, a re-plan, no host yet) the request waits
         for one, up to QUEUE_WAIT_S, in a queue of at most MAX_QUEUED; the 503 says why
-        only when the wait runs out. An upstream that refuses before answering (it was
-        just replaced) is retried, within the same wait."""
+        only when the wait runs out. A connection closed before one byte of answer is
+        tried once more at once on a fresh connection (closed under us just as we sent the
+        request; the routes relayed change no state, so sending again is safe). An
+        upstream that refuses or closes before answering again is retried whenever the
+        upstream changes (it was just replaced), within the same wait."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + QUEUE_WAIT_S
         upstream = await self._await_upstream(deadline)
@@ -121,6 +119,7 @@ class ApiProxy:
         headers = {"Content-Type": "application/json",
                    "Accept": request.headers.get("Accept", "*/*")}
         self.in_flight += 1
+        fresh_retry = True
         try:
             while True:
                 seen = self._changes.version if self._changes is not None else 0
@@ -130,6 +129,11 @@ class ApiProxy:
                     if _client_gone(request):
                         log.debug("client hung up (%s)", err)
                         return web.Response(status=499)
+                    if fresh_retry and isinstance(err, UpstreamSilent):
+                        fresh_retry = False
+                        log.debug("upstream %s closed before answering (%s); trying a fresh "
+                                  "connection", upstream.key, err)
+                        continue
                     # Nothing answered: the upstream went away between our look and our
                     # connect (a re-plan stops llama-server). The same one again: wait for
                     # a change (within the deadline) before trying it once more.
@@ -183,6 +187,8 @@ class ApiProxy:
         try:
             try:
                 head = await asyncio.wait_for(exchange.head, READ_TIMEOUT_S)
+            except UpstreamSilent:
+                raise  # not one byte came back: the relay may send the request again
             except UpstreamClosed as err:
                 raise ConnectionResetError(str(err)) from err  # nothing answered: retry
             if not head.content_type.startswith("text/event-stream"):

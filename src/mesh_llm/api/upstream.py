@@ -34,6 +34,11 @@ class UpstreamClosed(ConnectionError):
     """The upstream closed or broke the connection before its answer was complete."""
 
 
+class UpstreamSilent(UpstreamClosed):
+    """The connection closed before a single byte of answer: no server answered this
+    request (a connection closed under us just as we sent it), so it may be sent again."""
+
+
 class Exchange(asyncio.Protocol):
     """The client side of one HTTP/1.1 exchange; body pieces go to a sink once one is set."""
 
@@ -46,6 +51,7 @@ class Exchange(asyncio.Protocol):
         self._decoder: ChunkedDecoder | None = None
         self._remaining: int | None = None  # Content-Length left; None: chunked or to close
         self._received = 0
+        self._answered = False  # any byte at all came back
         self._pending: list[bytes] = []
         self._sink: Callable[[bytes], None] | None = None
         self.head: asyncio.Future[ResponseHead] = self._loop.create_future()
@@ -59,6 +65,7 @@ class Exchange(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self._loop.time()
+        self._answered = True
         try:
             if not self.head.done():
                 data = self._read_head(data)
@@ -72,7 +79,8 @@ class Exchange(asyncio.Protocol):
         if self.head.done() and not self.head.cancelled() and self._decoder is None \
                 and self._remaining is None:
             self._finish()  # a body delimited by the close
-        self._fail(UpstreamClosed(f"upstream closed the connection{f': {exc}' if exc else ''}"))
+        closed = UpstreamClosed if self._answered else UpstreamSilent
+        self._fail(closed(f"upstream closed the connection{f': {exc}' if exc else ''}"))
 
     # --- parsing ---
     def _read_head(self, data: bytes) -> bytes:
@@ -183,13 +191,6 @@ class Exchange(asyncio.Protocol):
 Connect = Callable[[asyncio.Protocol], Awaitable[None]]
 """Opens a new connection to the upstream and runs `protocol` on it: the transport interface,
 so the same exchange runs over loopback TCP or straight over a mesh stream."""
-
-
-def tcp_connect(host: str, port: int) -> Connect:
-    async def connect(protocol: asyncio.Protocol) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.create_connection(lambda: protocol, host, port)
-    return connect
 
 
 async def open_exchange(connect: Connect, request: bytes, max_body: int) -> Exchange:

