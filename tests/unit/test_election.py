@@ -1,16 +1,15 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mesh_llm.inference.candidates import NodeView, serving_candidates
 from mesh_llm.inference.election import (
     OUTPUT_ON_HOST,
     Candidate,
-    NodeView,
     Placement,
     elect_host,
     incompatibility,
     make_plan,
     placement,
-    serving_candidates,
     tensor_split,
 )
 
