@@ -102,7 +102,7 @@ def view_of(peer: PeerInfo) -> NodeView:
                     fingerprint=str(ann.get("model_fingerprint") or ""),
                     rpc_version=str(ann.get("rpc_version", "")),
                     leaving=ann.get("leaving") is True,
-                    rpc_ready=ann.get("rpc_ready") is True)
+                    rpc_ready=bool(ann.get("rpc_ready")))
 
 
 @dataclass(frozen=True)
