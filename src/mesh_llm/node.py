@@ -114,6 +114,7 @@ class Node:
         return not self.config.client and self.model is None
 
     def elected(self) -> str | None:
+        """The host this node elects now (the worker admits RPC tunnels from it only)."""
         return self.host_id
 
     def peer(self, peer_id: str | None) -> PeerInfo | None:
@@ -237,6 +238,13 @@ class Node:
         if self.setup.engine is not None:
             self.worker.start(self.setup.engine, self.home.logs / "ggml-rpc-server.log",
                               cfg.device)
+        await self._join()
+
+    async def _join(self) -> None:
+        """Join through --join (or serve alone with --standalone), redial the peers we knew,
+        and print our invites."""
+        assert self.mesh is not None
+        cfg = self.config
         if cfg.join:
             try:
                 joined = await self.mesh.join(list(cfg.join), JOIN_TIMEOUT_S)
