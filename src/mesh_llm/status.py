@@ -1,11 +1,15 @@
-"""The status JSON (console contract): one pure function of the node's facts."""
+"""The status JSON (console contract): one pure function of the node's facts, and the
+view that gathers those facts from a running node."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .inference.election import Plan
+
+if TYPE_CHECKING:
+    from .node import Node
 
 
 def plan_json(plan: Plan | None, rpc: list[str]) -> dict[str, Any] | None:
@@ -54,3 +58,62 @@ def build_status(
         "version": __version__,
         **(extra or {}),
     }
+
+
+def node_status(node: Node) -> dict[str, Any]:
+    """The status of a running node. Its host, readiness and reason come from the same
+    route the API takes, so the status and the API never disagree."""
+    hosting, worker, mesh, model, cfg = node.hosting, node.worker, node.mesh, node.model, \
+        node.config
+    host = node.peer(node.host_id)
+    we_host = node.host_id == node.node_id
+    if we_host:
+        plan = hosting.plan_json()
+    else:
+        announced = host.announcement.plan if host else None
+        plan = announced if isinstance(announced, dict) else None
+    where = node.route()
+    token = mesh.token() if mesh is not None else ""
+    reason = None if where.ready else where.reason
+    if node.join_error is not None:
+        reason = f"serving alone (--standalone): {node.join_error}"
+    return build_status(
+        node_id=node.node_id,
+        token=token,
+        role=node.role(),
+        host_id=node.host_id,
+        llama_ready=where.ready,
+        model=host.models[0] if host is not None and host.models else (
+            model.name if model else None),  # the host's name for it: one model, one name
+        draft=hosting.draft_name() if we_host else (
+            host.announcement.draft if host else None),
+        api_port=cfg.api_port,
+        console_port=cfg.console_port,
+        vram_bytes=node.setup.vram_bytes,
+        peers=[p.to_status() for p in node.connected_peers()],
+        plan=plan,
+        state=node.state,
+        extra={
+            "model_file": str(model.path) if model else None,
+            "model_bytes": model.size_bytes if model else None,
+            "model_files": [str(p) for p in model.paths] if model else [],
+            "reason": reason,
+            "invites": {"worker": token or None,
+                        "client": (mesh.invite("client") or None) if mesh is not None else None},
+            "trusted_hosts": sorted(cfg.trust_hosts) if cfg.trust_hosts is not None else None,
+            "engine": {"backend": node.setup.backend, "devices": [
+                {"name": d.name, "description": d.description,
+                 "total_bytes": d.total_bytes} for d in node.setup.devices]},
+            "llama_server": hosting.llama_json(),
+            "api_tunnel": None if node.host_id in (None, node.node_id) else {
+                "host": node.host_id, "label": "QUIC · HTTP", "description": "API tunnel"},
+            "rpc_server": worker.status_json(),
+            "rpc_tunnel": hosting.rpc_tunnel_stats(),
+            "excluded_peers": dict(node.excluded),
+            "api_in_flight": node.api.in_flight,
+            "api_queued": node.api.queued,
+            "llama_servers": hosting.generations_json(),
+            "leaving": node.leaving,
+            "console_streams": node.console.open_streams,
+        },
+    )

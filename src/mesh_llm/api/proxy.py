@@ -4,7 +4,8 @@ The relay reads only the response's HTTP framing (upstream.py): bodies pass thro
 they arrive, so streamed tokens are not delayed and llama-server's `timings` reach the
 client unchanged. Where the upstream is depends on the node's role (its own llama-server
 over loopback TCP, or the host's over a mesh stream); the proxy only asks `upstream()`
-per request.
+per request, which follows routing.py's `route()` (the host's side is
+inference/hosting.py).
 """
 
 from __future__ import annotations

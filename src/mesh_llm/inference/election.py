@@ -49,7 +49,9 @@ def tensor_split(vrams: Sequence[int]) -> tuple[float, ...]:
     if total <= 0:  # nobody says how much: equal shares
         vrams, total = [1] * len(vrams), len(vrams)
     shares = [round(v / total, 2) for v in vrams]
-    shares[-1] = round(1.0 - sum(shares[:-1]), 2)
+    # Never below 0: with many small shares the rounding of the others can pass 1
+    # (llama.cpp normalises the proportions; the announcement bounds refuse a negative).
+    shares[-1] = max(0.0, round(1.0 - sum(shares[:-1]), 2))
     return tuple(shares)
 
 
@@ -90,85 +92,6 @@ def incompatibility(model: str, rpc_version: str, peer_models: Sequence[str],
     if not compatible(rpc_version, peer_rpc_version):
         return f"llama.cpp RPC protocol {peer_rpc_version} differs from ours ({rpc_version})"
     return None
-
-
-@dataclass(frozen=True)
-class NodeView:
-    """What deciding who serves with whom needs about one node: ourselves or a peer."""
-
-    node_id: str
-    role: str  # "host" | "worker" | "client" as announced
-    vram_bytes: int
-    rtt_ms: float | None = None
-    models: tuple[str, ...] = ()  # the names it serves its model under (its own, or its host's)
-    model_file: bool = True  # holds a model file (False: lends its device to the host's model)
-    fingerprint: str = ""  # weight fingerprint of its file; "" when it has none or it failed
-    rpc_version: str = ""
-    leaving: bool = False  # stopping gracefully: plan without it
-
-
-def _our_names(me: NodeView, peers: Sequence[NodeView]) -> set[str]:
-    """Every name our bytes go by in the mesh: ours, and those of peers with the same file."""
-    names = set(me.models)
-    if me.fingerprint:
-        for peer in peers:
-            if peer.fingerprint == me.fingerprint:
-                names.update(peer.models)
-    return names
-
-
-def _differs(me: NodeView, names: set[str], peer: NodeView) -> str | None:
-    """Why `peer` serves another model than ours, or None: by the bytes when both sides
-    know them, else (a worker without a file, or one whose file failed a check) by name."""
-    ours = me.models[0] if me.models else "our model"
-    if me.fingerprint and peer.fingerprint:
-        if peer.fingerprint == me.fingerprint:
-            return None
-        theirs = ", ".join(peer.models) or "a model"
-        return (f"serves {theirs} from another file (weights {peer.fingerprint[:12]}), "
-                f"not {ours} (weights {me.fingerprint[:12]})")
-    if names.intersection(peer.models):
-        return None
-    shown = ", ".join(peer.models) or "no model"
-    return f"serves {shown}, not {ours}"
-
-
-def serving_candidates(me: NodeView | None, peers: Iterable[NodeView],
-                       trusted_hosts: frozenset[str] | None = None,
-                       ) -> tuple[list[Candidate], dict[str, str]]:
-    """Who may host or serve with us, and why each other serving peer may not.
-
-    `me` is None on a lite client (it serves nothing and takes the mesh as it is). A model
-    is its bytes: peers match by weight fingerprint, whatever the file is called. A node
-    without a file matches by the name it announces (its host's). A leaving node is left out.
-    With `trusted_hosts` (--trust-hosts), only those nodes may host: hosting sees every
-    prompt; every other node serves as a worker at most.
-    """
-    def may_host(node_id: str) -> bool:
-        return trusted_hosts is None or node_id in trusted_hosts
-
-    serving = [p for p in peers if p.role != "client"]
-    candidates: list[Candidate] = []
-    excluded: dict[str, str] = {}
-    if me is not None and not me.leaving:
-        candidates.append(Candidate(me.node_id, "worker", me.vram_bytes,
-                                    can_host=me.model_file and may_host(me.node_id)))
-    checks = me is not None and me.model_file
-    names = _our_names(me, serving) if me is not None and checks else set()
-    for peer in serving:
-        if peer.leaving:
-            excluded[peer.node_id] = "leaving the mesh"
-            continue
-        if me is not None and checks:
-            why = _differs(me, names, peer)
-            if why is None:
-                why = incompatibility("", me.rpc_version, [""], peer.rpc_version)
-            if why is not None:
-                excluded[peer.node_id] = why
-                continue
-        candidates.append(Candidate(peer.node_id, peer.role, peer.vram_bytes, peer.rtt_ms,
-                                    can_host=peer.model_file and may_host(peer.node_id)))
-    return candidates, excluded
 
 
 # Keeps the output head on the host: with -ngl N on a CPU host, llama.cpp would put it on

@@ -1,0 +1,132 @@
+"""Who may serve with whom: the election's candidates, built from the gossiped state.
+
+Pure code. The node turns its own facts and each connected peer's announcement into a
+`NodeView`; `elect` then says who hosts, who may serve with us as a worker, and why every
+other serving peer may not (another model, another RPC protocol, leaving).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ..mesh.peers import PeerInfo
+from .election import Candidate, elect_host, incompatibility
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What deciding who serves with whom needs about one node: ourselves or a peer."""
+
+    node_id: str
+    role: str  # "host" | "worker" | "client" as announced
+    vram_bytes: int
+    rtt_ms: float | None = None
+    models: tuple[str, ...] = ()  # the names it serves its model under (its own, or its host's)
+    model_file: bool = True  # holds a model file (False: lends its device to the host's model)
+    fingerprint: str = ""  # weight fingerprint of its file; "" when it has none or it failed
+    rpc_version: str = ""
+    leaving: bool = False  # stopping gracefully: plan without it
+    rpc_ready: bool = False  # its ggml-rpc-server is up: a host may plan it as a worker
+
+
+def _our_names(me: NodeView, peers: Sequence[NodeView]) -> set[str]:
+    """Every name our bytes go by in the mesh: ours, and those of peers with the same file."""
+    names = set(me.models)
+    if me.fingerprint:
+        for peer in peers:
+            if peer.fingerprint == me.fingerprint:
+                names.update(peer.models)
+    return names
+
+
+def _differs(me: NodeView, names: set[str], peer: NodeView) -> str | None:
+    """Why `peer` serves another model than ours, or None: by the bytes when both sides
+    know them, else (a worker without a file, or one whose file failed a check) by name."""
+    ours = me.models[0] if me.models else "our model"
+    if me.fingerprint and peer.fingerprint:
+        if peer.fingerprint == me.fingerprint:
+            return None
+        theirs = ", ".join(peer.models) or "a model"
+        return (f"serves {theirs} from another file (weights {peer.fingerprint[:12]}), "
+                f"not {ours} (weights {me.fingerprint[:12]})")
+    if names.intersection(peer.models):
+        return None
+    shown = ", ".join(peer.models) or "no model"
+    return f"serves {shown}, not {ours}"
+
+
+def serving_candidates(me: NodeView | None, peers: Iterable[NodeView],
+                       trusted_hosts: frozenset[str] | None = None,
+                       ) -> tuple[list[Candidate], dict[str, str]]:
+    """Who may host or serve with us, and why each other serving peer may not.
+
+    `me` is None on a lite client (it serves nothing and takes the mesh as it is). A model
+    is its bytes: peers match by weight fingerprint, whatever the file is called. A node
+    without a file matches by the name it announces (its host's). A leaving node is left out.
+    With `trusted_hosts` (--trust-hosts), only those nodes may host: hosting sees every
+    prompt; every other node serves as a worker at most.
+    """
+    def may_host(node_id: str) -> bool:
+        return trusted_hosts is None or node_id in trusted_hosts
+
+    serving = [p for p in peers if p.role != "client"]
+    candidates: list[Candidate] = []
+    excluded: dict[str, str] = {}
+    if me is not None and not me.leaving:
+        candidates.append(Candidate(me.node_id, "worker", me.vram_bytes,
+                                    can_host=me.model_file and may_host(me.node_id)))
+    checks = me is not None and me.model_file
+    names = _our_names(me, serving) if me is not None and checks else set()
+    for peer in serving:
+        if peer.leaving:
+            excluded[peer.node_id] = "leaving the mesh"
+            continue
+        if me is not None and checks:
+            why = _differs(me, names, peer)
+            if why is None:
+                why = incompatibility("", me.rpc_version, [""], peer.rpc_version)
+            if why is not None:
+                excluded[peer.node_id] = why
+                continue
+        candidates.append(Candidate(peer.node_id, peer.role, peer.vram_bytes, peer.rtt_ms,
+                                    can_host=peer.model_file and may_host(peer.node_id)))
+    return candidates, excluded
+
+
+def view_of(peer: PeerInfo) -> NodeView:
+    """What the election needs from a peer's announcement."""
+    ann = peer.announcement
+    return NodeView(peer.node_id, peer.role, peer.vram_bytes, peer.rtt_ms,
+                    models=tuple(peer.models), model_file=peer.model_file,
+                    fingerprint=ann.model_fingerprint, rpc_version=ann.rpc_version,
+                    leaving=ann.leaving, rpc_ready=ann.rpc_ready)
+
+
+@dataclass(frozen=True)
+class Electorate:
+    """The outcome of one election as this node sees it."""
+
+    host_id: str | None
+    me: Candidate | None  # ourselves, when we may serve (None: a lite client, or leaving)
+    workers: tuple[Candidate, ...]  # the others that may serve with us, ggml-rpc-server up
+    excluded: Mapping[str, str]  # peer id → why it cannot serve with us
+
+
+def elect(me: NodeView | None, peers: Sequence[NodeView],
+          trusted_hosts: frozenset[str] | None = None) -> Electorate:
+    """Who hosts, and whom a host of ours may plan as workers: every node runs this on the
+    same announcements, so all agree on the host without a vote."""
+    candidates, excluded = serving_candidates(me, peers, trusted_hosts)
+    mine = candidates[0] if me is not None and not me.leaving and candidates else None
+    rpc_ready = {p.node_id for p in peers if p.rpc_ready}
+    workers = tuple(c for c in candidates
+                    if c is not mine and c.node_id in rpc_ready)
+    return Electorate(elect_host(candidates), mine, workers, excluded)
+
+
+def leaving_since(previous: Mapping[str, float], peers: Iterable[NodeView],
+                  now: float) -> dict[str, float]:
+    """When we first saw each peer that now announces it is leaving (a host stops using a
+    leaving worker before the worker's wait runs out)."""
+    return {p.node_id: previous.get(p.node_id, now) for p in peers if p.leaving}

@@ -1,0 +1,159 @@
+"""Who may serve with whom: serving_candidates (a model is its bytes), view_of, elect
+(host, workers, exclusions) and leaving_since."""
+
+from __future__ import annotations
+
+from mesh_llm.inference.candidates import (
+    NodeView,
+    elect,
+    leaving_since,
+    serving_candidates,
+    view_of,
+)
+from mesh_llm.inference.election import Candidate, elect_host
+from mesh_llm.mesh.announcement import Announcement
+from mesh_llm.mesh.peers import PeerInfo
+
+GB = 10**9
+
+
+def view(node_id: str, models: tuple[str, ...] = ("M",), fp: str = "f1", vram_gb: float = 1,
+         **kw) -> NodeView:  # type: ignore[no-untyped-def]
+    return NodeView(node_id, kw.pop("role", "worker"), int(vram_gb * GB), models=models,
+                    fingerprint=fp, rpc_version=kw.pop("rpc", "3.0.0"), **kw)
+
+
+def ids(candidates: list[Candidate]) -> list[str]:
+    return [c.node_id for c in candidates]
+
+
+def test_the_same_bytes_under_another_name_are_one_model() -> None:
+    me = view("aa", ("SmolLM2",), "f1", 2)
+    renamed = view("bb", ("SmolLM2.Q4_1",), "f1")
+    candidates, excluded = serving_candidates(me, [renamed])
+    assert ids(candidates) == ["aa", "bb"] and excluded == {}
+    # ...and the renamed node sees it the same way: both elect the same host.
+    theirs, _ = serving_candidates(renamed, [me])
+    assert elect_host(candidates) == elect_host(theirs) == "aa"
+
+
+def test_other_bytes_under_our_name_are_another_model() -> None:
+    me = view("aa", ("SmolLM2",), "f1")
+    f16 = view("bb", ("SmolLM2",), "f2", 9)
+    candidates, excluded = serving_candidates(me, [f16])
+    assert ids(candidates) == ["aa"]
+    assert "another file" in excluded["bb"] and "SmolLM2" in excluded["bb"]
+    theirs, their_excluded = serving_candidates(f16, [me])
+    assert ids(theirs) == ["bb"] and "aa" in their_excluded
+
+
+def test_nodes_without_a_fingerprint_match_by_any_name_our_bytes_go_by() -> None:
+    me = view("aa", ("Renamed",), "f1")
+    host = view("hh", ("SmolLM2",), "f1", 4)
+    fileless = view("cc", ("SmolLM2",), "", model_file=False)  # announces its host's name
+    failed_check = view("dd", ("Renamed",), "")  # its file failed a reference check
+    stranger = view("ee", ("Other",), "")
+    candidates, excluded = serving_candidates(me, [host, fileless, failed_check, stranger])
+    assert ids(candidates) == ["aa", "hh", "cc", "dd"]
+    assert excluded == {"ee": "serves Other, not Renamed"}
+    assert [c.can_host for c in candidates] == [True, True, False, True]
+    waiting = view("ff", (), "", model_file=False)  # no host yet: it serves nothing yet
+    assert serving_candidates(me, [waiting])[1] == {"ff": "serves no model, not Renamed"}
+
+
+def test_a_node_without_a_file_takes_every_serving_peer() -> None:
+    me = view("cc", (), "", model_file=False)
+    candidates, excluded = serving_candidates(me, [view("aa", ("X",), "f1"),
+                                                   view("bb", ("Y",), "f2")])
+    assert ids(candidates) == ["cc", "aa", "bb"] and excluded == {}
+    assert elect_host(candidates) in ("aa", "bb")
+
+
+def test_clients_are_skipped_and_a_client_takes_the_mesh_as_it_is() -> None:
+    client = view("zz", (), "", role="client")
+    candidates, excluded = serving_candidates(view("aa"), [client])
+    assert ids(candidates) == ["aa"] and excluded == {}
+    mine, _ = serving_candidates(None, [view("aa"), view("bb", ("Other",), "f9"), client])
+    assert ids(mine) == ["aa", "bb"]
+
+
+def test_a_leaving_node_is_planned_without() -> None:
+    candidates, excluded = serving_candidates(view("aa"), [view("bb", leaving=True)])
+    assert ids(candidates) == ["aa"] and excluded == {"bb": "leaving the mesh"}
+    assert ids(serving_candidates(None, [view("bb", leaving=True)])[0]) == []
+
+
+def test_another_rpc_protocol_is_left_out_even_with_the_same_bytes() -> None:
+    _, excluded = serving_candidates(view("aa"), [view("bb", rpc="4.0.0")])
+    assert "RPC protocol 4.0.0 differs from ours (3.0.0)" in excluded["bb"]
+
+
+def test_trusted_hosts_limit_who_may_host_not_who_serves() -> None:
+    me, big = view("aa", vram_gb=1), view("bb", vram_gb=8)
+    candidates, excluded = serving_candidates(me, [big], frozenset({"aa"}))
+    assert excluded == {} and ids(candidates) == ["aa", "bb"]
+    assert [c.can_host for c in candidates] == [True, False]
+    assert elect_host(candidates) == "aa"
+    assert elect_host(serving_candidates(me, [big])[0]) == "bb"  # unset: the most memory hosts
+    nobody, _ = serving_candidates(me, [big], frozenset({"cc"}))
+    assert elect_host(nobody) is None
+
+
+def node(node_id: str, vram_gb: float = 1, **kw) -> NodeView:  # type: ignore[no-untyped-def]
+    kw.setdefault("models", ("M",))
+    kw.setdefault("fingerprint", "f1")
+    kw.setdefault("rpc_version", "3.0.0")
+    return NodeView(node_id, kw.pop("role", "worker"), int(vram_gb * GB), **kw)
+
+
+def test_view_of_reads_what_the_election_needs_from_an_announcement() -> None:
+    peer = PeerInfo("bb", Announcement("bb", role="worker", vram_bytes=2 * GB, models=("M",),
+                                       model_file=False, model_fingerprint="f1",
+                                       rpc_version="3.0.0", leaving=True, rpc_ready=True))
+    assert view_of(peer) == NodeView("bb", "worker", 2 * GB, None, ("M",), False, "f1",
+                                     "3.0.0", leaving=True, rpc_ready=True)
+    bare = view_of(PeerInfo("cc", Announcement("cc")))
+    assert (bare.fingerprint, bare.rpc_version, bare.leaving, bare.rpc_ready, bare.model_file) \
+        == ("", "", False, False, True)
+
+
+def test_the_biggest_node_hosts_and_plans_only_workers_whose_rpc_server_is_up() -> None:
+    me = node("aa", 1)
+    up, down = node("bb", 2, rpc_ready=True), node("cc", 1, rpc_ready=False)
+    outcome = elect(me, [up, down])
+    assert outcome.host_id == "bb"
+    assert outcome.me is not None and outcome.me.node_id == "aa"
+    assert [c.node_id for c in outcome.workers] == ["bb"], "cc's ggml-rpc-server is not up"
+    assert dict(outcome.excluded) == {}
+
+
+def test_excluded_peers_are_neither_host_nor_worker() -> None:
+    other = node("zz", 9, fingerprint="f2", rpc_ready=True)
+    leaving = node("yy", 9, leaving=True, rpc_ready=True)
+    outcome = elect(node("aa"), [other, leaving])
+    assert outcome.host_id == "aa" and outcome.workers == ()
+    assert set(outcome.excluded) == {"zz", "yy"}
+    assert outcome.excluded["yy"] == "leaving the mesh"
+
+
+def test_a_client_takes_part_in_no_plan() -> None:
+    outcome = elect(None, [node("bb", rpc_ready=True), node("cc", 2, rpc_ready=True)])
+    assert outcome.me is None and outcome.host_id == "cc"
+
+
+def test_we_are_no_candidate_while_leaving() -> None:
+    outcome = elect(node("aa", 9, leaving=True), [node("bb", 1, rpc_ready=True)])
+    assert outcome.me is None and outcome.host_id == "bb"
+
+
+def test_trusted_hosts_decide_the_host_not_the_workers() -> None:
+    outcome = elect(node("aa", 1), [node("bb", 8, rpc_ready=True)], frozenset({"aa"}))
+    assert outcome.host_id == "aa" and [c.node_id for c in outcome.workers] == ["bb"]
+
+
+def test_leaving_since_keeps_the_first_sighting_and_forgets_those_back() -> None:
+    first = leaving_since({}, [node("bb", leaving=True), node("cc")], now=10.0)
+    assert first == {"bb": 10.0}
+    later = leaving_since(first, [node("bb", leaving=True), node("cc", leaving=True)], 15.0)
+    assert later == {"bb": 10.0, "cc": 15.0}
+    assert leaving_since(later, [node("bb")], 20.0) == {}
