@@ -42,17 +42,20 @@ def elect_host(candidates: Iterable[Candidate]) -> str | None:
 
 
 def tensor_split(vrams: Sequence[int]) -> tuple[float, ...]:
-    """Shares proportional to VRAM, rounded to 2 places and summing to 1."""
+    """Shares proportional to VRAM in hundredths, each >= 0 and summing to exactly 1
+    (largest remainder; on a tie the later node gets the extra hundredth)."""
     if not vrams:
         return ()
     total = sum(vrams)
     if total <= 0:  # nobody says how much: equal shares
         vrams, total = [1] * len(vrams), len(vrams)
-    shares = [round(v / total, 2) for v in vrams]
-    # Never below 0: with many small shares the rounding of the others can pass 1
-    # (llama.cpp normalises the proportions; the announcement bounds refuse a negative).
-    shares[-1] = max(0.0, round(1.0 - sum(shares[:-1]), 2))
-    return tuple(shares)
+    exact = [100 * v / total for v in vrams]
+    units = [int(x) for x in exact]
+    by_remainder = sorted(range(len(vrams)), key=lambda i: (exact[i] - units[i], i),
+                          reverse=True)
+    for i in by_remainder[:100 - sum(units)]:
+        units[i] += 1
+    return tuple(u / 100 for u in units)
 
 
 def make_plan(host: Candidate, others: Iterable[Candidate], model_bytes: int,
