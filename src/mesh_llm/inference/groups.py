@@ -21,7 +21,7 @@ a host dying) never moves memory in another group and never restarts its llama-s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -62,9 +62,27 @@ class NodeOffer:
 
 
 def group_key(model: OfferedModel) -> str:
-    """What identifies a model in the mesh: its bytes. A node whose fingerprinting
-    failed is grouped by name instead, as election.py matches such a node by name."""
+    """What identifies a model in the mesh: its bytes. A model whose fingerprinting
+    failed is known by its name instead (see `_keys_by_name`)."""
     return model.fingerprint or f"name:{model.name.casefold()}"
+
+
+def _keys_by_name(offers: Sequence[NodeOffer]) -> Callable[[OfferedModel], str]:
+    """`group_key`, except that a model without a fingerprint joins the group whose
+    weights are announced under its name, when exactly one is: election.py matches such a
+    node by name, so a one-model mesh keeps one group when one node's check failed."""
+    fingerprints: dict[str, set[str]] = {}
+    for offer in offers:
+        for model in offer.models:
+            if model.fingerprint:
+                fingerprints.setdefault(model.name.casefold(), set()).add(model.fingerprint)
+
+    def key(model: OfferedModel) -> str:
+        known = fingerprints.get(model.name.casefold(), set())
+        if not model.fingerprint and len(known) == 1:
+            return next(iter(known))
+        return group_key(model)
+    return key
 
 
 class Budget(NamedTuple):
@@ -93,7 +111,8 @@ def human_bytes(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 10**9 else f"{n / 1e6:.0f} MB"
 
 
-def local_allocation(vram_bytes: int, models: Sequence[OfferedModel]) -> Allocation:
+def local_allocation(vram_bytes: int, models: Sequence[OfferedModel],
+                     key: Callable[[OfferedModel], str] = group_key) -> Allocation:
     """Share one node's VRAM between its `--model`s, in `--model` order.
 
     Each model that fits beside the ones before it (sizes × 1.1 together within the VRAM)
@@ -101,7 +120,7 @@ def local_allocation(vram_bytes: int, models: Sequence[OfferedModel]) -> Allocat
     fit, as this node's share of a split; with none, it stays with the first hosted model
     (room for its KV cache), so a one-model node offers its whole VRAM as it does today.
     The other models are left out with a reason. A second name for the same weights is
-    left out too: it is one model.
+    left out too: it is one model (`key` says which are one; model_groups passes its own).
     """
     hosted: list[Budget] = []
     share: OfferedModel | None = None
@@ -109,11 +128,11 @@ def local_allocation(vram_bytes: int, models: Sequence[OfferedModel]) -> Allocat
     seen: dict[str, OfferedModel] = {}
     free = max(0, vram_bytes)
     for model in models:
-        key = group_key(model)
-        if key in seen:
-            left_out.append((model, f"same weights as {seen[key].name}, offered once"))
+        same = key(model)
+        if same in seen:
+            left_out.append((model, f"same weights as {seen[same].name}, offered once"))
             continue
-        seen[key] = model
+        seen[same] = model
         need = need_bytes(model.size_bytes)
         if need <= free:
             hosted.append(Budget(model, need))
@@ -206,6 +225,8 @@ def model_groups(nodes: Iterable[NodeOffer],
     """
     offers = list(nodes)
     requests = _requests(offers)
+    serving = [o for o in offers if not o.client and not o.leaving]
+    key_of = _keys_by_name(serving)
     names: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
     members: dict[str, list[Candidate]] = {}
@@ -219,19 +240,19 @@ def model_groups(nodes: Iterable[NodeOffer],
             continue
         may_host = trusted_hosts is None or offer.node_id in trusted_hosts
         for model in offer.models:
-            key = group_key(model)
+            key = key_of(model)
             names.setdefault(key, []).append(model.name)
             sizes[key] = max(sizes.get(key, 0), max(0, model.size_bytes))
             members.setdefault(key, [])
             left_out.setdefault(key, [])
-        allocation = local_allocation(offer.vram_bytes, offer.models)
+        allocation = local_allocation(offer.vram_bytes, offer.models, key_of)
         given = [*allocation.hosted, *([allocation.share] if allocation.share else [])]
         for model, vram in given:
-            members[group_key(model)].append(
+            members[key_of(model)].append(
                 Candidate(offer.node_id, "worker", vram, offer.rtt_ms, can_host=may_host))
         for model, why in allocation.left_out:
-            if not any(c.node_id == offer.node_id for c in members[group_key(model)]):
-                left_out[group_key(model)].append((offer.node_id, why))
+            if not any(c.node_id == offer.node_id for c in members[key_of(model)]):
+                left_out[key_of(model)].append((offer.node_id, why))
     for worker in workers:
         if worker.joined in members:
             members[worker.joined].append(Candidate(
@@ -301,8 +322,9 @@ def mesh_default(nodes: Iterable[NodeOffer], groups: Sequence[Group]) -> str | N
     serving node (ties: the smaller id) that is still a group; else the first group."""
     keys = {g.key for g in groups}
     serving = [n for n in nodes if n.models and not n.client and not n.leaving]
+    key_of = _keys_by_name(serving)
     for node in sorted(serving, key=lambda n: (n.started_at, n.node_id)):
-        key = group_key(node.models[0])
+        key = key_of(node.models[0])
         if key in keys:
             return key
     return groups[0].key if groups else None
