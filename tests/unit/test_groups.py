@@ -315,6 +315,9 @@ CHOICES = [
      node("ww", 16, file_less=True, joined="fp-big"),
      mesh(node("aa", 8, BIG), node("ww", 16, file_less=True, joined="fp-big")), "fp-big",
      "fp-big", "cannot be served without this node"),
+    ("a group no node may host gains nothing from a worker",
+     WORKER, mesh(node("aa", 5.5, CODER, BIG), node("bb", 8, CHAT)), "", "fp-coder",
+     "the largest"),
     ("its group gone, it chooses again",
      WORKER, mesh(node("bb", 8, CHAT)), "fp-gone", "fp-chat", "joined Llama-3.2-3B"),
 ]
@@ -332,6 +335,12 @@ def test_choose_group(worker: NodeOffer, groups: list[Group], current: str, key:
 def test_with_no_model_in_the_mesh_a_worker_waits_and_says_so() -> None:
     assert choose_group(WORKER, []) == (
         None, "no model in the mesh yet: waiting for a node with a model file")
+
+
+def test_with_no_group_that_may_be_hosted_a_worker_waits() -> None:
+    groups = model_groups([node("aa", 8, CODER)], trusted_hosts=frozenset())
+    assert choose_group(WORKER, groups) == (
+        None, "no model in the mesh has a node that may host it: waiting")
 
 
 def test_the_worker_it_joins_makes_its_group_servable() -> None:

@@ -277,10 +277,14 @@ def choose_group(worker: NodeOffer, groups: Sequence[Group],
     the most requested, then the largest; else the group with the most requests in the
     last minute; else the largest model (ties: the first by name). A worker already in a
     group (`current`) stays unless that group can do without it and another cannot: a
-    move restarts a llama-server, and request counts alone are not worth one.
+    move restarts a llama-server, and request counts alone are not worth one. A group no
+    node may host (every holder left it out, or none is trusted) gains nothing from it.
     """
     if not groups:
         return None, "no model in the mesh yet: waiting for a node with a model file"
+    groups = [g for g in groups if g.host is not None]
+    if not groups:
+        return None, "no model in the mesh has a node that may host it: waiting"
     me = worker.node_id
     vram = max(0, worker.vram_bytes)
 
