@@ -10,10 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh_llm.mesh.announcement import (
+    MAX_MODELS,
     MAX_PLAN_WORKERS,
     MAX_REASON_LEN,
+    MAX_REQUEST_COUNTS,
     Announcement,
     AnnouncementError,
+    Hosted,
+    Offer,
     clamp_client,
 )
 
@@ -127,3 +131,60 @@ def test_any_json_gives_an_announcement_or_one_error(raw: dict[str, object]) -> 
     except AnnouncementError:
         return
     assert Announcement.from_wire(ann.to_wire(), NODE) == ann
+
+
+# ---------- many models in one mesh (issue #15) ----------
+
+MULTI = replace(FULL, offers=(Offer("Qwen2.5-32B", "ab" * 16, 20 << 30),
+                              Offer("coder.Q4_K_M", "", 9 << 30)),
+                hosted=(Hosted("ab" * 16, PLAN, True), Hosted("name:coder.q4_k_m", None, False)),
+                joined="", requests_per_min=(("ab" * 16, 12), ("name:coder.q4_k_m", 0)),
+                started_at=1_700_000_000.5)
+
+
+def test_the_multi_model_fields_round_trip() -> None:
+    wire = json.loads(json.dumps(MULTI.to_wire()))
+    assert Announcement.from_wire(wire, NODE) == MULTI
+    worker = replace(Announcement(NODE), model_file=False, joined="ab" * 16)
+    assert worker.checked() == worker
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"offers": {"name": "m"}}, "offers"),
+        ({"offers": [{"name": "m"}] * (MAX_MODELS + 1)}, "offers"),
+        ({"offers": ["m"]}, "offers"),
+        ({"offers": [{"name": HUGE}]}, "offer name"),
+        ({"offers": [{"name": ""}]}, "offer name"),
+        ({"offers": [{"name": "m", "size_bytes": -1}]}, "size_bytes"),
+        ({"offers": [{"name": "m", "size_bytes": 1.5}]}, "size_bytes"),
+        ({"offers": [{"name": "m", "fingerprint": "zz"}]}, "offer fingerprint"),
+        ({"hosted": [{"fingerprint": "ab"}] * (MAX_MODELS + 1)}, "hosted"),
+        ({"hosted": [{"fingerprint": HUGE}]}, "hosted fingerprint"),
+        ({"hosted": [{"fingerprint": "ab", "ready": "yes"}]}, "ready"),
+        ({"hosted": [{"fingerprint": "ab", "plan": {"mode": "party"}}]}, "plan mode"),
+        ({"joined": 3}, "joined"),
+        ({"joined": "name:" + HUGE}, "joined"),
+        ({"requests_per_min": [1]}, "requests_per_min"),
+        ({"requests_per_min": {f"{i:02x}": 1 for i in range(MAX_REQUEST_COUNTS + 1)}},
+         "requests_per_min"),
+        ({"requests_per_min": {"ab": -1}}, "counts"),
+        ({"requests_per_min": {"ab": 10**12}}, "counts"),
+        ({"requests_per_min": {"ab": True}}, "counts"),
+        ({"requests_per_min": {"not hex": 1}}, "requests_per_min key"),
+        ({"started_at": float("inf")}, "started_at"),
+        ({"started_at": -1}, "started_at"),
+        ({"started_at": "now"}, "started_at"),
+    ],
+)
+def test_hostile_multi_model_fields_are_refused(change: dict[str, object],
+                                                message: str) -> None:
+    with pytest.raises(AnnouncementError, match=message):
+        Announcement.from_wire({**MULTI.to_wire(), **change}, NODE)
+
+
+def test_a_client_offers_and_hosts_nothing_but_its_counts_count() -> None:
+    clamped = clamp_client(MULTI)
+    assert (clamped.offers, clamped.hosted, clamped.joined) == ((), (), "")
+    assert clamped.requests_per_min == MULTI.requests_per_min

@@ -24,6 +24,9 @@ MAX_NAME_LEN = 256
 MAX_SHORT_STR = 64
 MAX_REASON_LEN = 1024
 MAX_PLAN_WORKERS = 256
+MAX_REQUEST_COUNTS = 64  # requests_per_min entries (one per model the node's API served)
+MAX_COUNT = 10**9  # requests in a minute: more is a lie, refused
+MAX_KEY_LEN = MAX_NAME_LEN + 8  # a group key: a fingerprint, or "name:" and a model name
 # More memory than one machine can have is a lie that would win every election: refused.
 MAX_VRAM_BYTES = 2 * 1024**4
 _HEX = re.compile(r"[0-9a-f]*")
@@ -31,6 +34,26 @@ _HEX = re.compile(r"[0-9a-f]*")
 
 class AnnouncementError(ValueError):
     """An announcement that breaks the bounds (a peer's: its connection is dropped)."""
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One model a node holds the file of (issue #15: every model of the node, in
+    `--model` order)."""
+
+    name: str
+    fingerprint: str = ""  # weight fingerprint, hex; "" when it could not be computed
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Hosted:
+    """One model this node hosts: its plan (as JSON, like `plan`) and whether its
+    llama-server answers."""
+
+    fingerprint: str
+    plan: dict[str, Any] | None = None
+    ready: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,6 +74,12 @@ class Announcement:
     leaving: bool = False  # stopping gracefully: re-plan without it now
     plan: dict[str, Any] | None = None
     draft: str | None = None
+    # Many models in one mesh (issue #15); the fields above stay this node's primary model.
+    offers: tuple[Offer, ...] = ()  # every model file held, in --model order
+    hosted: tuple[Hosted, ...] = ()  # every model this node hosts
+    joined: str = ""  # a file-less worker's chosen group (its key), "" when none
+    requests_per_min: tuple[tuple[str, int], ...] = ()  # group key → requests, last minute
+    started_at: float = 0.0  # unix seconds: the oldest node's first model is the default
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object gossiped in a state message."""
@@ -61,6 +90,14 @@ class Announcement:
             "version": self.version, "ready": self.ready, "rpc_ready": self.rpc_ready,
             "model_fingerprint": self.model_fingerprint, "leaving": self.leaving,
             "plan": None if self.plan is None else _copy_plan(self.plan), "draft": self.draft,
+            "offers": [{"name": o.name, "fingerprint": o.fingerprint,
+                        "size_bytes": o.size_bytes} for o in self.offers],
+            "hosted": [{"fingerprint": h.fingerprint, "ready": h.ready,
+                        "plan": None if h.plan is None else _copy_plan(h.plan)}
+                       for h in self.hosted],
+            "joined": self.joined,
+            "requests_per_min": dict(self.requests_per_min),
+            "started_at": self.started_at,
         }
 
     @classmethod
@@ -110,6 +147,11 @@ class Announcement:
             leaving=_flag(raw, "leaving", ann.leaving),
             plan=None if get("plan") is None else _plan(get("plan")),
             draft=draft,
+            offers=_offers(get("offers", [])),
+            hosted=_hosted(get("hosted", [])),
+            joined=_key(get("joined", ""), "joined"),
+            requests_per_min=_counts(get("requests_per_min", {})),
+            started_at=_time(get("started_at", 0.0)),
         )
 
     def checked(self) -> Announcement:
@@ -123,7 +165,8 @@ def clamp_client(ann: Announcement) -> Announcement:
     nothing, offers no memory and hosts nothing (its version is kept for the console)."""
     return replace(ann, role="client", vram_bytes=0, models=(), ready=False,
                    model_file=False, rpc_ready=False, rpc_version="", plan=None,
-                   model_fingerprint="", draft=None, addrs=())
+                   model_fingerprint="", draft=None, addrs=(), offers=(), hosted=(),
+                   joined="")
 
 
 def addr_list(value: object, what: str) -> list[str]:
@@ -183,6 +226,70 @@ def _plan(raw: object) -> dict[str, Any]:
                                 f"{MAX_REASON_LEN} characters")
     return {"mode": mode, "host": host, "workers": list(workers), "rpc": list(rpc),
             "tensor_split": [float(s) for s in split], "reason": reason}
+
+
+def _fingerprint(value: object, what: str) -> str:
+    if not _short(value, MAX_SHORT_STR) or not _HEX.fullmatch(str(value)):
+        raise AnnouncementError(f"announcement {what} must be a short hex string")
+    return str(value)
+
+
+def _key(value: object, what: str) -> str:
+    """A group key: a hex fingerprint, or "name:" and a model name."""
+    if isinstance(value, str) and value.startswith("name:") and len(value) <= MAX_KEY_LEN:
+        return value
+    return _fingerprint(value, what)
+
+
+def _offers(raw: object) -> tuple[Offer, ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_MODELS:
+        raise AnnouncementError(f"announcement offers must be a list of at most {MAX_MODELS}")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise AnnouncementError("announcement offers must be objects")
+        name, size = item.get("name"), item.get("size_bytes", 0)
+        if not _short(name, MAX_NAME_LEN) or not name:
+            raise AnnouncementError("announcement offer name must be a model name")
+        if type(size) is not int or not 0 <= size <= MAX_VRAM_BYTES:
+            raise AnnouncementError("announcement offer size_bytes must be a size in bytes")
+        out.append(Offer(str(name), _fingerprint(item.get("fingerprint", ""),
+                                                 "offer fingerprint"), size))
+    return tuple(out)
+
+
+def _hosted(raw: object) -> tuple[Hosted, ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_MODELS:
+        raise AnnouncementError(f"announcement hosted must be a list of at most {MAX_MODELS}")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise AnnouncementError("announcement hosted entries must be objects")
+        plan = item.get("plan")
+        out.append(Hosted(_key(item.get("fingerprint", ""), "hosted fingerprint"),
+                          None if plan is None else _plan(plan),
+                          _flag(item, "ready", False)))
+    return tuple(out)
+
+
+def _counts(raw: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(raw, dict) or len(raw) > MAX_REQUEST_COUNTS:
+        raise AnnouncementError(f"announcement requests_per_min must map at most "
+                                f"{MAX_REQUEST_COUNTS} models to counts")
+    out = []
+    for key, count in raw.items():
+        if type(count) is not int or not 0 <= count <= MAX_COUNT:
+            raise AnnouncementError("announcement requests_per_min counts must be integers "
+                                    f"from 0 to {MAX_COUNT}")
+        out.append((_key(key, "requests_per_min key"), count))
+    return tuple(out)
+
+
+def _time(raw: object) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw) \
+            or not 0 <= raw <= 1e11:
+        raise AnnouncementError("announcement started_at must be a time in unix seconds")
+    return float(raw)
 
 
 def _copy_plan(plan: dict[str, Any]) -> dict[str, Any]:
