@@ -73,8 +73,10 @@ def node_parser() -> argparse.ArgumentParser:
                     "(mesh-llm SUBCOMMAND --help).",
     )
     p.add_argument("--version", action="version", version=f"mesh-llm {__version__}")
-    p.add_argument("--model", metavar="M",
-                   help="catalog name (mesh-llm models; downloaded if missing), a .gguf path "
+    p.add_argument("--model", metavar="M", action="append", default=[],
+                   help="repeatable: serve several models (the first is this node's primary; "
+                        "requests choose one by their `model` field). A "
+                        "catalog name (mesh-llm models; downloaded if missing), a .gguf path "
                         "(any part of a split set), hf://ORG/REPO/FILE.gguf, a huggingface.co "
                         ".../resolve/REV/FILE.gguf URL, or ORG/REPO:QUANT "
                         f"(default {DEFAULT_MODEL}; "
@@ -148,13 +150,14 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
                             "use it with --client, or ask for a worker invite", 2)
     if args.draft_max < 1:
         raise UserError("--draft-max must be at least 1", 2)
-    model = args.model
-    if args.client and model:
+    models = [m for m in args.model if m]
+    if args.client and models:
         logging.getLogger("mesh_llm").warning("--model %s ignored: a client serves no model",
-                                              model)
-        model = None
-    if not args.client and not model and not args.join:
-        model = DEFAULT_MODEL  # alone: serve the default model solo
+                                              " ".join(models))
+        models = []
+    if not args.client and not models and not args.join:
+        models = [DEFAULT_MODEL]  # alone: serve the default model solo
+    model = models[0] if models else None
     # --join without --model: a worker without a model file; it serves the host's model
     if model is None and args.draft and not args.client:
         logging.getLogger("mesh_llm").warning(
@@ -162,7 +165,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     device_args = ("--device", args.device) if args.device else ()
     home = args.home or default_home()
     return NodeConfig(
-        model=model, home=home, join=tuple(args.join),
+        model=model, models=tuple(models), home=home, join=tuple(args.join),
         client=args.client, api_port=args.port, console_port=args.console,
         bind_host=args.bind_host, bind_port=args.bind_port, advertise=tuple(args.advertise),
         split=args.split,

@@ -16,8 +16,9 @@ def default_home() -> Path:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    model: str | None
+    model: str | None  # the primary model: the first --model
     home: Path
+    models: tuple[str, ...] = ()  # every --model, in order (the first is `model`)
     join: tuple[str, ...] = ()
     client: bool = False
     api_port: int = DEFAULT_API_PORT
@@ -39,6 +40,13 @@ class NodeConfig:
     standalone: bool = False  # serve alone when every --join fails (else exit non-zero)
     new_mesh: bool = False  # a fresh mesh secret instead of the one kept in the home
     trust_hosts: frozenset[str] | None = None  # only these node ids may host (None: any)
+
+    @property
+    def all_models(self) -> tuple[str, ...]:
+        """Every model this node serves, the primary first."""
+        if self.models:
+            return self.models
+        return (self.model,) if self.model else ()
 
     @property
     def listen_host(self) -> str:

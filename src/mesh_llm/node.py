@@ -12,18 +12,24 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import json
 import logging
 import signal
-from collections.abc import Coroutine
+import time
+from collections.abc import Collection, Coroutine
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
 
 from . import __version__
 from .api.localnet import served_hosts
+from .api.model_names import ApiError, ServedModel, match_rank, models_listing, resolve
 from .api.proxy import ApiProxy, Upstream
+from .api.request_counts import RequestCounter
 from .api.routing import WAITING_FOR_A_HOST, Route, route
 from .api.serving import EdgeRunner, raise_open_file_limit
+from .api.tunnel_gate import ApiRequestGate
 from .changes import ChangeFeed
 from .config import NodeConfig
 from .console.server import Console
@@ -31,20 +37,52 @@ from .errors import UserError
 from .home import HomeDir
 from .identity import Identity, is_node_id
 from .inference.candidates import NodeView, elect, leaving_since, view_of
-from .inference.hosting import Hosting
+from .inference.election import Candidate
+from .inference.groups import (
+    Group,
+    NodeOffer,
+    OfferedModel,
+    choose_group,
+    group_key,
+    local_allocation,
+    mesh_default,
+    model_groups,
+)
+from .inference.hosting import Hosting, read_tunnelled_request, refusals
+from .inference.offers import offer_of, ready_host, served_models
+from .inference.rpc_wire import compatible
 from .inference.worker import FileClaim, Worker
-from .mesh.announcement import Announcement
+from .mesh.announcement import Announcement, Hosted, Offer
 from .mesh.mesh import Mesh, MeshJoinError
 from .mesh.peers import PeerEvent, PeerInfo
 from .mesh.protocol import StreamType
 from .mesh.quic import Stream
 from .mesh.tunnel import stream_connect
+from .models.split import model_stem
 from .startup import Setup, check_setup
 from .status import node_status
 
 log = logging.getLogger("mesh_llm.node")
 
 JOIN_TIMEOUT_S = 15.0
+TUNNEL_REQUEST_S = 30.0  # a tunnelled request's head and body must arrive within this
+COUNTS_EVERY_S = 5.0  # request counts are gossiped at most this often
+MODEL_HEADER = "X-Mesh-Model"  # names the model (its group key) in a tunnelled request
+MAX_DEPARTED = 256
+
+
+@dataclass
+class ModelSlot:
+    """One --model of this node: its file, what it offers, and its llama-server(s)."""
+
+    setup: Setup
+    file: FileClaim
+    hosting: Hosting
+    offer: OfferedModel
+
+    @property
+    def key(self) -> str:
+        return group_key(self.offer)
 
 
 class Node:
@@ -72,12 +110,34 @@ class Node:
         self.hosting = Hosting(config=config, setup=setup, logs=self.home.logs, file=self.file,
                                peer=self.peer, open_stream=self.open_stream,
                                changes=self.changes, announce=self._announce, spawn=self._spawn)
+        # Many models in one mesh (issue #15): one slot per --model, the primary first.
+        self.slots: list[ModelSlot] = []
+        if setup.model is not None:
+            self.slots.append(ModelSlot(setup, self.file, self.hosting, _offered(setup)))
+        for extra in setup.extras:
+            assert extra.model is not None
+            file = FileClaim(extra.weights)
+            hosting = Hosting(config=config, setup=extra, logs=self.home.logs, file=file,
+                              peer=self.peer, open_stream=self.open_stream,
+                              changes=self.changes, announce=self._announce, spawn=self._spawn,
+                              log_name=f"llama-server-{model_stem(extra.model.name)}.log")
+            self.slots.append(ModelSlot(extra, file, hosting, _offered(extra)))
+        self.groups: list[Group] = []
+        self.default_key: str | None = None
+        self.joined = ""  # a file-less worker's group key
+        self.joined_reason = ""
+        self.left_out: dict[str, str] = {}  # our model name → why we give it nothing
+        self.started_at = time.time()
+        self.requests = RequestCounter()
+        self._gossiped_counts: dict[str, int] = {}
+        self._departed: dict[str, str] = {}  # group key → name, of models that left the mesh
         allowed = served_hosts(listen_all=config.listen_all, advertise=config.advertise)
         self.api = ApiProxy(self.upstream, api_key=config.api_key, allowed=allowed,
-                            changes=self.changes)
+                            changes=self.changes, router=self)
         # The console shows the invite token: it needs the API's key whenever there is one.
         self.console = Console(self.status, self.changes, self.api, api_key=config.api_key,
                                allowed=allowed)
+        self._counts_task: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -114,9 +174,13 @@ class Node:
         """A worker without a model file: it serves whatever model the mesh's host serves."""
         return not self.config.client and self.model is None
 
-    def elected(self) -> str | None:
-        """The host this node elects now (the worker admits RPC tunnels from it only)."""
-        return self.host_id
+    def elected(self) -> Collection[str]:
+        """The hosts this node elects now, one per group it serves in (the worker admits
+        RPC tunnels from these only)."""
+        hosts = {self.host_id} if self.host_id else set()
+        hosts.update(g.host for g in self.groups
+                     if g.host and g.host != self.node_id and self.node_id in g.nodes)
+        return hosts
 
     def peer(self, peer_id: str | None) -> PeerInfo | None:
         """A connected peer by id, else None."""
@@ -158,8 +222,8 @@ class Node:
         (we lend our device to it), or nothing while there is no host."""
         if self.model is not None:
             return [self.model.name]
-        host = self.peer(self.host_id) if self.model_less else None
-        return host.models[:1] if host is not None else []
+        group = self.group(self.joined) if self.model_less else None
+        return [group.name] if group is not None and group.host is not None else []
 
     def _announcement(self) -> Announcement:
         hosting = self.host_id == self.node_id
@@ -179,7 +243,25 @@ class Node:
             rpc_ready=self.worker.rpc_ready,
             model_fingerprint=self.file.fingerprint,
             leaving=self.leaving,
+            offers=tuple(Offer(s.offer.name, s.offer.fingerprint, s.offer.size_bytes)
+                         for s in self.slots),
+            hosted=self._hosted(),
+            joined=self.joined,
+            requests_per_min=tuple(self._gossiped_counts.items()),
+            started_at=self.started_at,
         )
+
+    def _hosted(self) -> tuple[Hosted, ...]:
+        """Every model we host, with its plan and whether its llama-server answers."""
+        out = []
+        for i, slot in enumerate(self.slots):
+            hosting = slot.hosting
+            if not (self.host_id == self.node_id if i == 0 else hosting.active):
+                continue
+            llama = hosting.llama
+            ready = bool(llama and llama.ready and not hosting.held)
+            out.append(Hosted(slot.key, hosting.plan_json(), ready))
+        return tuple(out)
 
     def _announce(self) -> None:
         """Tell the mesh what we are now, and wake whatever waits for a change."""
@@ -212,6 +294,7 @@ class Node:
                                   "--console PORT")
             await self._start_mesh()
             self._reconcile()
+            self._counts_task = asyncio.get_running_loop().create_task(self._gossip_counts())
             log.info("API: http://127.0.0.1:%d/v1", self.config.api_port)
             if self.config.console_port is not None:
                 log.info("console: http://127.0.0.1:%d", self.config.console_port)
@@ -234,7 +317,7 @@ class Node:
         self.home.save_node_info({"node_id": self.node_id, "addrs": self.mesh.addrs})
         self.mesh.peers.add_listener(self._on_peer_event)
         # A lite client needs the API tunnel and nothing else; serving is for members.
-        self.mesh.add_stream_handler(StreamType.HTTP_TUNNEL, self.hosting.serve_http_tunnel,
+        self.mesh.add_stream_handler(StreamType.HTTP_TUNNEL, self._serve_http_tunnel,
                                      clients=True)
         self.mesh.add_stream_handler(StreamType.RPC_TUNNEL, self.worker.serve_rpc_tunnel)
         if self.setup.engine is not None:
@@ -292,10 +375,46 @@ class Node:
         if self.mesh is not None:
             self._reconcile()
 
+    def _offers(self) -> list[NodeOffer]:
+        """What every node brings to the mesh (ourselves first), for groups.py."""
+        me = NodeOffer(self.node_id, 0 if self.config.client else self.setup.vram_bytes,
+                       models=tuple(s.offer for s in self.slots), file_less=self.model_less,
+                       client=self.config.client, leaving=self.leaving, joined=self.joined,
+                       requests_per_min=self.requests.counts(), started_at=self.started_at)
+        return [me, *(offer_of(p.announcement, p.rtt_ms) for p in self.connected_peers())]
+
+    def group(self, key: str | None) -> Group | None:
+        return next((g for g in self.groups if g.key == key), None) if key else None
+
+    def _regroup(self) -> None:
+        """The mesh's models as groups (issue #15); a file-less worker picks its group."""
+        offers = self._offers()
+        before = {g.key: g.name for g in self.groups}
+        self.groups = model_groups(offers, self.config.trust_hosts)
+        if self.model_less:
+            key, why = choose_group(offers[0], self.groups, current=self.joined)
+            if (key or "") != self.joined:
+                log.info("%s", why)
+                self.joined = key or ""
+                offers[0] = replace(offers[0], joined=self.joined)
+                self.groups = model_groups(offers, self.config.trust_hosts)
+            self.joined_reason = why if key else ""
+        self.default_key = mesh_default(offers, self.groups)
+        now = {g.key for g in self.groups}
+        for key, name in before.items():
+            if key not in now:
+                log.info("model %s left the mesh", name)
+                self._departed[key] = name
+        for key in now:
+            self._departed.pop(key, None)
+        while len(self._departed) > MAX_DEPARTED:
+            del self._departed[next(iter(self._departed))]
+
     def _reconcile(self) -> None:
         """Converge on the current truth: who hosts, what runs here, what we announce."""
         if self._stopping:
             return  # peers leaving because we leave must not start a new plan
+        self._regroup()
         me = None if self.config.client else NodeView(
             self.node_id, "worker", self.setup.vram_bytes, models=tuple(self._models()),
             model_file=self.model is not None, fingerprint=self.file.fingerprint,
@@ -305,21 +424,163 @@ class Node:
                                                    asyncio.get_running_loop().time())
         outcome = elect(me, views, self.config.trust_hosts)
         self.excluded = dict(outcome.excluded)
-        if outcome.host_id != self.host_id:
-            if outcome.host_id is None and self.model_less:
+        host_id = outcome.host_id
+        if self.model_less:  # it serves the group it joined: that group's host
+            group = self.group(self.joined)
+            host_id = group.host if group is not None else None
+        if host_id != self.host_id:
+            if host_id is None and self.model_less:
                 log.warning("%s", WAITING_FOR_A_HOST)
             else:
-                log.info("host: %s", "this node" if outcome.host_id == self.node_id else
-                         (outcome.host_id[:12] if outcome.host_id else "none"))
-            self.host_id = outcome.host_id
-        if outcome.me is not None and outcome.host_id == self.node_id:
-            self.hosting.converge(outcome.me, outcome.workers)
+                log.info("host: %s", "this node" if host_id == self.node_id else
+                         (host_id[:12] if host_id else "none"))
+            self.host_id = host_id
+        if outcome.me is not None and host_id == self.node_id:
+            self.hosting.converge(self._budgeted(outcome.me), outcome.workers)
         else:  # no llama-server here; the API goes through a tunnel to the host
             self.hosting.stand_down()
-            host = self.peer(outcome.host_id)
+            host = self.peer(host_id)
             self._following = "running" if host and host.announcement.ready \
                 else "waiting"
+        self._converge_extras()
         self._announce()
+
+    def _budgeted(self, me: Candidate) -> Candidate:
+        """Ourselves as the primary model's host, with the VRAM our allocation gives it
+        (all of it when it is our only model): memory given to another model is not
+        counted again."""
+        if len(self.slots) < 2:
+            return me
+        allocation = local_allocation(self.setup.vram_bytes, [s.offer for s in self.slots])
+        given = {group_key(b.model): b.vram_bytes for b in
+                 [*allocation.hosted, *([allocation.share] if allocation.share else [])]}
+        return replace(me, vram_bytes=given.get(self.slots[0].key, me.vram_bytes))
+
+    def _converge_extras(self) -> None:
+        """Host each of our other models whose group elects us (groups.py); a change in
+        one group converges only that group's llama-server."""
+        allocation = local_allocation(self.setup.vram_bytes, [s.offer for s in self.slots])
+        self.left_out = {m.name: why for m, why in allocation.left_out}
+        for slot in self.slots[1:]:
+            hosting = slot.hosting
+            hosting.leaving_since = self.hosting.leaving_since
+            group = self.group(slot.key)
+            if self.leaving or group is None or group.host != self.node_id:
+                hosting.stand_down()
+                continue
+            me = next(c for c in group.candidates if c.node_id == self.node_id)
+            workers = []
+            for c in group.candidates:
+                peer = self.peer(c.node_id) if c.node_id != self.node_id else None
+                if peer is not None and peer.announcement.rpc_ready and compatible(
+                        self.worker.rpc_version, peer.announcement.rpc_version):
+                    workers.append(c)
+            hosting.converge(me, tuple(workers))
+
+    # --- many models: the API's router (api/proxy.py ModelRouter) ---
+    def hosted_by(self) -> dict[str, dict[str, Hosted]]:
+        """Node id → group key → what it announces hosting (ourselves included)."""
+        out = {p.node_id: {h.fingerprint: h for h in p.announcement.hosted}
+               for p in self.connected_peers()}
+        out[self.node_id] = {h.fingerprint: h for h in self._hosted()}
+        return out
+
+    def served(self) -> list[ServedModel]:
+        """Every model of the mesh as the API sees it now."""
+        return served_models(self.groups, self.hosted_by(), self.config.split)
+
+    def resolve(self, requested: object) -> ServedModel | ApiError:
+        models = self.served()
+        found = resolve(requested, models, self.default_key)
+        if isinstance(found, ApiError) and found.status == 404 and len(models) == 1 \
+                and not any(match_rank(str(requested), name) is not None
+                            for name in self._departed.values()):
+            # One model in the mesh: any name reaches it, as llama-server alone allows
+            # (single-model clients send what they like); a model that left is a 404.
+            return resolve(None, models, self.default_key)
+        return found
+
+    def upstream_for(self, model: ServedModel) -> Upstream:
+        key = model.fingerprint
+        slot = next((s for s in self.slots if s.key == key), None)
+        if slot is not None and slot is self.slots[0]:
+            if self.host_id == self.node_id:
+                where = self.route()
+                if where.port is not None:
+                    return Upstream(self.hosting.connect(where.port),
+                                    key=f"tcp 127.0.0.1:{where.port}")
+                return Upstream(None, where.reason)
+        elif slot is not None and slot.hosting.active:
+            port = slot.hosting.serving_port()
+            if port is not None and not slot.hosting.held:
+                return Upstream(slot.hosting.connect(port), key=f"tcp 127.0.0.1:{port}")
+            return Upstream(None, f"model {model.name} is still loading on this node")
+        group = self.group(key)
+        peer = ready_host(group, self.hosted_by()) if group is not None else None
+        if peer is None or peer == self.node_id or self.peer(peer) is None:
+            now = next((m for m in self.served() if m.fingerprint == key), None)
+            why = now.why_not_ready if now is not None else "it left the mesh"
+            return Upstream(None, f"model {model.name} has no ready host: {why}")
+        opener = functools.partial(self.open_stream, peer, StreamType.HTTP_TUNNEL)
+        return Upstream(stream_connect(opener), key=f"mesh {peer} {key}",
+                        headers={MODEL_HEADER: key})
+
+    def listing(self) -> dict[str, Any]:
+        return models_listing(self.served(), self.default_key, int(self.started_at))
+
+    def count(self, model: ServedModel) -> None:
+        self.requests.add(model.fingerprint)
+
+    async def _gossip_counts(self) -> None:
+        """Tell the mesh our request counts when they change (at most every few seconds:
+        a request must not cost a gossip round)."""
+        while not self._stopping:
+            await asyncio.sleep(COUNTS_EVERY_S)
+            counts = self.requests.counts()
+            if counts != self._gossiped_counts and not self._stopping:
+                self._gossiped_counts = counts
+                self._announce()
+
+    async def _serve_http_tunnel(self, peer_id: str, stream: Stream) -> None:
+        """A peer's API request: read it (through the gate), then relay it to the
+        llama-server of the model it names (its X-Mesh-Model key, else its `model`)."""
+        hosting = [s for s in self.slots if s.hosting.active]
+        if len(hosting) <= 1 and (not hosting or hosting[0] is self.slots[0]):
+            await self.hosting.serve_http_tunnel(peer_id, stream)  # one model: as ever
+            return
+        gate = ApiRequestGate()
+        try:
+            preface = await asyncio.wait_for(read_tunnelled_request(stream, gate),
+                                             TUNNEL_REQUEST_S)
+        except (ValueError, OSError, TimeoutError, EOFError) as err:
+            refusals.warning(f"gate {peer_id}", "refused a tunnelled request from %s: %s",
+                             peer_id[:12], err or "timeout")
+            stream.abort()
+            return
+        slot = self._slot_for(preface, hosting)
+        await slot.hosting.relay_tunnel(peer_id, stream, gate, preface)
+
+    def _slot_for(self, request: bytes, hosting: list[ModelSlot]) -> ModelSlot:
+        """The model a tunnelled request is for: by its key header, else its `model`
+        field among the models we host, else our first hosted model."""
+        head, _, body = request.partition(b"\r\n\r\n")
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == MODEL_HEADER.lower().encode():
+                key = value.strip().decode("latin-1")
+                found = next((s for s in hosting if s.key == key), None)
+                if found is not None:
+                    return found
+        try:
+            requested = json.loads(body).get("model") if body else None
+        except (ValueError, AttributeError, RecursionError):
+            requested = None
+        if isinstance(requested, str):
+            ours = [m for m in self.served() if any(s.key == m.fingerprint for s in hosting)]
+            found_model = resolve(requested, [replace(m, ready=True) for m in ours])
+            if isinstance(found_model, ServedModel):
+                return next(s for s in hosting if s.key == found_model.fingerprint)
+        return hosting[0]
 
     def _host_plan(self) -> object:
         """The serving plan our host announces (None when we host or there is none)."""
@@ -332,8 +593,14 @@ class Node:
             self.mesh.update_announcement(self._announcement())
             await self.worker.wait_released(self.node_id, self._host_plan)
         self._stopping = self.hosting.stopping = True
+        for slot in self.slots:
+            slot.hosting.stopping = True
+        if self._counts_task is not None:
+            self._counts_task.cancel()
         if self.mesh is not None:
             await self.mesh.stop()
+        for slot in self.slots[1:]:
+            await slot.hosting.stop_serving()
         await self.hosting.stop_serving()
         await self.worker.stop()
         if self._tasks:
@@ -352,6 +619,13 @@ def _bind_problem(err: OSError, host: str, port: int) -> str:
     if err.errno == errno.EADDRNOTAVAIL:
         return f"--bind-host {host} is not an address of this machine"
     return f"cannot listen for the mesh on UDP {host}:{port}: {err.strerror or err}"
+
+
+def _offered(setup: Setup) -> OfferedModel:
+    """What a --model of ours offers the mesh: its weights, name and size."""
+    assert setup.model is not None
+    fingerprint = setup.weights.fingerprint.hex() if setup.weights is not None else ""
+    return OfferedModel(fingerprint, setup.model.name, setup.model.size_bytes)
 
 
 async def run_node(config: NodeConfig) -> None:

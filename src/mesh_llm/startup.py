@@ -8,7 +8,7 @@ its weights indexed for the RPC tunnel's dedupe.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import NodeConfig
@@ -35,6 +35,9 @@ class Setup:
     model: ResolvedModel | None = None
     draft: Path | None = None
     weights: ModelWeights | None = None  # our model file, indexed for RPC dedupe
+    # The second and later --model (issue #15): each the same machine with another model
+    # (no draft: --draft belongs to the first).
+    extras: tuple[Setup, ...] = ()
 
 
 def check_setup(cfg: NodeConfig) -> Setup:
@@ -67,5 +70,16 @@ def check_setup(cfg: NodeConfig) -> Setup:
     draft = find_draft(model, cfg.draft, cfg.no_draft)
     if draft is not None:
         log.info("draft: %s (speculative decoding, up to %d tokens)", draft.name, cfg.draft_max)
+    extras: list[Setup] = []
+    paths = {model.path}
+    for name in cfg.all_models[1:]:
+        ensure_downloaded(name, with_draft=False)
+        other = resolve_model(name)
+        if other.path in paths:
+            log.warning("--model %s given twice: served once", name)
+            continue
+        paths.add(other.path)
+        log.info("model: %s (%s, %.0f MB)", other.name, other.path, other.size_bytes / 1e6)
+        extras.append(replace(machine, model=other, weights=ModelWeights.open(other.paths)))
     return Setup(engine, devices, backend, vram_bytes, machine.has_gpu, model, draft,
-                 ModelWeights.open(model.paths))
+                 ModelWeights.open(model.paths), tuple(extras))

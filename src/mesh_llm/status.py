@@ -60,6 +60,38 @@ def build_status(
     }
 
 
+def models_status(node: Node) -> dict[str, Any]:
+    """Every model of the mesh (issue #15; the console's contract): its host, plan,
+    readiness, nodes and requests in the last minute; the mesh's default model; a
+    file-less worker's group and why; our models left out and why."""
+    served = {m.fingerprint: m for m in node.served()}
+    hosted = node.hosted_by()
+    models = []
+    for group in node.groups:
+        m = served.get(group.key)
+        host = m.host if m is not None else group.host
+        entry = hosted.get(host or "", {}).get(group.key)
+        plan = entry.plan if entry is not None else None
+        models.append({
+            "name": group.name, "fingerprint": group.key, "aliases": list(group.aliases),
+            "host": host, "plan": plan, "ready": bool(m and m.ready),
+            "reason": None if m is None or m.ready else m.why_not_ready,
+            "nodes": list(group.nodes), "size_bytes": group.size_bytes,
+            "requests_per_min": group.requests_per_min,
+            "llama_server": next((s.hosting.llama_json() for s in node.slots
+                                  if s.key == group.key and s.hosting.active), None),
+        })
+    default = next((g.name for g in node.groups if g.key == node.default_key), None)
+    joined = node.group(node.joined) if node.model_less else None
+    return {
+        "models": models,
+        "default_model": default,
+        "joined": {"model": joined.name, "fingerprint": joined.key,
+                   "reason": node.joined_reason} if joined is not None else None,
+        "models_left_out": dict(node.left_out),
+    }
+
+
 def node_status(node: Node) -> dict[str, Any]:
     """The status of a running node. Its host, readiness and reason come from the same
     route the API takes, so the status and the API never disagree."""
@@ -115,5 +147,6 @@ def node_status(node: Node) -> dict[str, Any]:
             "llama_servers": hosting.generations_json(),
             "leaving": node.leaving,
             "console_streams": node.console.open_streams,
+            **models_status(node),
         },
     )

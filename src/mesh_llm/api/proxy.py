@@ -14,8 +14,9 @@ import asyncio
 import hmac
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -23,8 +24,9 @@ from ..changes import ChangeFeed
 from .errors import json_error, json_errors
 from .guard import LOOPBACK, AllowedHosts
 from .http1 import ResponseHead, request_bytes
-from .jsonbody import BodyError, read_json_object
+from .jsonbody import BodyError, decode_json_object, read_json_object
 from .middleware import host_guard
+from .model_names import ApiError, ServedModel
 from .upstream import (
     READ_TIMEOUT_S,
     Connect,
@@ -50,14 +52,38 @@ class Upstream:
     connect: Connect | None
     reason: str = "no host is ready"
     key: str = ""  # names the target, so a retry can tell a new upstream from the same one
+    headers: Mapping[str, str] = field(default_factory=dict)  # added to the request
+
+
+class ModelRouter(Protocol):
+    """Many models in one mesh (issue #15): which model a request names, and where it
+    goes. The node implements it; without one the proxy relays everything to `upstream()`."""
+
+    def resolve(self, requested: object) -> ServedModel | ApiError:
+        """The served model a request's `model` field names (api/model_names.resolve)."""
+        ...
+
+    def upstream_for(self, model: ServedModel) -> Upstream:
+        """Where a request for `model` goes now, or why it cannot."""
+        ...
+
+    def listing(self) -> dict[str, Any]:
+        """`GET /v1/models` for the whole mesh."""
+        ...
+
+    def count(self, model: ServedModel) -> None:
+        """One request for `model` reached this node's API (gossiped per minute)."""
+        ...
 
 
 class ApiProxy:
     """aiohttp handlers for the OpenAI routes; each request gets its own upstream connection."""
 
     def __init__(self, upstream: Callable[[], Upstream], *, api_key: str | None = None,
-                 allowed: AllowedHosts = LOOPBACK, changes: ChangeFeed | None = None) -> None:
+                 allowed: AllowedHosts = LOOPBACK, changes: ChangeFeed | None = None,
+                 router: ModelRouter | None = None) -> None:
         self._upstream = upstream
+        self._router = router
         self._api_key = api_key
         self._allowed = allowed
         self._changes = changes  # wakes requests that wait for an upstream
@@ -71,7 +97,8 @@ class ApiProxy:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
         app.router.add_get("/health", self.health)
         # No HEAD: relayed, llama-server's body-less answer would read as a broken one.
-        app.router.add_get("/v1/models", self.relay_get, allow_head=False)
+        app.router.add_get("/v1/models", self.models if self._router else self.relay_get,
+                           allow_head=False)
         for path in POST_ROUTES:
             app.router.add_post(path, self.relay_post)
         return app
@@ -91,18 +118,77 @@ class ApiProxy:
             return json_error(503, upstream.reason, "unavailable")
         return web.json_response({"status": "ok"})
 
+    async def models(self, _request: web.Request) -> web.Response:
+        """Every model in the mesh, answered by this node (no llama-server knows them all)."""
+        assert self._router is not None
+        return web.json_response(self._router.listing())
+
     async def relay_get(self, request: web.Request) -> web.StreamResponse:
-        return await self.relay(request, request.path, None)
+        return await self._relay(request, request.path, None, self._upstream)
 
     async def relay_post(self, request: web.Request) -> web.StreamResponse:
         try:
-            body, _ = await read_json_object(request)
+            body, parsed = await read_json_object(request)
         except BodyError as err:
             return err.response()
-        return await self.relay(request, request.path, body)
+        if self._router is None:
+            return await self._relay(request, request.path, body, self._upstream)
+        return await self._relay_model(request, request.path, body, parsed.get("model"))
 
     async def relay(self, request: web.Request, path: str,
                     body: bytes | None) -> web.StreamResponse:
+        """Send one request where its `model` says (with a router), else to `upstream()`."""
+        if self._router is None or body is None:
+            return await self._relay(request, path, body, self._upstream)
+        try:
+            requested = decode_json_object(body).get("model")
+        except BodyError as err:
+            return err.response()
+        return await self._relay_model(request, path, body, requested)
+
+    async def _relay_model(self, request: web.Request, path: str, body: bytes,
+                           requested: object) -> web.StreamResponse:
+        """The request's model resolved (400/404 at once, 503 after the wait), then relayed
+        to where that model runs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + QUEUE_WAIT_S
+        found = await self._resolve(requested, deadline)
+        if isinstance(found, ApiError):
+            return json_error(found.status, found.message, found.kind)
+        router = self._router
+        return await self._relay(request, path, body, lambda: router.upstream_for(found),
+                                 deadline)
+
+    async def _resolve(self, requested: object, deadline: float) -> ServedModel | ApiError:
+        """The model a request names; a known one without a ready host is waited for
+        (woken by the change feed) until `deadline`, then its 503 is the answer."""
+        assert self._router is not None
+        found = self._router.resolve(requested)
+        if isinstance(found, ServedModel):
+            self._router.count(found)
+        if not (isinstance(found, ApiError) and found.status == 503) or self._changes is None:
+            return found
+        if self.queued >= MAX_QUEUED:
+            return ApiError(503, f"{found.message} (and {MAX_QUEUED} requests already wait)")
+        loop = asyncio.get_running_loop()
+        self.queued += 1
+        try:
+            while isinstance(found, ApiError) and found.status == 503:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                seen = self._changes.version
+                await self._changes.wait_newer(seen, left)
+                found = self._router.resolve(requested)
+        finally:
+            self.queued -= 1
+        if isinstance(found, ServedModel):
+            self._router.count(found)
+        return found
+
+    async def _relay(self, request: web.Request, path: str, body: bytes | None,
+                     pick: Callable[[], Upstream],
+                     deadline: float | None = None) -> web.StreamResponse:
         """Send one request upstream and pass the answer back as it arrives.
 
         With no upstream ready (a host loading, a re-plan, no host yet) the request waits
@@ -113,8 +199,9 @@ class ApiProxy:
         upstream that refuses or closes before answering again is retried whenever the
         upstream changes (it was just replaced), within the same wait."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + QUEUE_WAIT_S
-        upstream = await self._await_upstream(deadline)
+        if deadline is None:
+            deadline = loop.time() + QUEUE_WAIT_S
+        upstream = await self._await_upstream(deadline, pick)
         if upstream.connect is None:
             return json_error(503, upstream.reason, "unavailable")
         headers = {"Content-Type": "application/json",
@@ -125,7 +212,8 @@ class ApiProxy:
             while True:
                 seen = self._changes.version if self._changes is not None else 0
                 try:
-                    return await self._forward(request, upstream.connect, path, body, headers)
+                    return await self._forward(request, upstream.connect, path, body,
+                                               {**headers, **upstream.headers})
                 except OSError as err:
                     if _client_gone(request):
                         log.debug("client hung up (%s)", err)
@@ -138,11 +226,11 @@ class ApiProxy:
                     # Nothing answered: the upstream went away between our look and our
                     # connect (a re-plan stops llama-server). The same one again: wait for
                     # a change (within the deadline) before trying it once more.
-                    if upstream.key == self._upstream().key and not (
+                    if upstream.key == pick().key and not (
                             self._changes is not None and await self._changes.wait_newer(
                                 seen, max(0.0, deadline - loop.time()))):
                         raise UpstreamClosed(f"cannot connect: {err}") from err
-                    now = await self._await_upstream(deadline)
+                    now = await self._await_upstream(deadline, pick)
                     if now.connect is None:
                         return json_error(503, now.reason, "unavailable")
                     log.debug("upstream %s refused (%s); retrying with %s", upstream.key, err,
@@ -158,10 +246,10 @@ class ApiProxy:
         finally:
             self.in_flight -= 1
 
-    async def _await_upstream(self, deadline: float) -> Upstream:
+    async def _await_upstream(self, deadline: float, pick: Callable[[], Upstream]) -> Upstream:
         """The upstream now, or once one is ready (woken by the node's change feed), or
         the last word on why there is none when `deadline` passes or the queue is full."""
-        upstream = self._upstream()
+        upstream = pick()
         if upstream.connect is not None or self._changes is None:
             return upstream
         if self.queued >= MAX_QUEUED:
@@ -175,7 +263,7 @@ class ApiProxy:
                     break
                 seen = self._changes.version
                 await self._changes.wait_newer(seen, left)
-                upstream = self._upstream()
+                upstream = pick()
         finally:
             self.queued -= 1
         return upstream

@@ -100,6 +100,11 @@ class ApiRequestGate:
         self._body_left -= len(data)
         return data
 
+    @property
+    def complete(self) -> bool:
+        """The whole request (head and body) has passed: anything more is refused."""
+        return self._body_left == 0
+
     def finish(self) -> None:
         if self._body_left != 0:
             raise GateRefusal("the request ended before its body did")

@@ -74,15 +74,28 @@ class EncoderFactory:
         return encoder
 
 
+async def read_tunnelled_request(stream: Stream, gate: ApiRequestGate) -> bytes:
+    """A peer's whole tunnelled request (head and body) as the gate lets it through, read
+    before it is relayed, so that the node can choose the model's llama-server."""
+    out = bytearray()
+    while not gate.complete:
+        data = await stream.read(65536)
+        if not data:
+            raise EOFError("the request ended before its body did")
+        out += gate.feed(data)
+    return bytes(out)
+
+
 class Hosting:
     """This node's llama-server generations and the plan they serve."""
 
     def __init__(self, *, config: NodeConfig, setup: Setup, logs: Path, file: FileClaim,
                  peer: PeerLookup, open_stream: OpenPeerStream, changes: ChangeFeed,
-                 announce: Callable[[], None], spawn: Spawn) -> None:
+                 announce: Callable[[], None], spawn: Spawn,
+                 log_name: str = "llama-server.log") -> None:
         self.config = config
         self.setup = setup
-        self.log_path = logs / "llama-server.log"
+        self.log_path = logs / log_name
         self.file = file
         self._peer = peer
         self._open_stream = open_stream
@@ -335,6 +348,12 @@ class Hosting:
                              "not the host", peer_id[:12])
             stream.abort()
             return
+        await self.relay_tunnel(peer_id, stream, ApiRequestGate())
+
+    async def relay_tunnel(self, peer_id: str, stream: Stream, gate: ApiRequestGate,
+                           preface: bytes = b"") -> None:
+        """Relay a peer's API request to our serving llama-server through `gate`;
+        `preface` is what the gate already let through (read before choosing a model)."""
         gen = self.current
         if gen is None or not gen.ready or gen.llama is None or gen.llama.port is None:
             stream.abort()
@@ -342,9 +361,9 @@ class Hosting:
         gen.acquire()
         transport: asyncio.BaseTransport | None = None
         transport = await relay_to_tcp(
-            stream, "127.0.0.1", gen.llama.port, decoder=ApiRequestGate(),
+            stream, "127.0.0.1", gen.llama.port, decoder=gate,
             on_decode_error=lambda err: refusals.warning(
                 f"gate {peer_id}", "refused a tunnelled request from %s: %s", peer_id[:12], err),
-            on_closed=lambda: gen.release(transport))
+            on_closed=lambda: gen.release(transport), preface=preface)
         if transport is not None:
             gen.track(transport)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,12 @@ class Worker:
     """ggml-rpc-server and the RPC tunnel into it."""
 
     def __init__(self, *, file: FileClaim, changes: ChangeFeed, client: bool,
-                 elected: Callable[[], str | None], on_change: Callable[[], None]) -> None:
+                 elected: Callable[[], Collection[str]],
+                 on_change: Callable[[], None]) -> None:
         self.file = file
         self.changes = changes
         self.client = client  # a lite client serves nothing
-        self._elected = elected  # the host this node elects now
+        self._elected = elected  # the hosts this node elects now (one per group it serves)
         self._on_change = on_change  # our server came up or went, or our file proved different
         self.rpc: RpcServer | None = None
         self.connections = 0  # the host's llama-servers connected to us now
@@ -101,11 +102,11 @@ class Worker:
         self.changes.bump()
 
     async def agrees_host(self, peer_id: str) -> bool:
-        """Whether we elect `peer_id` as host, waiting briefly: its tunnel can arrive a moment
-        before the gossip that makes it host here."""
+        """Whether we elect `peer_id` as host of a group we serve in, waiting briefly: its
+        tunnel can arrive a moment before the gossip that makes it host here."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + HOST_AGREEMENT_S
-        while self._elected() != peer_id or self.client:
+        while peer_id not in self._elected() or self.client:
             seen = self.changes.version
             remaining = deadline - loop.time()
             if remaining <= 0 or self.client:

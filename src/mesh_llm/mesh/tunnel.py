@@ -216,7 +216,8 @@ class TunnelListener:
 async def relay_to_tcp(stream: Stream, host: str, port: int, *,
                        decoder: Decoder | None = None,
                        on_decode_error: Callable[[ValueError], None] | None = None,
-                       on_closed: Callable[[], None] | None = None) -> asyncio.Transport | None:
+                       on_closed: Callable[[], None] | None = None,
+                       preface: bytes = b"") -> asyncio.Transport | None:
     """The accepting end: connect `stream` to a local TCP service and relay until both close.
 
     A `decoder` failure (its ValueError) drops the connection and is reported to
@@ -236,6 +237,8 @@ async def relay_to_tcp(stream: Stream, host: str, port: int, *,
         if closed is not None:
             closed()
         return None
+    if preface and bridge.transport is not None:
+        bridge.transport.write(preface)
     bridge.attach(stream)
     return bridge.transport
 
