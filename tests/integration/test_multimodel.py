@@ -139,3 +139,42 @@ def test_one_node_hosts_two_models(make_node, f16_path: Path) -> None:
                "each llama-server answered its own model once", 10)
     reply = openai_client(a).chat.completions.create(model=F16, messages=PROMPT, max_tokens=2)
     assert reply.model.lower().startswith("sea-copy"), "the F16 server answered"
+
+
+def plan_of(node: NodeProcess, name: str) -> dict[str, Any]:
+    return model_status(node, name)["plan"] or {}
+
+
+def test_one_model_split_while_the_other_runs_solo(make_node, f16_path: Path) -> None:
+    a = make_node("a", "--model", Q4, "--split", "--max-vram", "2").wait_ready()
+    solo_text = chat(a, Q4, 40)  # --split with no worker yet: the host alone
+    token = a.status()["token"]
+    w = make_node("w", "--model", Q4, "--max-vram", "1", "--join", token).wait_ready()
+    b = make_node("b", "--model", str(f16_path), "--join", token).wait_ready()
+    idw = w.status()["node_id"]
+    a.wait_for(lambda: plan_of(a, Q4).get("workers") == [idw] and all_ready(a, {Q4, F16}),
+               "Q4 split over w, F16 ready", 120)
+    assert plan_of(a, F16)["mode"] == "solo" and plan_of(a, F16)["host"] == \
+        b.status()["node_id"]
+    assert plan_of(a, Q4)["mode"] == "split" and len(plan_of(a, Q4)["rpc"]) == 1
+    assert chat(b, Q4, 40) == chat(w, Q4, 40) == solo_text
+    assert chat(w, F16)
+
+
+def test_a_file_less_worker_joins_the_model_that_cannot_run_without_it(
+        make_node, f16_path: Path) -> None:
+    a = make_node("a", "--model", Q4, "--max-vram", "0.1")  # needs 0.108 GB: waits
+    a.wait_for(lambda: model_status(a, Q4)["plan"] is not None
+               and model_status(a, Q4)["plan"]["mode"] == "waiting", "Q4 waiting for VRAM")
+    b = make_node("b", "--model", str(f16_path), "--join", a.status()["token"]).wait_ready()
+    b.wait_for(lambda: model_status(b, F16)["ready"], "F16 served")
+    code, body = post(b, {"model": Q4, "messages": PROMPT, "max_tokens": 4})
+    assert code == 503 and "VRAM" in body["error"]["message"]
+    w = make_node("w", "--max-vram", "1", "--join", a.status()["token"])
+    w.wait_for(lambda: (w.status()["joined"] or {}).get("model") == Q4, "w joins Q4")
+    assert "cannot be served without this node" in w.status()["joined"]["reason"]
+    assert "joined SmolLM2-135M-Instruct" in w.output()
+    b.wait_for(lambda: model_status(b, Q4)["ready"], "Q4 served over a and w", 120)
+    assert plan_of(b, Q4)["mode"] == "split"
+    assert plan_of(b, Q4)["workers"] == [w.status()["node_id"]]
+    assert chat(b, Q4) and chat(w, Q4) == chat(a, Q4)
