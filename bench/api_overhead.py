@@ -4,7 +4,10 @@ Starts one real node (solo, SmolLM2), then alternates runs against its API port 
 against the same llama-server's own port, and prints medians and ratios. Also the
 node's peak RSS (VmHWM) while serving.
 
-    .venv/bin/python bench/api_overhead.py [--reps 15] [--tokens 128]
+    .venv/bin/python bench/api_overhead.py [--reps 15] [--tokens 128] [--two-models]
+
+With --two-models the node serves a second model too (an F16 copy, made once), so each
+request is routed by its `model` among two (issue #15).
 """
 
 from __future__ import annotations
@@ -46,11 +49,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--two-models", action="store_true",
+                    help="serve a second model beside SmolLM2 (routing among two)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        node = NodeProcess(Path(tmp) / "home").start()
+        extra: list[str] = []
+        if args.two_models:
+            from modelgen import dequantize_to_f16, smollm2_path
+            copy = dequantize_to_f16(smollm2_path(), Path(tmp) / "Second-Model-F16.gguf")
+            extra = ["--model", "SmolLM2-135M-Instruct", "--model", str(copy)]
+        node = NodeProcess(Path(tmp) / "home", *extra).start()
         try:
             node.wait_ready()
+            if args.two_models:
+                node.wait_for(lambda: all(m["ready"] for m in node.status()["models"])
+                              and len(node.status()["models"]) == 2, "both models ready")
             asyncio.run(measure(node, args.reps, args.tokens))
         finally:
             node.stop()

@@ -24,7 +24,13 @@ from aiohttp import web
 
 from . import __version__
 from .api.localnet import served_hosts
-from .api.model_names import ApiError, ServedModel, match_rank, models_listing, resolve
+from .api.model_names import (
+    ApiError,
+    ServedModel,
+    models_listing,
+    resolve,
+    resolve_in_mesh,
+)
 from .api.proxy import ApiProxy, Upstream
 from .api.request_counts import RequestCounter
 from .api.routing import WAITING_FOR_A_HOST, Route, route
@@ -490,15 +496,8 @@ class Node:
         return served_models(self.groups, self.hosted_by(), self.config.split)
 
     def resolve(self, requested: object) -> ServedModel | ApiError:
-        models = self.served()
-        found = resolve(requested, models, self.default_key)
-        if isinstance(found, ApiError) and found.status == 404 and len(models) == 1 \
-                and not any(match_rank(str(requested), name) is not None
-                            for name in self._departed.values()):
-            # One model in the mesh: any name reaches it, as llama-server alone allows
-            # (single-model clients send what they like); a model that left is a 404.
-            return resolve(None, models, self.default_key)
-        return found
+        return resolve_in_mesh(requested, self.served(), self.default_key,
+                               self._departed.values())
 
     def upstream_for(self, model: ServedModel) -> Upstream:
         key = model.fingerprint

@@ -139,6 +139,17 @@ def test_one_node_hosts_two_models(make_node, f16_path: Path) -> None:
                "each llama-server answered its own model once", 10)
     reply = openai_client(a).chat.completions.create(model=F16, messages=PROMPT, max_tokens=2)
     assert reply.model.lower().startswith("sea-copy"), "the F16 server answered"
+    # Through the API tunnel the host picks the llama-server by the request's model.
+    c = make_node("c", "--client", "--join", a.status()["invites"]["client"]).wait_ready()
+    c.wait_for(lambda: all_ready(c, {Q4, F16}), "both models seen by the client", 30)
+    n_q4 = served_requests(a.home, "llama-server.log")
+    n_f16 = served_requests(a.home, f"llama-server-{F16}.log")
+    assert chat(c, F16) == chat(a, F16)
+    a.wait_for(lambda: served_requests(a.home, f"llama-server-{F16}.log") == n_f16 + 2,
+               "the F16 server answered both", 10)
+    assert served_requests(a.home, "llama-server.log") == n_q4
+    assert chat(c, Q4) == chat(a, Q4)
+    assert served_requests(a.home, f"llama-server-{F16}.log") == n_f16 + 2
 
 
 def plan_of(node: NodeProcess, name: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from mesh_llm.api.model_names import (
     models_listing,
     name_key,
     resolve,
+    resolve_in_mesh,
     served_model,
 )
 from mesh_llm.inference.election import Plan
@@ -209,3 +210,12 @@ def test_a_group_becomes_a_served_model_and_routes_by_any_of_its_names() -> None
     waiting = served_model(group, Plan("waiting", "aa", reason="need 1 GB"), False)
     got = resolve(None, [waiting])
     assert isinstance(got, ApiError) and got.message.endswith("no ready host: need 1 GB")
+
+
+def test_a_single_model_mesh_takes_any_name_but_not_a_departed_ones() -> None:
+    assert resolve_in_mesh("x", [Q4]) == Q4, "one model: any name reaches it"
+    assert resolve_in_mesh("x", [Q4, F16]).status == 404  # type: ignore[union-attr]
+    gone = resolve_in_mesh("smollm2-135m-instruct-f16", [Q4],
+                           departed=["SmolLM2-135M-Instruct-F16"])
+    assert isinstance(gone, ApiError) and gone.status == 404
+    assert resolve_in_mesh(3, [Q4]).status == 400  # type: ignore[union-attr]

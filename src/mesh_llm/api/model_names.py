@@ -13,7 +13,7 @@ shard suffix (`-00001-of-00003`) or a quant suffix (`-Q4_1`, `.Q4_K_M`, `-F16`).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +158,20 @@ def resolve(requested: object, models: Sequence[ServedModel],
         why = model.why_not_ready or "its host is not ready yet"
         return ApiError(503, f"model {model.name} has no ready host: {why}")
     return model
+
+
+def resolve_in_mesh(requested: object, models: Sequence[ServedModel],
+                    default: str | None = None,
+                    departed: Collection[str] = ()) -> ServedModel | ApiError:
+    """`resolve`, except that while the mesh serves a single model any name reaches it,
+    as llama-server alone allows (single-model clients send whatever name they were
+    configured with); a name of a model that has left the mesh (`departed`) stays a 404."""
+    found = resolve(requested, models, default)
+    if isinstance(found, ApiError) and found.status == 404 and len(models) == 1 \
+            and isinstance(requested, str) \
+            and not any(match_rank(requested, name) is not None for name in departed):
+        return resolve(None, models, default)
+    return found
 
 
 def models_listing(models: Sequence[ServedModel], default: str | None = None,

@@ -65,7 +65,7 @@ def served_models(groups: Sequence[Group], hosted: Mapping[str, Mapping[str, Hos
                 why = str(plan.get("reason", "")) or "its host waits for more VRAM"
             elif entry is not None:
                 why = f"its host {host[:12] if host else ''} is still loading it"
-            elif group.host is None:
+            elif group.host is None or group.plan(force_split).mode == "waiting":
                 why = group.plan(force_split).reason
             else:
                 why = f"its host {group.host[:12]} has not started it yet"
