@@ -219,3 +219,5 @@ def test_a_single_model_mesh_takes_any_name_but_not_a_departed_ones() -> None:
                            departed=["SmolLM2-135M-Instruct-F16"])
     assert isinstance(gone, ApiError) and gone.status == 404
     assert resolve_in_mesh(3, [Q4]).status == 400  # type: ignore[union-attr]
+    empty = resolve_in_mesh("SmolLM2", [])
+    assert isinstance(empty, ApiError) and empty.status == 503 and "no host" in empty.message

@@ -141,8 +141,8 @@ def resolve(requested: object, models: Sequence[ServedModel],
     """
     if requested is None or (isinstance(requested, str) and not requested.strip()):
         if not models:
-            return ApiError(503, "no model is served in this mesh yet: waiting for a node "
-                                 "with a model file")
+            return ApiError(503, "no host is ready: no model is served in this mesh yet "
+                                 "(waiting for a node with a model file)")
         model = next((m for m in models if m.fingerprint == default), models[0])
     elif not isinstance(requested, str):
         return ApiError(400, f"`model` must be a string naming a model, got "
@@ -165,7 +165,11 @@ def resolve_in_mesh(requested: object, models: Sequence[ServedModel],
                     departed: Collection[str] = ()) -> ServedModel | ApiError:
     """`resolve`, except that while the mesh serves a single model any name reaches it,
     as llama-server alone allows (single-model clients send whatever name they were
-    configured with); a name of a model that has left the mesh (`departed`) stays a 404."""
+    configured with); a name of a model that has left the mesh (`departed`) stays a 404.
+    With no model at all the node knows nothing to refuse a name by: 503 (the relay
+    waits for a host), as before the mesh had many models."""
+    if not models and (requested is None or isinstance(requested, str)):
+        return resolve(None, models, default)
     found = resolve(requested, models, default)
     if isinstance(found, ApiError) and found.status == 404 and len(models) == 1 \
             and isinstance(requested, str) \
