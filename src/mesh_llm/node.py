@@ -538,7 +538,7 @@ class Node:
             counts = self.requests.counts()
             if counts != self._gossiped_counts and not self._stopping:
                 self._gossiped_counts = counts
-                self._announce()
+                self._reconcile()  # our own counts count in our groups too; announces
 
     async def _serve_http_tunnel(self, peer_id: str, stream: Stream) -> None:
         """A peer's API request: read it (through the gate), then relay it to the
