@@ -446,8 +446,10 @@ class Node:
         else:  # no llama-server here; the API goes through a tunnel to the host
             self.hosting.stand_down()
             host = self.peer(host_id)
-            self._following = "running" if host and host.announcement.ready \
-                else "waiting"
+            ready = host is not None and (host.announcement.ready if not self.model_less else
+                                          any(h.fingerprint == self.joined and h.ready
+                                              for h in host.announcement.hosted))
+            self._following = "running" if ready else "waiting"
         self._converge_extras()
         self._announce()
 
@@ -582,9 +584,17 @@ class Node:
         return hosting[0]
 
     def _host_plan(self) -> object:
-        """The serving plan our host announces (None when we host or there is none)."""
+        """The serving plans that may use our ggml-rpc-server, as one: our host's (None
+        when we host or there is none), and every other group's plan that names us."""
         host = self.peer(self.host_id) if self.host_id != self.node_id else None
-        return host.announcement.plan if host is not None else None
+        plan = host.announcement.plan if host is not None else None
+        others = [h.plan for p in self.connected_peers() for h in p.announcement.hosted
+                  if h.plan is not None and self.node_id in h.plan.get("workers", [])]
+        if not others:
+            return plan
+        workers = [w for each in [plan, *others] if isinstance(each, dict)
+                   for w in each.get("workers", [])]
+        return {**(plan if isinstance(plan, dict) else {}), "workers": workers}
 
     async def shutdown(self) -> None:
         if not self._stopping and self.mesh is not None and not self.config.client:
