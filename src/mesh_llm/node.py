@@ -546,7 +546,7 @@ class Node:
         """A peer's API request: read it (through the gate), then relay it to the
         llama-server of the model it names (its X-Mesh-Model key, else its `model`)."""
         hosting = [s for s in self.slots if s.hosting.active]
-        if len(hosting) <= 1 and (not hosting or hosting[0] is self.slots[0]):
+        if len(self.slots) <= 1 or not hosting:
             await self.hosting.serve_http_tunnel(peer_id, stream)  # one model: as ever
             return
         gate = ApiRequestGate()
@@ -559,19 +559,21 @@ class Node:
             stream.abort()
             return
         slot = self._slot_for(preface, hosting)
+        if slot is None:  # sent for a model we no longer host: the relay tries again
+            stream.abort()
+            return
         await slot.hosting.relay_tunnel(peer_id, stream, gate, preface)
 
-    def _slot_for(self, request: bytes, hosting: list[ModelSlot]) -> ModelSlot:
-        """The model a tunnelled request is for: by its key header, else its `model`
-        field among the models we host, else our first hosted model."""
+    def _slot_for(self, request: bytes, hosting: list[ModelSlot]) -> ModelSlot | None:
+        """The model a tunnelled request is for: by its key header (None when we do not
+        host that one), else its `model` field among the models we host, else our first
+        hosted model."""
         head, _, body = request.partition(b"\r\n\r\n")
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
             if name.strip().lower() == MODEL_HEADER.lower().encode():
                 key = value.strip().decode("latin-1")
-                found = next((s for s in hosting if s.key == key), None)
-                if found is not None:
-                    return found
+                return next((s for s in hosting if s.key == key), None)
         try:
             requested = json.loads(body).get("model") if body else None
         except (ValueError, AttributeError, RecursionError):
