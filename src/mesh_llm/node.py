@@ -5,6 +5,13 @@ became ready or died). Each time it recomputes who hosts (inference/candidates.p
 function of the gossiped state) and converges: the host runs llama-server
 (inference/hosting.py), every node lends its ggml-rpc-server to the host
 (inference/worker.py), and the API sends each request where api/routing.py says.
+
+Many models (issue #15): each --model is a slot with its own Hosting. The primary (the
+first) is elected as above, so a one-model mesh behaves as it always did; every model of
+the mesh is also a group (inference/groups.py), which elects the host of our other models
+and the group a file-less worker joins. The node is the API's router (api/proxy.py
+ModelRouter): a request's `model` picks the group, and the group's ready host serves it,
+here or through the API tunnel (whose host end reads the request to pick the model).
 """
 
 from __future__ import annotations
