@@ -120,13 +120,18 @@ class FakeConsole:
             return await result if asyncio.iscoroutine(result) else result
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
-    def start_upstream(self) -> None:
+    def start_upstream(self, models: dict[str, Any] | None = None) -> None:
         """A scripted llama-server: a token every 20 ms, for ever, or an error after three
-        tokens when the last message contains "fail"."""
+        tokens when the last message contains "fail". A request naming a `model` hears
+        "[that model]" first. GET /v1/models answers `models` (a 404 without)."""
         async def completions(request: web.Request) -> web.StreamResponse:
-            prompt = (await request.json())["messages"][-1]["content"]
+            body = await request.json()
+            prompt = body["messages"][-1]["content"]
             out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await out.prepare(request)
+            if "model" in body:
+                chunk = {"choices": [{"delta": {"content": f"[{body['model']}] "}}]}
+                await out.write(f"data: {json.dumps(chunk)}\n\n".encode())
             for i in range(3 if "fail" in prompt else 100_000):
                 chunk = {"choices": [{"delta": {"content": f"tok{i} "}}]}
                 await out.write(f"data: {json.dumps(chunk)}\n\n".encode())
@@ -135,9 +140,16 @@ class FakeConsole:
             await out.write(f"data: {json.dumps(error)}\n\n".encode())
             return out
 
+        async def listing(_request: web.Request) -> web.Response:
+            return web.json_response(models)
+
         async def start() -> None:
+            if self.upstream_runner is not None:  # a new llama-server replaces the last
+                await self.upstream_runner.cleanup()
             app = web.Application()
             app.router.add_post("/v1/chat/completions", completions)
+            if models is not None:
+                app.router.add_get("/v1/models", listing)
             runner = web.AppRunner(app, handler_cancellation=True)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", 0).start()

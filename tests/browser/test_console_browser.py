@@ -28,6 +28,7 @@ TOKEN = "eyJ2IjoxLCJpZCI6ImExYTEiLCJhZGRycyI6WyIxMjcuMC4wLjE6Nzg0MiJdLCJzIjoiLi4
 CLIENT_INVITE = "eyJ2IjoyLCJpZCI6ImExYTEiLCJraW5kIjoiY2xpZW50In0"
 MODEL = "SmolLM2-135M-Instruct"
 PHONE = {"width": 375, "height": 812}
+LAPTOP = {"width": 1280, "height": 860}
 NODE_S = 120  # generous bounds for real processes: not timing assertions
 ANSWER_MS = 90_000
 
@@ -331,6 +332,167 @@ def test_a_networked_console_logs_in_with_the_key(page: Page, fake_console, requ
     expect_only_same_origin(requests, console.url.rstrip("/"))
 
 
+# ---------- a multi-model mesh: a group per model, and the chat's model picker ----------
+
+CODER = "Coder-F16"
+
+
+def group(page: Page, model: str):  # type: ignore[no-untyped-def]
+    return page.locator(f'#diagram .group[data-model="{model}"]')
+
+
+def two_model_status(default: str = MODEL) -> dict[str, Any]:
+    """Four nodes, two models: SmolLM2 split host+worker A, Coder solo on worker B (which
+    loads it still) with this node (HOST) a standby member of both groups; a client."""
+    return split_status_from(HOST, "host") | {
+        "plan": {**SPLIT_PLAN, "workers": [WORKER_A], "tensor_split": [0.6, 0.4]},
+        "models": [
+            {"name": MODEL, "fingerprint": "f" * 16, "host": HOST, "ready": True,
+             "plan": {**SPLIT_PLAN, "workers": [WORKER_A], "tensor_split": [0.6, 0.4]},
+             "nodes": [HOST, WORKER_A], "requests_per_min": 12},
+            {"name": CODER, "fingerprint": "e" * 16, "host": WORKER_B, "ready": False,
+             "plan": {"mode": "solo", "host": WORKER_B, "workers": [], "rpc": [],
+                      "tensor_split": [1.0], "reason": ""},
+             "nodes": [WORKER_B, HOST], "requests_per_min": 0},
+        ],
+        "default_model": default,
+    }
+
+
+def mesh_listing(*names: str, ready: tuple[bool, ...] = ()) -> dict[str, Any]:
+    """GET /v1/models of a multi-model mesh, as the contract gives it."""
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "owned_by": "mesh-llm",
+         "meta": {"mode": "solo", "host": HOST, "nodes": [HOST],
+                  "ready": ready[i] if i < len(ready) else True}}
+        for i, name in enumerate(names)]}
+
+
+def test_a_multi_model_mesh_shows_a_group_per_model(page: Page, fake_console, shoot) -> None:
+    console = fake_console(two_model_status())
+    page.goto(console.url)
+
+    expect(page.locator("#diagram .group")).to_have_count(2)
+    smol, coder = group(page, MODEL), group(page, CODER)
+    expect(smol.locator(".group-name")).to_have_text(MODEL)
+    expect(smol.locator(".group-default")).to_have_text("default")
+    expect(smol.locator(".group-state")).to_have_text("ready")
+    expect(smol.locator(".group-plan")).to_have_text("split over 2 nodes (60% / 40%)")
+    expect(smol.locator(".group-rpm")).to_have_text("12 req/min")
+    expect(smol.locator(f'.node[data-id="{HOST}"] .badge')).to_have_text("HOST")
+    expect(smol.locator(f'.node[data-id="{HOST}"]')).to_contain_text("60% of the model")
+    expect(smol.locator(f'.node[data-id="{WORKER_A}"] .badge')).to_have_text("WORKER")
+    expect(smol.locator(f'.link[data-to="{WORKER_A}"]')).to_have_attribute("data-from", HOST)
+    expect(smol.locator(f'.link[data-to="{WORKER_A}"] .link-note')).to_have_text("layers 40%")
+    expect(smol.locator(f'.node[data-id="{WORKER_B}"]')).to_have_count(0)
+
+    expect(coder.locator(".group-state")).to_have_text("not ready")
+    expect(coder.locator(".group-default")).to_have_count(0)
+    expect(coder.locator(".group-plan")).to_have_text("solo: the whole model on the host")
+    expect(coder.locator(f'.node[data-id="{WORKER_B}"] .badge')).to_have_text("HOST")
+    expect(coder.locator(f'.node[data-id="{HOST}"] .badge')).to_have_text("WORKER")
+    expect(coder.locator(f'.node[data-id="{HOST}"]')).to_contain_text("this node")
+    expect(coder.locator(f'.link[data-to="{HOST}"]')).to_have_attribute("data-from", WORKER_B)
+    expect(coder.locator(f'.link[data-to="{HOST}"] .link-note')).to_have_text("standby")
+    expect(coder.locator(f'.node[data-id="{WORKER_A}"]')).to_have_count(0)
+
+    client = page.locator(f'#diagram .tier-clients .node[data-id="{CLIENT}"]')
+    expect(client.locator(".badge")).to_have_text("CLIENT")
+    expect(link(page, CLIENT).locator(".link-label")).to_have_text("QUIC · HTTP")
+    expect(page.locator("#status-line")).to_have_text("Running · 4 nodes · 32.0 GB")
+    shoot(page, "models")
+    page.emulate_media(color_scheme="dark")
+    shoot(page, "models-dark")
+    page.emulate_media(color_scheme="light")
+    page.set_viewport_size(PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    shoot(page, "models-phone")
+    page.set_viewport_size(LAPTOP)
+
+    # Coder's node leaves: one model again, and the diagram is today's single-model one
+    console.set(models=two_model_status()["models"][:1], peers=SPLIT_PEERS[:1] + SPLIT_PEERS[2:])
+    expect(page.locator("#diagram .group")).to_have_count(0)
+    expect(card(page, HOST).locator(".badge")).to_have_text("HOST")
+    expect(link(page, WORKER_A).locator(".link-note")).to_have_text("layers 40%")
+    expect(page.locator("#diagram").get_by_text(CODER)).to_have_count(0)
+
+
+def test_the_model_picker_follows_the_mesh_and_names_the_model(page: Page,
+                                                               fake_console) -> None:
+    console = fake_console(two_model_status(default=CODER.lower()))
+    console.start_upstream(mesh_listing(MODEL, CODER, ready=(True, False)))
+    page.goto(console.url)
+    picker = page.get_by_label("Model", exact=True)
+    expect(picker.locator("option")).to_have_text([MODEL, f"{CODER} (not ready)"])
+    expect(picker).to_have_value(CODER)  # the mesh's default, whatever its case
+
+    page.locator("#prompt").fill("Count")
+    page.locator("#send").click()
+    answer = page.locator(".msg.assistant").last
+    expect(answer.locator(".text")).to_contain_text(f"[{CODER}] tok0 tok1 ")
+    page.locator("#stop").click()
+    expect(page.locator("#stop")).to_be_disabled()
+
+    picker.select_option(MODEL)
+    console.start_upstream(mesh_listing(MODEL, CODER))  # Coder is ready now
+    console.set(models=[{**m, "ready": True} for m in two_model_status()["models"]],
+                default_model=CODER)
+    expect(picker.locator("option")).to_have_text([MODEL, CODER])  # refetched on the change
+    expect(picker).to_have_value(MODEL)  # which does not undo the viewer's choice
+    page.locator("#prompt").fill("Count again")
+    page.locator("#send").click()
+    answer = page.locator(".msg.assistant").last
+    expect(answer.locator(".text")).to_contain_text(f"[{MODEL}] tok0 tok1 ")
+    page.locator("#stop").click()
+    expect(page.locator("#stop")).to_be_disabled()
+
+    # a model leaves the mesh: the next status change refetches the list, the pick goes
+    console.start_upstream(mesh_listing(CODER))
+    console.set(models=two_model_status()["models"][1:])
+    expect(picker.locator("option")).to_have_text([CODER])
+    expect(picker).to_have_value(CODER)
+
+
+def test_model_view_functions_accept_any_listing(page: Page, fake_console) -> None:
+    console = fake_console({"node_id": HOST})
+    page.goto(console.url)
+    expect(card(page, HOST)).to_be_visible()
+    got = page.evaluate("""() => {
+      const c = window.meshConsole;
+      const llama = {object: "list", data: [{id: "SmolLM2-135M-Instruct", object: "model",
+                                             owned_by: "llamacpp", meta: {n_params: 1}}]};
+      const mesh = {object: "list", data: [
+        {id: "A", meta: {ready: true, fingerprint: "fa"}},
+        {id: "B", meta: {ready: false, fingerprint: "fb", default: true}}, {id: "A"}, null,
+        {id: 3}, {}]};
+      const ids = (x) => c.modelChoices(x).map((m) => m.label);
+      const choices = c.modelChoices(mesh);
+      return {
+        llama: ids(llama), mesh: ids(mesh),
+        junk: [null, 3, "x", {data: "x"}, {data: [null]}].map(ids),
+        picked: c.chosenModel(choices, "A", "B"), gone: c.chosenModel(choices, "Z", "b"),
+        byPrint: c.chosenModel(choices, "", "FA"), flagged: c.chosenModel(choices, "", null),
+        none: c.chosenModel([], "A", "B"),
+        groups: [null, {}, {models: "x"}, {models: [{name: "one"}]},
+                 {models: [null, {name: "only"}]}].map((s) => c.groupsView(s).groups.length),
+        odd: c.groupsView({node_id: "me", peers: [{id: "p", role: "client"}],
+                           models: [{}, {name: "m", host: 5, nodes: [null, {id: "me"}, 7],
+                                         plan: {mode: "split", workers: "x"}}]}),
+      };
+    }""")
+    assert got["llama"] == [MODEL]
+    assert got["mesh"] == ["A", "B (not ready)"]
+    assert got["junk"] == [[], [], [], [], []]
+    assert (got["picked"], got["gone"], got["byPrint"], got["flagged"], got["none"]) == (
+        "A", "B", "A", "B", "")
+    assert got["groups"] == [0, 0, 0, 0, 0]  # one model or none: today's diagram
+    odd = got["odd"]
+    assert [g["name"] for g in odd["groups"]] == ["?", "m"]
+    assert odd["groups"][1]["view"]["host"] is None
+    assert [w["id"] for w in odd["groups"][1]["view"]["workers"]] == ["me"]
+    assert [n["id"] for n in odd["clients"]] == ["p"] and odd["others"] == []
+
+
 # ---------- real nodes: the real model, chat, stop, restart, bad input ----------
 
 def start_solo(make_node, *args: str) -> NodeProcess:  # type: ignore[no-untyped-def]
@@ -388,6 +550,30 @@ def test_host_console_shows_the_node_and_streams_chat(page: Page, make_node,
     shoot(page, "host-phone")
     assert not requests.to("/api/status"), "the page polled /api/status"
     expect_only_same_origin(requests, node.console)
+
+
+def test_the_model_picker_lists_the_nodes_model_and_chat_uses_it(page: Page,
+                                                                 make_node) -> None:
+    """Today's single-model node: llama-server's own /v1/models fills the picker, and the
+    chat names the model picked."""
+    node = start_solo(make_node)
+    sent: list[dict[str, Any]] = []
+
+    def handle(route) -> None:  # type: ignore[no-untyped-def]
+        body = json.loads(route.request.post_data or "{}")
+        sent.append(body)
+        route.continue_(post_data=json.dumps({**body, "temperature": 0, "max_tokens": 32}))
+    page.route("**/api/chat", handle)
+    page.goto(node.console)
+    picker = page.get_by_label("Model", exact=True)
+    expect(picker.locator("option")).to_have_text([MODEL], timeout=NODE_S * 1000)
+    expect(picker).to_have_value(MODEL)
+    code, listing = http_json(node.api + "/v1/models")
+    assert code == 200 and [m["id"] for m in listing["data"]] == [MODEL]
+
+    assert expect_streamed_answer(page, "What is the capital of France?").strip()
+    assert [body.get("model") for body in sent] == [MODEL]
+    expect(page.locator(".msg.assistant").last).to_have_attribute("data-model", MODEL)
 
 
 def test_stop_ends_the_answer_and_the_generation(page: Page, make_node) -> None:

@@ -243,6 +243,8 @@ async def test_chat_without_a_host_says_why(harness) -> None:  # type: ignore[no
     ('{"messages": [{"content": "hi"}]}', "`role`"),
     ('{"messages": [{"role": "user", "content": 3}]}', "messages[0].content"),
     ('{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "`stream`"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "model": 7}', "`model`"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "model": ["a"]}', "`model`"),
 ])
 async def test_chat_rejects_bad_bodies(harness, data, fragment) -> None:  # type: ignore[no-untyped-def]
     h = await harness()
@@ -304,6 +306,102 @@ async def test_chat_is_relayed_to_chat_completions(harness) -> None:  # type: ig
                                   json={"messages": [message], "stream": False}) as resp:
             await resp.read()
         assert seen[-1][1]["stream"] is False  # an explicit choice is kept
+
+        async with h.session.post(h.url + "/api/chat",
+                                  json={"messages": [message], "model": "Coder-F16"}) as resp:
+            await resp.read()
+        assert seen[-1][1]["model"] == "Coder-F16"  # the picker's choice reaches the API
+    finally:
+        await runner.cleanup()
+
+
+# ---------- a multi-model mesh: the status's groups and the chat's model list ----------
+
+TWO_MODELS = {
+    "models": [
+        {"name": "SmolLM2-135M-Instruct", "fingerprint": "f" * 16, "host": HOST,
+         "plan": {"mode": "split", "host": HOST, "workers": [WORKER], "rpc": ["127.0.0.1:5000"],
+                  "tensor_split": [0.67, 0.33], "reason": ""},
+         "ready": True, "nodes": [HOST, WORKER], "requests_per_min": 12},
+        {"name": "Coder-F16", "fingerprint": "e" * 16, "host": WORKER,
+         "plan": {"mode": "solo", "host": WORKER, "workers": [], "rpc": [],
+                  "tensor_split": [1.0], "reason": ""},
+         "ready": False, "nodes": [WORKER], "requests_per_min": 0},
+    ],
+    "default_model": "SmolLM2-135M-Instruct",
+}
+
+
+async def test_a_multi_model_status_reaches_the_page_as_built(harness) -> None:  # type: ignore[no-untyped-def]
+    """The page draws a group per model from `models`: the console passes it untouched."""
+    h = await harness()
+    h.change(**TWO_MODELS)
+    async with h.session.get(h.url + "/api/status") as resp:
+        assert (await resp.json())["models"] == TWO_MODELS["models"]
+    async with h.session.get(h.url + "/api/events") as resp:
+        name, data = await next_event(resp)
+        assert name == "status"
+        sent = json.loads(data)
+        assert sent["models"] == TWO_MODELS["models"]
+        assert sent["default_model"] == "SmolLM2-135M-Instruct"
+        h.change(models=TWO_MODELS["models"][:1])  # one group left
+        assert json.loads((await next_event(resp))[1])["models"] == TWO_MODELS["models"][:1]
+
+
+async def _models_upstream(listing: dict[str, Any], seen: list[str]) -> web.AppRunner:
+    """A loopback server answering GET /v1/models the way llama-server does."""
+    async def models(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        return web.json_response(listing)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+async def test_the_model_list_is_what_the_api_answers(harness) -> None:  # type: ignore[no-untyped-def]
+    listing = {"object": "list", "data": [{"id": "SmolLM2-135M-Instruct", "object": "model",
+                                           "owned_by": "llamacpp", "created": 1}]}
+    seen: list[str] = []
+    runner = await _models_upstream(listing, seen)
+    try:
+        h = await harness(tcp_upstream("127.0.0.1", runner.addresses[0][1]))
+        async with h.session.get(h.url + "/api/models") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("application/json")
+            assert await resp.json() == listing
+        assert seen == ["GET /v1/models"]
+        async with h.session.post(h.url + "/api/models", json={}) as resp:
+            assert resp.status == 405 and (await resp.json())["error"]["message"]
+        assert seen == ["GET /v1/models"]
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_model_list_without_a_host_says_why(harness) -> None:  # type: ignore[no-untyped-def]
+    h = await harness(Upstream(None, "waiting for more VRAM: need 2.2 GB, mesh has 1.0 GB"))
+    async with h.session.get(h.url + "/api/models") as resp:
+        assert resp.status == 503
+        body = await resp.json()
+    assert body["error"]["message"] == "waiting for more VRAM: need 2.2 GB, mesh has 1.0 GB"
+
+
+async def test_the_model_list_needs_the_key_on_a_networked_console(harness) -> None:  # type: ignore[no-untyped-def]
+    seen: list[str] = []
+    runner = await _models_upstream({"object": "list", "data": []}, seen)
+    try:
+        h = await harness(tcp_upstream("127.0.0.1", runner.addresses[0][1]), api_key=KEY)
+        async with h.session.get(h.url + "/api/models") as resp:
+            assert resp.status == 401
+            assert (await resp.json())["error"]["type"] == "authentication_error"
+        assert seen == []
+        async with h.session.get(h.url + "/api/models",
+                                 headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            assert resp.status == 200 and (await resp.json())["data"] == []
+        assert seen == ["GET /v1/models"]
     finally:
         await runner.cleanup()
 

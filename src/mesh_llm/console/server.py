@@ -1,4 +1,5 @@
-"""The console on :3131: the page, the status JSON, live updates over SSE, and chat."""
+"""The console on :3131: the page, the status JSON, live updates over SSE, chat, and the
+chat's model list (whatever the node's API answers at GET /v1/models)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ HEARTBEAT_S = 15.0
 RETRY_MS = 1000  # how soon a browser's EventSource reconnects after the node went away
 MAX_CHAT_BYTES = 1024 * 1024
 CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
 
 
 def chat_body_error(body: dict[str, Any]) -> str | None:
@@ -41,6 +43,8 @@ def chat_body_error(body: dict[str, Any]) -> str | None:
             return f"messages[{i}].content must be a string or a list of parts"
     if "stream" in body and not isinstance(body["stream"], bool):
         return "`stream` must be true or false"
+    if body.get("model") is not None and not isinstance(body["model"], str):
+        return "`model` must be a string naming a model (or left out for the mesh's default)"
     return None
 
 
@@ -61,6 +65,7 @@ class Console:
         self._allowed = allowed
         self.open_streams = 0
         self._streams: set[asyncio.Task[Any]] = set()
+        self._api_router: web.UrlDispatcher | None = None
 
     def app(self) -> web.Application:
         middlewares = [json_errors, host_guard(self._allowed)]
@@ -72,6 +77,7 @@ class Console:
         app.router.add_get("/api/session", self.session)
         app.router.add_get("/api/events", self.events, allow_head=False)  # a stream: no HEAD
         app.router.add_post("/api/chat", self.chat)
+        app.router.add_get("/api/models", self.models, allow_head=False)  # relayed: no HEAD
         if self._key is not None:
             app.router.add_post("/login", self.login)
         app.router.add_static("/static/", STATIC, show_index=False)
@@ -174,6 +180,19 @@ class Console:
             return json_error(400, problem, "invalid_request_error")
         body.setdefault("stream", True)
         return await self._api.relay(request, CHAT_PATH, json.dumps(body).encode())
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        """The chat's model picker: exactly what this node's API answers at GET /v1/models
+        (llama-server's one-model list on a single-model node, the mesh's list where the
+        API builds one), by the API's own handler. The console's guards stand in for the
+        API's: the page is already let in."""
+        if self._api_router is None:
+            self._api_router = self._api.app().router
+        api_request = request.clone(rel_url=MODELS_PATH)
+        match = await self._api_router.resolve(api_request)
+        if match.http_exception is not None:
+            return json_error(404, "this node's API lists no models", "not_found")
+        return await match.handler(api_request)
 
 
 

@@ -81,6 +81,73 @@ function meshView(s) {
   return view;
 }
 
+/** The models of a multi-model status; [] when the mesh serves one (today's diagram). */
+function modelGroups(s) {
+  const models = list(s && s.models).filter((m) => m && typeof m === "object");
+  return models.length > 1 ? models : [];
+}
+
+/** Node ids from a list of ids or of {id} objects. */
+function idsOf(x) {
+  return list(x).map((n) => (n && typeof n === "object" ? n.id : n))
+    .filter((id) => typeof id === "string" && id);
+}
+
+/** A multi-model mesh as the diagram shows it: one group per model (its host, its
+ *  workers, the RPC links between them; a node serving several models shows in each),
+ *  the clients (their API tunnel routes by model), and nodes in no group. */
+function groupsView(s) {
+  s = s || {};
+  const nodes = new Map();
+  nodes.set(s.node_id || "", { id: s.node_id || "", role: s.is_client ? "client" : s.role,
+                               vram_bytes: s.vram_bytes, models: s.model ? [s.model] : [],
+                               rtt_ms: null, self: true });
+  for (const p of list(s.peers)) {
+    if (!p || typeof p !== "object" || !p.id || nodes.has(p.id)) continue;
+    nodes.set(p.id, { ...p, self: false });
+  }
+  const placed = new Set();
+  const cardOf = (id, role, plan) => {
+    placed.add(id);
+    const n = nodes.get(id) || { id, self: false };
+    return { id, role, self: !!n.self, vram_bytes: Number(n.vram_bytes) || 0,
+             models: list(n.models), rtt_ms: n.rtt_ms, share: shareOf(plan, id) };
+  };
+  const defaultModel = typeof s.default_model === "string" ? s.default_model : null;
+  const groups = modelGroups(s).map((m) => {
+    const plan = m.plan && typeof m.plan === "object" ? m.plan : null;
+    const hostId = (typeof m.host === "string" && m.host) || (plan && plan.host) || null;
+    const inSplit = new Set(plan && plan.mode === "split" ? idsOf(plan.workers) : []);
+    const members = [...new Set([hostId, ...idsOf(plan && plan.workers), ...idsOf(m.nodes)])]
+      .filter((id) => id && id !== hostId);
+    const host = hostId ? cardOf(hostId, "host", plan) : null;
+    const workers = members.map((id) => cardOf(id, "worker", plan));
+    const links = workers.map((w) => ({
+      kind: "rpc", from: hostId, to: w.id, label: "QUIC · RPC", serving: inSplit.has(w.id),
+      note: inSplit.has(w.id) ? "layers " + percent(w.share || 0) : "standby" }));
+    const name = typeof m.name === "string" && m.name ? m.name : "?";
+    const rpm = Number(m.requests_per_min);
+    return { name, fingerprint: typeof m.fingerprint === "string" ? m.fingerprint : "",
+             ready: m.ready === true, requestsPerMin: Number.isFinite(rpm) ? rpm : null,
+             isDefault: !!defaultModel && (defaultModel === name || defaultModel === m.fingerprint),
+             plan: plan ? planText({ plan }) : "–",
+             view: { hostId, host, workers, clients: [], links } };
+  });
+  const clients = [];
+  const others = [];
+  for (const n of nodes.values()) {
+    if (!n.id || placed.has(n.id)) continue;
+    const client = n.role === "client";
+    const node = { id: n.id, role: client ? "client" : "worker", self: n.self,
+                   vram_bytes: client ? 0 : Number(n.vram_bytes) || 0, models: list(n.models),
+                   rtt_ms: n.rtt_ms, share: null };
+    (client ? clients : others).push(node);
+  }
+  const links = clients.map((c) => ({ kind: "http", from: c.id, to: null,
+                                      label: "QUIC · HTTP", note: "API tunnel · by model" }));
+  return { groups, clients, others, links };
+}
+
 function nodeCount(s) {
   const v = meshView(s);
   return (v.host ? 1 : 0) + v.workers.length + v.clients.length;
@@ -148,6 +215,44 @@ function joinCommands(s) {
 function apiUrl(s, hostname) {
   if (!s || !s.api_port) return "–";
   return `http://${hostname || "127.0.0.1"}:${s.api_port}/v1`;
+}
+
+/** The chat's choices from GET /v1/models (OpenAI's shape, with the mesh's `meta` or
+ *  llama-server's own one-model list): [{id, label, ready, fingerprint, isDefault}]. */
+function modelChoices(listing) {
+  const data = listing && typeof listing === "object" ? list(listing.data) : [];
+  const seen = new Set();
+  const out = [];
+  for (const m of data) {
+    if (!m || typeof m !== "object" || typeof m.id !== "string" || !m.id || seen.has(m.id)) {
+      continue;
+    }
+    seen.add(m.id);
+    const meta = m.meta && typeof m.meta === "object" ? m.meta : {};
+    const ready = meta.ready !== false;
+    out.push({ id: m.id, label: m.id + (ready ? "" : " (not ready)"), ready,
+               fingerprint: typeof meta.fingerprint === "string" ? meta.fingerprint : "",
+               isDefault: meta.default === true });
+  }
+  return out;
+}
+
+/** Which choice the picker shows: the viewer's own pick while it is offered, else the
+ *  mesh's default model (by name, any case, or fingerprint), else the first. */
+function chosenModel(choices, picked, defaultModel) {
+  if (picked && choices.some((c) => c.id === picked)) return picked;
+  const want = typeof defaultModel === "string" ? defaultModel.toLowerCase() : "";
+  const byDefault = want && choices.find((c) => c.id.toLowerCase() === want
+                                          || c.fingerprint.toLowerCase() === want);
+  return (byDefault || choices.find((c) => c.isDefault) || choices[0] || { id: "" }).id;
+}
+
+/** What, in the status, may change the model list: refetch /v1/models when it does. */
+function modelsKey(s) {
+  s = s || {};
+  return JSON.stringify([list(s.models).map((m) => m && [m.name, m.ready]), s.model || null,
+                         s.host || null, !!s.llama_ready, s.state || null,
+                         s.default_model || null]);
 }
 
 /** Split a growing text/event-stream buffer into complete `data:` payloads and the rest. */
@@ -239,6 +344,40 @@ function renderDiagram(view, meshModel) {
   ].filter(Boolean);
 }
 
+function groupEl(group) {
+  const state = group.ready ? "ready" : "not ready";
+  return el("section", { class: "group" + (group.ready ? "" : " not-ready"),
+                         "data-model": group.name, "aria-label": `Model ${group.name}` },
+    el("div", { class: "group-head" },
+      el("h3", { class: "group-name" }, group.name),
+      group.isDefault ? el("span", { class: "group-default" }, "default") : null,
+      el("span", { class: "group-state" }, state),
+      el("span", { class: "group-plan" }, group.plan),
+      group.requestsPerMin === null ? null
+        : el("span", { class: "group-rpm" }, `${group.requestsPerMin} req/min`)),
+    ...renderDiagram(group.view, group.name));
+}
+
+/** The multi-model diagram: clients on top, then a box per model, then idle nodes. */
+function renderGroups(view) {
+  const linkTo = (id) => view.links.find((l) => l.from === id);
+  return [
+    view.clients.length ? el("div", { class: "tier tier-clients" },
+      view.clients.map((c) => el("div", { class: "col" }, nodeCard(c, null), linkEl(linkTo(c.id)))))
+      : null,
+    el("div", { class: "groups" }, view.groups.map(groupEl)),
+    view.others.length ? el("section", { class: "group others", "aria-label": "Nodes in no group" },
+      el("div", { class: "group-head" }, el("h3", { class: "group-name" }, "In no group")),
+      el("div", { class: "tier" },
+        view.others.map((n) => el("div", { class: "col" }, nodeCard(n, null))))) : null,
+  ].filter(Boolean);
+}
+
+function diagramOf(s) {
+  const view = groupsView(s);
+  return view.groups.length ? renderGroups(view) : renderDiagram(meshView(s), modelName(s));
+}
+
 let current = null;
 
 function render(s) {
@@ -247,7 +386,8 @@ function render(s) {
   document.title = "mesh-llm · " + statusLine(s);
   document.body.dataset.state = s.state || "";
   document.body.dataset.role = s.role || "";
-  $("diagram").replaceChildren(...renderDiagram(meshView(s), modelName(s)));
+  $("diagram").replaceChildren(...diagramOf(s));
+  $("diagram").dataset.groups = String(modelGroups(s).length);
   $("model").textContent = modelName(s) || "–";
   $("draft").textContent = s.draft || "none";
   $("plan").textContent = planText(s);
@@ -261,6 +401,51 @@ function render(s) {
   $("cmd-node").textContent = commands.node;
   $("cmd-client").textContent = commands.client;
   for (const button of document.querySelectorAll("button.copy")) button.disabled = !s.token;
+}
+
+// ---------- the model picker ----------
+
+let modelsSeen = null;  // modelsKey of the status the list was last fetched for
+let modelsAsked = 0;  // the latest fetch: an older answer arriving late is dropped
+let picked = "";  // the viewer's own choice, kept while the mesh offers it
+
+function fillPicker(choices, note) {
+  const select = $("model-picker");
+  const value = chosenModel(choices, picked, current && current.default_model);
+  select.replaceChildren(...(choices.length
+    ? choices.map((c) => el("option", { value: c.id }, c.label))
+    : [el("option", { value: "" }, "the mesh's default")]));
+  select.value = value;
+  select.title = note || "";
+  select.dataset.state = note ? "error" : "ok";
+}
+
+/** Fetch the model list (the node's GET /v1/models) for the picker. */
+async function refreshModels() {
+  const asked = ++modelsAsked;
+  let choices = null;
+  let note = "";
+  try {
+    const resp = await fetch("/api/models", { cache: "no-store" });
+    if (resp.ok) choices = modelChoices(await resp.json());
+    else note = await errorText(resp);
+  } catch (err) {
+    note = String(err.message || err);
+  }
+  if (asked !== modelsAsked) return;
+  if (choices) fillPicker(choices, "");
+  else if (!$("model-picker").querySelector("option[value]:not([value=''])")) {
+    fillPicker([], note);  // keep a list already shown: the next status change refetches
+  } else {
+    $("model-picker").title = note;
+  }
+}
+
+function followModels(s) {
+  const key = modelsKey(s);
+  if (key === modelsSeen) return;
+  modelsSeen = key;
+  refreshModels();
 }
 
 // ---------- live updates ----------
@@ -290,6 +475,7 @@ function connect() {
     if (s && typeof s === "object") {
       setLive("live");
       render(s);
+      followModels(s);
     }
   });
   source.addEventListener("error", () => {
@@ -414,11 +600,13 @@ async function ask(prompt) {
   let answer = "";
   let failed = null;
   let timings = null;
+  const model = $("model-picker").value;  // "" leaves the choice to the mesh's default
+  if (model) msg.dataset.model = model;
   try {
     const resp = await fetch("/api/chat", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ messages: history, stream: true }),
+      body: JSON.stringify({ messages: history, stream: true, ...(model ? { model } : {}) }),
       signal: controller.signal,
     });
     if (resp.status === 401 && await loginLapsed()) location.reload();
@@ -489,6 +677,9 @@ $("stop").addEventListener("click", () => {
   stop();
   $("prompt").focus();
 });
+$("model-picker").addEventListener("change", (event) => {
+  picked = event.target.value;
+});
 $("clear").addEventListener("click", () => {
   stop();
   conversation += 1;
@@ -499,6 +690,7 @@ $("clear").addEventListener("click", () => {
 
 // For tests and the curious: the pure view functions and the last status.
 window.meshConsole = { meshView, statusLine, planText, shareOf, joinCommands, modelName, apiUrl,
-                       sseData, timingsText, nodeCount, get status() { return current; } };
+                       sseData, timingsText, nodeCount, groupsView, modelGroups, modelChoices,
+                       chosenModel, modelsKey, get status() { return current; } };
 
 connect();

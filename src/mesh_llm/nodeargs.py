@@ -1,0 +1,151 @@
+"""The node's command line (`mesh-llm [--model M] [--join TOKEN] ...`) into a NodeConfig."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from . import __version__
+from .cliargs import Parser, port, positive_float, slots
+from .commands import COMMANDS
+from .config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, NodeConfig, default_home
+from .errors import UserError
+from .identity import is_node_id
+from .inference.llama import SPLIT_PARALLEL
+from .models.catalog import DEFAULT_MODEL
+from .token import TokenError, decode_token
+
+
+def node_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="mesh-llm",
+        description="Pool the GPUs and CPUs of several machines into one OpenAI-compatible "
+                    f"LLM service. Subcommands: {', '.join(COMMANDS)} "
+                    "(mesh-llm SUBCOMMAND --help).",
+    )
+    p.add_argument("--version", action="version", version=f"mesh-llm {__version__}")
+    p.add_argument("--model", metavar="M", action="append", default=[],
+                   help="repeatable: serve several models (the first is this node's primary; "
+                        "requests choose one by their `model` field). A "
+                        "catalog name (mesh-llm models; downloaded if missing), a .gguf path "
+                        "(any part of a split set), hf://ORG/REPO/FILE.gguf, a huggingface.co "
+                        ".../resolve/REV/FILE.gguf URL, or ORG/REPO:QUANT "
+                        f"(default {DEFAULT_MODEL}; "
+                        "with --join and no --model: a worker without a model file that "
+                        "serves the host's model, whose weights then come over the mesh)")
+    p.add_argument("--join", metavar="TOKEN", action="append", default=[],
+                   help="invite token of a running node (repeatable: the first that works "
+                        "wins); without --model this node needs no model file. If none "
+                        "works the node exits, unless --standalone")
+    p.add_argument("--standalone", action="store_true",
+                   help="when every --join fails, serve alone as a mesh of its own instead "
+                        "of exiting")
+    p.add_argument("--new-mesh", action="store_true",
+                   help="start a new mesh: a fresh mesh secret instead of the one kept in "
+                        "the home (old tokens and invites stop working)")
+    p.add_argument("--trust-hosts", metavar="ID,...",
+                   help="only these node ids may be elected host (every prompt passes through "
+                        "the host); others serve as workers at most. Default: the ids in "
+                        "HOME/trusted_hosts if that file exists, else any worker may host")
+    p.add_argument("--client", action="store_true",
+                   help="lite client: no model, no GPU; the API is tunnelled to the host")
+    p.add_argument("--bind-port", type=port, default=0, metavar="P",
+                   help="UDP port for QUIC (stable invite token); default ephemeral")
+    p.add_argument("--bind-host", default="0.0.0.0", metavar="ADDR",
+                   help="address for the QUIC socket (default 0.0.0.0; 127.0.0.1 keeps the "
+                        "mesh on this machine)")
+    p.add_argument("--advertise", action="append", default=[], metavar="HOST:PORT",
+                   help="an address other nodes can reach this one at (repeatable)")
+    p.add_argument("--port", type=port, default=DEFAULT_API_PORT,
+                   help=f"OpenAI API port (default {DEFAULT_API_PORT})")
+    p.add_argument("--console", type=port, nargs="?", const=DEFAULT_CONSOLE_PORT, default=None,
+                   metavar="PORT", help=f"serve the web console (default port "
+                                        f"{DEFAULT_CONSOLE_PORT})")
+    p.add_argument("--split", action="store_true",
+                   help="always split the model over the workers, even if it fits the host")
+    p.add_argument("--max-vram", type=positive_float, metavar="GB",
+                   help="cap the memory this node offers for models")
+    draft = p.add_mutually_exclusive_group()
+    draft.add_argument("--draft", metavar="PATH", help="draft model for speculative decoding")
+    draft.add_argument("--no-draft", action="store_true", help="no speculative decoding")
+    p.add_argument("--draft-max", type=int, default=8, metavar="N",
+                   help="most tokens drafted per step (default 8)")
+    p.add_argument("--parallel", type=slots, metavar="N",
+                   help="concurrent requests llama-server serves (slots; default: "
+                        f"{SPLIT_PARALLEL} for a split, llama.cpp's own choice solo)")
+    p.add_argument("--bin-dir", type=Path, metavar="DIR",
+                   help="use the llama.cpp binaries in DIR (e.g. a CUDA or Metal build)")
+    p.add_argument("--device", metavar="DEV", help="llama.cpp device to use (--device)")
+    p.add_argument("--home", type=Path, default=None, metavar="DIR",
+                   help="node home: keys, logs (default $MESH_LLM_HOME or ~/.mesh-llm)")
+    p.add_argument("--listen-all", action="store_true",
+                   help="serve the API on 0.0.0.0 (requires --api-key)")
+    p.add_argument("--api-key", metavar="KEY", help="Bearer key required by the API")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    if args.client and not args.join:
+        raise UserError("--client needs --join TOKEN: a lite client joins an existing mesh", 2)
+    if args.listen_all and not args.api_key:
+        raise UserError("--listen-all exposes the API to the network: also give --api-key KEY",
+                        2)
+    for token in args.join:
+        try:
+            kind = decode_token(token).kind
+        except TokenError as err:
+            raise UserError(f"--join: {err}", 2) from None
+        if kind == "client" and not args.client:
+            raise UserError("--join: that is a client invite, which grants only the API: "
+                            "use it with --client, or ask for a worker invite", 2)
+    if args.draft_max < 1:
+        raise UserError("--draft-max must be at least 1", 2)
+    models = [m for m in args.model if m]
+    if args.client and models:
+        logging.getLogger("mesh_llm").warning("--model %s ignored: a client serves no model",
+                                              " ".join(models))
+        models = []
+    if not args.client and not models and not args.join:
+        models = [DEFAULT_MODEL]  # alone: serve the default model solo
+    model = models[0] if models else None
+    # --join without --model: a worker without a model file; it serves the host's model
+    if model is None and args.draft and not args.client:
+        logging.getLogger("mesh_llm").warning(
+            "--draft %s ignored: without --model this node never hosts", args.draft)
+    device_args = ("--device", args.device) if args.device else ()
+    home = args.home or default_home()
+    return NodeConfig(
+        model=model, models=tuple(models), home=home, join=tuple(args.join),
+        client=args.client, api_port=args.port, console_port=args.console,
+        bind_host=args.bind_host, bind_port=args.bind_port, advertise=tuple(args.advertise),
+        split=args.split,
+        max_vram_gb=args.max_vram, draft=args.draft, no_draft=args.no_draft,
+        draft_max=args.draft_max, parallel=args.parallel, bin_dir=args.bin_dir,
+        device=args.device,
+        listen_all=args.listen_all, api_key=args.api_key, llama_args=device_args,
+        standalone=args.standalone, new_mesh=args.new_mesh,
+        trust_hosts=trusted_hosts(args.trust_hosts, home),
+    )
+
+
+def trusted_hosts(flag: str | None, home: Path) -> frozenset[str] | None:
+    """--trust-hosts, else HOME/trusted_hosts, else None (any worker may host)."""
+    from .home import TRUSTED_HOSTS_NAME, read_trusted_hosts
+
+    if flag is not None:
+        ids, where = [part.strip() for part in flag.split(",") if part.strip()], "--trust-hosts"
+    else:
+        listed = read_trusted_hosts(home)
+        if listed is None:
+            return None
+        ids, where = listed, str(home.expanduser() / TRUSTED_HOSTS_NAME)
+    for node_id in ids:
+        if not is_node_id(node_id):
+            shown = node_id if len(node_id) <= 20 else node_id[:17] + "..."
+            raise UserError(f"{where}: {shown!r} is not a node id (64 lowercase hex characters; "
+                            "see node_id in mesh-llm status)", 2)
+    if not ids:
+        raise UserError(f"{where} names no node id: no node could host", 2)
+    return frozenset(ids)
