@@ -6,12 +6,14 @@ function of the gossiped state) and converges: the host runs llama-server
 (inference/hosting.py), every node lends its ggml-rpc-server to the host
 (inference/worker.py), and the API sends each request where api/routing.py says.
 
-Many models (issue #15): each --model is a slot with its own Hosting. The primary (the
-first) is elected as above, so a one-model mesh behaves as it always did; every model of
-the mesh is also a group (inference/groups.py), which elects the host of our other models
-and the group a file-less worker joins. The node is the API's router (api/proxy.py
-ModelRouter): a request's `model` picks the group, and the group's ready host serves it,
-here or through the API tunnel (whose host end reads the request to pick the model).
+Many models (issue #15): each --model is a slot with its own Hosting. Every model of the
+mesh is a group (inference/groups.py, the same on every node), and every slot, the primary
+(first) included, is elected inside its group by candidates.elect_group with the
+single-model exclusion rules (RPC protocol, leaving), so all nodes agree on one host per
+model; a one-model mesh is one group and behaves as it always did. The node is the API's
+router (api/proxy.py ModelRouter): a request's `model` picks the group, and the group's
+ready host serves it, here or through the API tunnel (whose host end reads the request to
+pick the model).
 """
 
 from __future__ import annotations
@@ -49,8 +51,7 @@ from .console.server import Console
 from .errors import UserError
 from .home import HomeDir
 from .identity import Identity, is_node_id
-from .inference.candidates import NodeView, elect, leaving_since, view_of
-from .inference.election import Candidate
+from .inference.candidates import NodeView, elect_group, leaving_since, view_of
 from .inference.groups import (
     Group,
     NodeOffer,
@@ -63,7 +64,6 @@ from .inference.groups import (
 )
 from .inference.hosting import Hosting, read_tunnelled_request, refusals
 from .inference.offers import offer_of, ready_host, served_models
-from .inference.rpc_wire import compatible
 from .inference.worker import FileClaim, Worker
 from .mesh.announcement import Announcement, Hosted, Offer
 from .mesh.mesh import Mesh, MeshJoinError
@@ -389,10 +389,12 @@ class Node:
             self._reconcile()
 
     def _offers(self) -> list[NodeOffer]:
-        """What every node brings to the mesh (ourselves first), for groups.py."""
+        """What every node brings to the mesh (ourselves first), for groups.py. We plan
+        with ourselves while leaving (a host keeps serving while the peers, who plan
+        without us, start the next one); our other models stand down (_converge_extras)."""
         me = NodeOffer(self.node_id, 0 if self.config.client else self.setup.vram_bytes,
                        models=tuple(s.offer for s in self.slots), file_less=self.model_less,
-                       client=self.config.client, leaving=self.leaving, joined=self.joined,
+                       client=self.config.client, joined=self.joined,
                        requests_per_min=self.requests.counts(), started_at=self.started_at)
         return [me, *(offer_of(p.announcement, p.rtt_ms) for p in self.connected_peers())]
 
@@ -435,12 +437,9 @@ class Node:
         views = [view_of(p) for p in self.connected_peers()]
         self.hosting.leaving_since = leaving_since(self.hosting.leaving_since, views,
                                                    asyncio.get_running_loop().time())
-        outcome = elect(me, views, self.config.trust_hosts)
+        outcome = elect_group(me, views, self._primary_group())
         self.excluded = dict(outcome.excluded)
         host_id = outcome.host_id
-        if self.model_less:  # it serves the group it joined: that group's host
-            group = self.group(self.joined)
-            host_id = group.host if group is not None else None
         if host_id != self.host_id:
             if host_id is None and self.model_less:
                 log.warning("%s", WAITING_FOR_A_HOST)
@@ -449,7 +448,7 @@ class Node:
                          (host_id[:12] if host_id else "none"))
             self.host_id = host_id
         if outcome.me is not None and host_id == self.node_id:
-            self.hosting.converge(self._budgeted(outcome.me), outcome.workers)
+            self.hosting.converge(outcome.me, outcome.workers)
         else:  # no llama-server here; the API goes through a tunnel to the host
             self.hosting.stand_down()
             host = self.peer(host_id)
@@ -457,40 +456,43 @@ class Node:
                                           any(h.fingerprint == self.joined and h.ready
                                               for h in host.announcement.hosted))
             self._following = "running" if ready else "waiting"
-        self._converge_extras()
+        self._converge_extras(me, views)
         self._announce()
 
-    def _budgeted(self, me: Candidate) -> Candidate:
-        """Ourselves as the primary model's host, with the VRAM our allocation gives it
-        (all of it when it is our only model): memory given to another model is not
-        counted again."""
-        if len(self.slots) < 2:
-            return me
-        allocation = local_allocation(self.setup.vram_bytes, [s.offer for s in self.slots])
-        given = {group_key(b.model): b.vram_bytes for b in
-                 [*allocation.hosted, *([allocation.share] if allocation.share else [])]}
-        return replace(me, vram_bytes=given.get(self.slots[0].key, me.vram_bytes))
+    def _group_of(self, slot: ModelSlot) -> Group | None:
+        """The group a --model of ours is in: by its key, or (its fingerprint failed) the
+        group that counts us under its name."""
+        group = self.group(slot.key)
+        if group is not None or slot.offer.fingerprint:
+            return group
+        name = slot.offer.name.casefold()
+        return next((g for g in self.groups if self.node_id in g.nodes
+                     and name in (a.casefold() for a in g.aliases)), None)
 
-    def _converge_extras(self) -> None:
-        """Host each of our other models whose group elects us (groups.py); a change in
-        one group converges only that group's llama-server."""
+    def _primary_group(self) -> Group | None:
+        """The group our primary election is about: our first --model's; a file-less
+        worker's joined group; on a lite client the mesh's default model."""
+        if self.slots:
+            return self._group_of(self.slots[0])
+        return self.group(self.joined if self.model_less else self.default_key)
+
+    def _converge_extras(self, me: NodeView | None, views: list[NodeView]) -> None:
+        """Host each of our other models whose group elects us (the same group election
+        as the primary's); a change in one group converges only that group's llama-server."""
         allocation = local_allocation(self.setup.vram_bytes, [s.offer for s in self.slots])
         self.left_out = {m.name: why for m, why in allocation.left_out}
         for slot in self.slots[1:]:
             hosting = slot.hosting
             hosting.leaving_since = self.hosting.leaving_since
-            group = self.group(slot.key)
-            if self.leaving or group is None or group.host != self.node_id:
+            group = self._group_of(slot)
+            outcome = elect_group(
+                None if me is None else replace(me, models=(slot.offer.name,),
+                                                fingerprint=slot.file.fingerprint),
+                views, group)
+            if self.leaving or outcome.me is None or outcome.host_id != self.node_id:
                 hosting.stand_down()
                 continue
-            me = next(c for c in group.candidates if c.node_id == self.node_id)
-            workers = []
-            for c in group.candidates:
-                peer = self.peer(c.node_id) if c.node_id != self.node_id else None
-                if peer is not None and peer.announcement.rpc_ready and compatible(
-                        self.worker.rpc_version, peer.announcement.rpc_version):
-                    workers.append(c)
-            hosting.converge(me, tuple(workers))
+            hosting.converge(outcome.me, outcome.workers)
 
     # --- many models: the API's router (api/proxy.py ModelRouter) ---
     def hosted_by(self) -> dict[str, dict[str, Hosted]]:

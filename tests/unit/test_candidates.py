@@ -6,11 +6,13 @@ from __future__ import annotations
 from mesh_llm.inference.candidates import (
     NodeView,
     elect,
+    elect_group,
     leaving_since,
     serving_candidates,
     view_of,
 )
 from mesh_llm.inference.election import Candidate, elect_host
+from mesh_llm.inference.groups import NodeOffer, OfferedModel, model_groups
 from mesh_llm.mesh.announcement import Announcement
 from mesh_llm.mesh.peers import PeerInfo
 
@@ -157,3 +159,49 @@ def test_leaving_since_keeps_the_first_sighting_and_forgets_those_back() -> None
     later = leaving_since(first, [node("bb", leaving=True), node("cc", leaving=True)], 15.0)
     assert later == {"bb": 10.0, "cc": 15.0}
     assert leaving_since(later, [node("bb")], 20.0) == {}
+
+
+def test_a_model_held_second_has_one_host_on_every_node() -> None:
+    """A holds X only; B holds Y first and X second and is bigger: X is one group, so A and
+    B elect the same host for it (the primary's election once left B out of A's, and both
+    hosted X)."""
+    x, y = OfferedModel("fx", "X", GB), OfferedModel("fy", "Y", GB)
+    a_offer = NodeOffer("aa", int(1.1 * GB), (x,))
+    b_offer = NodeOffer("bb", int(2.2 * GB) + GB, (y, x))
+    a = NodeView("aa", "worker", a_offer.vram_bytes, models=("X",), fingerprint="fx",
+                 rpc_version="3.0.0", rpc_ready=True)
+    b = NodeView("bb", "worker", b_offer.vram_bytes, models=("Y",), fingerprint="fy",
+                 rpc_version="3.0.0", rpc_ready=True)
+    groups = {g.key: g for g in model_groups([a_offer, b_offer])}
+    on_a = elect_group(a, [b], groups["fx"])
+    on_b = elect_group(b, [a], groups["fx"])
+    assert on_a.host_id == on_b.host_id == "bb"
+    assert "bb" not in on_a.excluded, "B serves X too: it is no other model for A"
+    assert on_a.me is not None and on_a.me.node_id == "aa"
+    assert [c.node_id for c in on_a.workers] == ["bb"]
+
+
+def test_a_group_election_keeps_the_exclusion_rules() -> None:
+    """Inside a group, a peer with another RPC protocol or leaving is out (with its
+    reason), a peer of another model is named with why, and none of them may host."""
+    x, y = OfferedModel("f1", "M", GB), OfferedModel("f2", "Other", GB)
+    offers = [NodeOffer("aa", 2 * GB, (x,)), NodeOffer("bb", 9 * GB, (x,)),
+              NodeOffer("cc", 9 * GB, (y,)), NodeOffer("dd", 9 * GB, (x,))]
+    group = next(g for g in model_groups(offers) if g.key == "f1")
+    me = view("aa", fp="f1", vram_gb=2)
+    peers = [view("bb", rpc="4.0.0", vram_gb=9, rpc_ready=True),
+             view("cc", ("Other",), fp="f2", vram_gb=9, rpc_ready=True),
+             view("dd", vram_gb=9, leaving=True, rpc_ready=True)]
+    outcome = elect_group(me, peers, group)
+    assert outcome.host_id == "aa" and outcome.workers == ()
+    assert "RPC protocol 4.0.0 differs from ours (3.0.0)" in outcome.excluded["bb"]
+    assert "another file" in outcome.excluded["cc"]
+    assert outcome.excluded["dd"] == "leaving the mesh"
+
+
+def test_a_client_follows_the_group_it_is_given() -> None:
+    x = OfferedModel("f1", "M", GB)
+    group = model_groups([NodeOffer("bb", 2 * GB, (x,)), NodeOffer("cc", 3 * GB, (x,))])[0]
+    outcome = elect_group(None, [view("bb", vram_gb=2), view("cc", vram_gb=3)], group)
+    assert outcome.host_id == "cc" and outcome.me is None
+    assert elect_group(view("aa"), [], None).host_id is None

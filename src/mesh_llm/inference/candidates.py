@@ -1,8 +1,9 @@
 """Who may serve with whom: the election's candidates, built from the gossiped state.
 
 Pure code. The node turns its own facts and each connected peer's announcement into a
-`NodeView`; `elect` then says who hosts, who may serve with us as a worker, and why every
-other serving peer may not (another model, another RPC protocol, leaving).
+`NodeView`; `elect_group` then says, for one model's group (groups.py), who hosts, who may
+serve with us as a worker, and why every other serving peer may not (another model,
+another RPC protocol, leaving). `elect` is the same rules for a one-model view of the mesh.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from ..mesh.peers import PeerInfo
 from .election import Candidate, elect_host, incompatibility
+from .groups import Group
 
 
 @dataclass(frozen=True)
@@ -130,3 +132,47 @@ def leaving_since(previous: Mapping[str, float], peers: Iterable[NodeView],
     """When we first saw each peer that now announces it is leaving (a host stops using a
     leaving worker before the worker's wait runs out)."""
     return {p.node_id: previous.get(p.node_id, now) for p in peers if p.leaving}
+
+
+def _group_exclusion(me: NodeView | None, names: set[str], peer: NodeView,
+                     member: bool) -> str | None:
+    """Why `peer` may not serve in our group, or None: leaving, another model (not a
+    member of the group), or (when we hold a file and so run the checks) another RPC
+    protocol."""
+    if peer.leaving:
+        return "leaving the mesh"
+    if me is None or not me.model_file:
+        return None if member else "serves another model"
+    if not member:
+        return _differs(me, names, peer) or f"does not serve {', '.join(me.models)}"
+    return incompatibility("", me.rpc_version, [""], peer.rpc_version)
+
+
+def elect_group(me: NodeView | None, peers: Sequence[NodeView],
+                group: Group | None) -> Electorate:
+    """One model's election as this node sees it: the group's members (groups.py, the
+    same on every node) less the peers our exclusion rules leave out; the host is the
+    group's rule (most VRAM given to the model, ties by id) among the rest.
+
+    Every model, a node's first included, is elected this way, so a node holding a model
+    as its second one still takes part in that model's election on every node. `me` is
+    None on a lite client; `group` None when the model is in no group (nothing to serve).
+    """
+    members = {c.node_id for c in group.candidates} if group is not None else set()
+    serving = [p for p in peers if p.role != "client"]
+    names = _our_names(me, serving) if me is not None and me.model_file else set()
+    excluded: dict[str, str] = {}
+    for peer in serving:
+        why = _group_exclusion(me, names, peer, peer.node_id in members)
+        if why is not None:
+            excluded[peer.node_id] = why
+    if group is None:
+        return Electorate(None, None, (), excluded)
+    me_id = me.node_id if me is not None and not me.leaving else None
+    peer_ids = {p.node_id for p in serving}
+    candidates = [c for c in group.candidates if c.node_id not in excluded
+                  and (c.node_id == me_id or c.node_id in peer_ids)]
+    mine = next((c for c in candidates if c.node_id == me_id), None)
+    rpc_ready = {p.node_id for p in serving if p.rpc_ready}
+    workers = tuple(c for c in candidates if c is not mine and c.node_id in rpc_ready)
+    return Electorate(elect_host(candidates), mine, workers, excluded)
