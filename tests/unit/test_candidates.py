@@ -1,11 +1,11 @@
-"""Who may serve with whom: serving_candidates (a model is its bytes), view_of, elect
-(host, workers, exclusions) and leaving_since."""
+"""Who may serve with whom: serving_candidates (a model is its bytes), view_of, elect_group
+(host, workers, exclusions, inside one model's group) and leaving_since."""
 
 from __future__ import annotations
 
 from mesh_llm.inference.candidates import (
+    Electorate,
     NodeView,
-    elect,
     elect_group,
     leaving_since,
     serving_candidates,
@@ -106,6 +106,18 @@ def node(node_id: str, vram_gb: float = 1, **kw) -> NodeView:  # type: ignore[no
     kw.setdefault("fingerprint", "f1")
     kw.setdefault("rpc_version", "3.0.0")
     return NodeView(node_id, kw.pop("role", "worker"), int(vram_gb * GB), **kw)
+
+
+def elect(me: NodeView | None, peers: list[NodeView],
+          trusted_hosts: frozenset[str] | None = None) -> Electorate:
+    """The node's election for one model: the mesh's groups from every node's offer
+    (each view's model, 0.1 GB), then our model's group (a client: model M's)."""
+    offers = [NodeOffer(v.node_id, v.vram_bytes,
+                        (OfferedModel(v.fingerprint, v.models[0], GB // 10),),
+                        leaving=v.leaving)
+              for v in ([me] if me is not None else []) + peers if v.role != "client"]
+    groups = {g.key: g for g in model_groups(offers, trusted_hosts)}
+    return elect_group(me, peers, groups.get(me.fingerprint if me is not None else "f1"))
 
 
 def test_view_of_reads_what_the_election_needs_from_an_announcement() -> None:

@@ -3,7 +3,8 @@
 Pure code. The node turns its own facts and each connected peer's announcement into a
 `NodeView`; `elect_group` then says, for one model's group (groups.py), who hosts, who may
 serve with us as a worker, and why every other serving peer may not (another model,
-another RPC protocol, leaving). `elect` is the same rules for a one-model view of the mesh.
+another RPC protocol, leaving). `serving_candidates` applies the same rules to a one-model
+view of the mesh (who may serve with us, whatever the groups).
 """
 
 from __future__ import annotations
@@ -81,16 +82,11 @@ def serving_candidates(me: NodeView | None, peers: Iterable[NodeView],
     checks = me is not None and me.model_file
     names = _our_names(me, serving) if me is not None and checks else set()
     for peer in serving:
-        if peer.leaving:
-            excluded[peer.node_id] = "leaving the mesh"
+        same = not checks or me is None or _differs(me, names, peer) is None
+        why = _group_exclusion(me if checks else None, names, peer, member=same)
+        if why is not None:
+            excluded[peer.node_id] = why
             continue
-        if me is not None and checks:
-            why = _differs(me, names, peer)
-            if why is None:
-                why = incompatibility("", me.rpc_version, [""], peer.rpc_version)
-            if why is not None:
-                excluded[peer.node_id] = why
-                continue
         candidates.append(Candidate(peer.node_id, peer.role, peer.vram_bytes, peer.rtt_ms,
                                     can_host=peer.model_file and may_host(peer.node_id)))
     return candidates, excluded
@@ -113,18 +109,6 @@ class Electorate:
     me: Candidate | None  # ourselves, when we may serve (None: a lite client, or leaving)
     workers: tuple[Candidate, ...]  # the others that may serve with us, ggml-rpc-server up
     excluded: Mapping[str, str]  # peer id → why it cannot serve with us
-
-
-def elect(me: NodeView | None, peers: Sequence[NodeView],
-          trusted_hosts: frozenset[str] | None = None) -> Electorate:
-    """Who hosts, and whom a host of ours may plan as workers: every node runs this on the
-    same announcements, so all agree on the host without a vote."""
-    candidates, excluded = serving_candidates(me, peers, trusted_hosts)
-    mine = candidates[0] if me is not None and not me.leaving and candidates else None
-    rpc_ready = {p.node_id for p in peers if p.rpc_ready}
-    workers = tuple(c for c in candidates
-                    if c is not mine and c.node_id in rpc_ready)
-    return Electorate(elect_host(candidates), mine, workers, excluded)
 
 
 def leaving_since(previous: Mapping[str, float], peers: Iterable[NodeView],
