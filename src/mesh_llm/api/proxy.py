@@ -166,16 +166,14 @@ class ApiProxy:
             return upstream
         if self.queued >= MAX_QUEUED:
             return Upstream(None, f"{upstream.reason} (and {MAX_QUEUED} requests already wait)")
-        loop = asyncio.get_running_loop()
+        def ready() -> bool:
+            nonlocal upstream
+            upstream = self._upstream()
+            return upstream.connect is not None
+
         self.queued += 1
         try:
-            while upstream.connect is None:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                seen = self._changes.version
-                await self._changes.wait_newer(seen, left)
-                upstream = self._upstream()
+            await self._changes.wait_until(ready, deadline - asyncio.get_running_loop().time())
         finally:
             self.queued -= 1
         return upstream
