@@ -65,7 +65,6 @@ class Console:
         self._allowed = allowed
         self.open_streams = 0
         self._streams: set[asyncio.Task[Any]] = set()
-        self._api_router: web.UrlDispatcher | None = None
 
     def app(self) -> web.Application:
         middlewares = [json_errors, host_guard(self._allowed)]
@@ -182,18 +181,10 @@ class Console:
         return await self._api.relay(request, CHAT_PATH, json.dumps(body).encode())
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        """The chat's model picker: exactly what this node's API answers at GET /v1/models
-        (llama-server's one-model list on a single-model node, the mesh's list where the
-        API builds one), by the API's own handler. The console's guards stand in for the
-        API's: the page is already let in."""
-        if self._api_router is None:
-            self._api_router = self._api.app().router
-        api_request = request.clone(rel_url=MODELS_PATH)
-        match = await self._api_router.resolve(api_request)
-        if match.http_exception is not None:
-            return json_error(404, "this node's API lists no models", "not_found")
-        return await match.handler(api_request)
-
+        """The chat's model picker: what this node's API answers at GET /v1/models, relayed
+        the same way (llama-server's one-model list on a single-model node). The console's
+        guards stand in for the API's: the page is already let in."""
+        return await self._api.relay(request, MODELS_PATH, None)
 
 
 def _given_key(raw: bytes, content_type: str) -> str | None:
