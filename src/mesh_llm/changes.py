@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 class ChangeFeed:
@@ -27,3 +28,17 @@ class ChangeFeed:
         except TimeoutError:
             return self.version > seen
         return True
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Whether `condition()` holds, checked now and after every change, within
+        `timeout` seconds; False once the time is up and it still does not."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            seen = self.version
+            if condition():
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await self.wait_newer(seen, left)

@@ -27,7 +27,7 @@ def cmd_models(argv: Sequence[str]) -> int:
     from .models.listing import list_models
 
     p = Parser(prog="mesh-llm models",
-                description="list the catalog and the GGUF models on this machine")
+               description="list the catalog and the GGUF models on this machine")
     p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     args = p.parse_args(argv)
     rows = list_models()
@@ -51,7 +51,7 @@ def cmd_models(argv: Sequence[str]) -> int:
 
 def cmd_download(argv: Sequence[str]) -> int:
     p = Parser(prog="mesh-llm download",
-                description="fetch a model (and its catalog draft) into the Hugging Face cache")
+               description="fetch a model (and its catalog draft) into the Hugging Face cache")
     p.add_argument("name", help="catalog name (see mesh-llm models), hf://ORG/REPO/FILE.gguf, "
                                 "a huggingface.co .../resolve/REV/FILE.gguf URL, or "
                                 "ORG/REPO:QUANT")
@@ -72,8 +72,8 @@ def cmd_invite(argv: Sequence[str]) -> int:
     from .token import encode_token, mint_invite, parse_duration
 
     p = Parser(prog="mesh-llm invite",
-                description="print a new invite to this node's mesh: a client invite grants "
-                            "only the API (a lite client), a worker invite grants serving")
+               description="print a new invite to this node's mesh: a client invite grants "
+                           "only the API (a lite client), a worker invite grants serving")
     kind = p.add_mutually_exclusive_group(required=True)
     kind.add_argument("--client", action="store_const", const="client", dest="kind",
                       help="a lite client's invite: the API tunnel, nothing more")
@@ -118,8 +118,8 @@ def cmd_bench(argv: Sequence[str]) -> int:
     from . import benchmark
 
     p = Parser(prog="mesh-llm bench",
-                description="measure the running mesh through this node's API: gen tok/s, "
-                            "TTFT and draft acceptance for a prose and a code prompt")
+               description="measure the running mesh through this node's API: gen tok/s, "
+                           "TTFT and draft acceptance for a prose and a code prompt")
     p.add_argument("--port", type=port, default=DEFAULT_API_PORT, help="the node's API port")
     p.add_argument("--console", type=port, default=DEFAULT_CONSOLE_PORT, metavar="PORT",
                    help="its console port, for the mode, shares and RTTs in the header")
@@ -168,10 +168,10 @@ def cmd_bundle(argv: Sequence[str]) -> int:
     from .deploy.target import this_machine
 
     p = Parser(prog="mesh-llm bundle",
-                description="write one .tar.gz that installs mesh-llm, its dependencies and "
-                            "the llama.cpp engine on a machine with the same OS, CPU and "
-                            "Python, with no network (tar xzf FILE && mesh-llm-bundle/"
-                            "install.sh [DIR])")
+               description="write one .tar.gz that installs mesh-llm, its dependencies and "
+                           "the llama.cpp engine on a machine with the same OS, CPU and "
+                           "Python, with no network (tar xzf FILE && mesh-llm-bundle/"
+                           "install.sh [DIR])")
     p.add_argument("-o", "--output", type=Path, metavar="FILE",
                    help="where to write it (default: a name with version, OS, CPU and Python)")
     p.add_argument("--model", metavar="NAME",
@@ -187,10 +187,10 @@ def cmd_deploy(argv: Sequence[str]) -> int:
     from .deploy.deploy import deploy_parser_args, run_deploy
 
     p = Parser(prog="mesh-llm deploy",
-                description="copy a bundle to [USER@]HOST over ssh (BatchMode: keys or an "
-                            "agent, never a password), install it, start a worker there that "
-                            "outlives the ssh session, and wait until it joins this node's "
-                            "mesh. Arguments after -- go to the remote node.")
+               description="copy a bundle to [USER@]HOST over ssh (BatchMode: keys or an "
+                           "agent, never a password), install it, start a worker there that "
+                           "outlives the ssh session, and wait until it joins this node's "
+                           "mesh. Arguments after -- go to the remote node.")
     deploy_parser_args(p)
     args, node_args = p.parse_known_args(argv)
     if node_args and node_args[0] == "--":

@@ -23,7 +23,7 @@ from mesh_llm.console.auth import COOKIE
 from mesh_llm.console.server import MAX_CHAT_BYTES, STATIC, Console
 from mesh_llm.inference.election import Plan
 from mesh_llm.status import build_status, plan_json
-from upstreams import tcp_upstream
+from upstreams import serve_on_loopback, tcp_upstream
 from waiting import wait_until_async
 
 HOST, WORKER, CLIENT = "a" * 64, "b" * 64, "c" * 64
@@ -289,9 +289,7 @@ async def test_chat_is_relayed_to_chat_completions(harness) -> None:  # type: ig
 
     upstream_app = web.Application()
     upstream_app.router.add_post("/v1/chat/completions", completions)
-    runner = web.AppRunner(upstream_app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner = await serve_on_loopback(upstream_app)
     try:
         h = await harness(tcp_upstream("127.0.0.1", runner.addresses[0][1]))
         message = {"role": "user", "content": "Capital of France?"}
@@ -356,10 +354,7 @@ async def _models_upstream(listing: dict[str, Any], seen: list[str]) -> web.AppR
 
     app = web.Application()
     app.router.add_get("/v1/models", models)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner
+    return await serve_on_loopback(app)
 
 
 async def test_the_model_list_is_what_the_api_answers(harness) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from mesh_llm.api.proxy import ApiProxy, Upstream
-from upstreams import tcp_upstream
+from upstreams import serve_on_loopback, tcp_upstream
 
 CHAT = "/v1/chat/completions"
 BODY = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -46,9 +46,7 @@ async def relay() -> AsyncIterator[Callable[..., Awaitable[Relay]]]:
     async def make(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Relay:
         app = web.Application()
         app.router.add_post(CHAT, handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runner = await serve_on_loopback(app)
         runners.append(runner)
         made.append(await Relay(tcp_upstream("127.0.0.1", runner.addresses[0][1])).start())
         return made[-1]
@@ -243,10 +241,7 @@ async def _models_upstream() -> web.AppRunner:
 
     app = web.Application()
     app.router.add_get("/v1/models", models)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner
+    return await serve_on_loopback(app)
 
 
 @pytest.mark.parametrize(("data", "fragment"), [

@@ -43,6 +43,7 @@ MAX_QUEUED = 256  # requests waiting at once; past that, a 503 at once
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 POST_ROUTES = ("/v1/chat/completions", "/v1/completions")
+MODELS_PATH = "/v1/models"
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,7 @@ class ApiProxy:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
         app.router.add_get("/health", self.health)
         # No HEAD: relayed, llama-server's body-less answer would read as a broken one.
-        app.router.add_get("/v1/models", self.models if self._router else self.relay_get,
-                           allow_head=False)
+        app.router.add_get(MODELS_PATH, self.models, allow_head=False)
         for path in POST_ROUTES:
             app.router.add_post(path, self.relay_post)
         return app
@@ -118,13 +118,12 @@ class ApiProxy:
             return json_error(503, upstream.reason, "unavailable")
         return web.json_response({"status": "ok"})
 
-    async def models(self, _request: web.Request) -> web.Response:
-        """Every model in the mesh, answered by this node (no llama-server knows them all)."""
-        assert self._router is not None
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        """Every model in the mesh, answered by this node (no llama-server knows them all);
+        without a router, the upstream's own list. The console's model picker calls it too."""
+        if self._router is None:
+            return await self._relay(request, MODELS_PATH, None, self._upstream)
         return web.json_response(self._router.listing())
-
-    async def relay_get(self, request: web.Request) -> web.StreamResponse:
-        return await self._relay(request, request.path, None, self._upstream)
 
     async def relay_post(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -254,16 +253,14 @@ class ApiProxy:
             return upstream
         if self.queued >= MAX_QUEUED:
             return Upstream(None, f"{upstream.reason} (and {MAX_QUEUED} requests already wait)")
-        loop = asyncio.get_running_loop()
+        def ready() -> bool:
+            nonlocal upstream
+            upstream = pick()
+            return upstream.connect is not None
+
         self.queued += 1
         try:
-            while upstream.connect is None:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                seen = self._changes.version
-                await self._changes.wait_newer(seen, left)
-                upstream = pick()
+            await self._changes.wait_until(ready, deadline - asyncio.get_running_loop().time())
         finally:
             self.queued -= 1
         return upstream

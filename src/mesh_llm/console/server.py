@@ -28,7 +28,6 @@ HEARTBEAT_S = 15.0
 RETRY_MS = 1000  # how soon a browser's EventSource reconnects after the node went away
 MAX_CHAT_BYTES = 1024 * 1024
 CHAT_PATH = "/v1/chat/completions"
-MODELS_PATH = "/v1/models"
 
 
 def chat_body_error(body: dict[str, Any]) -> str | None:
@@ -65,7 +64,6 @@ class Console:
         self._allowed = allowed
         self.open_streams = 0
         self._streams: set[asyncio.Task[Any]] = set()
-        self._api_router: web.UrlDispatcher | None = None
 
     def app(self) -> web.Application:
         middlewares = [json_errors, host_guard(self._allowed)]
@@ -182,18 +180,9 @@ class Console:
         return await self._api.relay(request, CHAT_PATH, json.dumps(body).encode())
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        """The chat's model picker: exactly what this node's API answers at GET /v1/models
-        (llama-server's one-model list on a single-model node, the mesh's list where the
-        API builds one), by the API's own handler. The console's guards stand in for the
-        API's: the page is already let in."""
-        if self._api_router is None:
-            self._api_router = self._api.app().router
-        api_request = request.clone(rel_url=MODELS_PATH)
-        match = await self._api_router.resolve(api_request)
-        if match.http_exception is not None:
-            return json_error(404, "this node's API lists no models", "not_found")
-        return await match.handler(api_request)
-
+        """The chat's model picker: what this node's API answers at GET /v1/models. The
+        console's guards stand in for the API's: the page is already let in."""
+        return await self._api.models(request)
 
 
 def _given_key(raw: bytes, content_type: str) -> str | None:

@@ -9,7 +9,6 @@ stops, waits until the host serves without it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -104,15 +103,10 @@ class Worker:
     async def agrees_host(self, peer_id: str) -> bool:
         """Whether we elect `peer_id` as host of a group we serve in, waiting briefly: its
         tunnel can arrive a moment before the gossip that makes it host here."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + HOST_AGREEMENT_S
-        while peer_id not in self._elected() or self.client:
-            seen = self.changes.version
-            remaining = deadline - loop.time()
-            if remaining <= 0 or self.client:
-                return False
-            await self.changes.wait_newer(seen, remaining)
-        return True
+        if self.client:
+            return False
+        return await self.changes.wait_until(lambda: peer_id in self._elected(),
+                                             HOST_AGREEMENT_S)
 
     def weights_differ(self, err: ValueError) -> None:
         """The host referenced bytes our file does not have: stop claiming the same file,
@@ -137,16 +131,9 @@ class Worker:
             return
         log.info("leaving: waiting for the host to serve without this node (at most %.0f s)",
                  LEAVE_WAIT_S)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LEAVE_WAIT_S
-        while True:
-            seen = self.changes.version
-            if not self.needed(node_id, host_plan()):
-                log.info("leaving: the host serves without this node")
-                return
-            left = deadline - loop.time()
-            if left <= 0:
-                log.warning("leaving: the host still used this node after %.0f s; leaving "
-                            "anyway", LEAVE_WAIT_S)
-                return
-            await self.changes.wait_newer(seen, left)
+        if await self.changes.wait_until(lambda: not self.needed(node_id, host_plan()),
+                                         LEAVE_WAIT_S):
+            log.info("leaving: the host serves without this node")
+        else:
+            log.warning("leaving: the host still used this node after %.0f s; leaving anyway",
+                        LEAVE_WAIT_S)
