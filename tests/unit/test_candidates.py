@@ -1,5 +1,5 @@
-"""Who may serve with whom: serving_candidates (a model is its bytes), view_of, elect_group
-(host, workers, exclusions, inside one model's group) and leaving_since."""
+"""Who may serve with whom: view_of, elect_group (host, workers, exclusions, inside one
+model's group; the groups themselves are test_groups.py's) and leaving_since."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from mesh_llm.inference.candidates import (
     NodeView,
     elect_group,
     leaving_since,
-    serving_candidates,
     view_of,
 )
-from mesh_llm.inference.election import Candidate, elect_host
+from mesh_llm.inference.election import Candidate
 from mesh_llm.inference.groups import NodeOffer, OfferedModel, model_groups
 from mesh_llm.mesh.announcement import Announcement
 from mesh_llm.mesh.peers import PeerInfo
@@ -27,78 +26,6 @@ def view(node_id: str, models: tuple[str, ...] = ("M",), fp: str = "f1", vram_gb
 
 def ids(candidates: list[Candidate]) -> list[str]:
     return [c.node_id for c in candidates]
-
-
-def test_the_same_bytes_under_another_name_are_one_model() -> None:
-    me = view("aa", ("SmolLM2",), "f1", 2)
-    renamed = view("bb", ("SmolLM2.Q4_1",), "f1")
-    candidates, excluded = serving_candidates(me, [renamed])
-    assert ids(candidates) == ["aa", "bb"] and excluded == {}
-    # ...and the renamed node sees it the same way: both elect the same host.
-    theirs, _ = serving_candidates(renamed, [me])
-    assert elect_host(candidates) == elect_host(theirs) == "aa"
-
-
-def test_other_bytes_under_our_name_are_another_model() -> None:
-    me = view("aa", ("SmolLM2",), "f1")
-    f16 = view("bb", ("SmolLM2",), "f2", 9)
-    candidates, excluded = serving_candidates(me, [f16])
-    assert ids(candidates) == ["aa"]
-    assert "another file" in excluded["bb"] and "SmolLM2" in excluded["bb"]
-    theirs, their_excluded = serving_candidates(f16, [me])
-    assert ids(theirs) == ["bb"] and "aa" in their_excluded
-
-
-def test_nodes_without_a_fingerprint_match_by_any_name_our_bytes_go_by() -> None:
-    me = view("aa", ("Renamed",), "f1")
-    host = view("hh", ("SmolLM2",), "f1", 4)
-    fileless = view("cc", ("SmolLM2",), "", model_file=False)  # announces its host's name
-    failed_check = view("dd", ("Renamed",), "")  # its file failed a reference check
-    stranger = view("ee", ("Other",), "")
-    candidates, excluded = serving_candidates(me, [host, fileless, failed_check, stranger])
-    assert ids(candidates) == ["aa", "hh", "cc", "dd"]
-    assert excluded == {"ee": "serves Other, not Renamed"}
-    assert [c.can_host for c in candidates] == [True, True, False, True]
-    waiting = view("ff", (), "", model_file=False)  # no host yet: it serves nothing yet
-    assert serving_candidates(me, [waiting])[1] == {"ff": "serves no model, not Renamed"}
-
-
-def test_a_node_without_a_file_takes_every_serving_peer() -> None:
-    me = view("cc", (), "", model_file=False)
-    candidates, excluded = serving_candidates(me, [view("aa", ("X",), "f1"),
-                                                   view("bb", ("Y",), "f2")])
-    assert ids(candidates) == ["cc", "aa", "bb"] and excluded == {}
-    assert elect_host(candidates) in ("aa", "bb")
-
-
-def test_clients_are_skipped_and_a_client_takes_the_mesh_as_it_is() -> None:
-    client = view("zz", (), "", role="client")
-    candidates, excluded = serving_candidates(view("aa"), [client])
-    assert ids(candidates) == ["aa"] and excluded == {}
-    mine, _ = serving_candidates(None, [view("aa"), view("bb", ("Other",), "f9"), client])
-    assert ids(mine) == ["aa", "bb"]
-
-
-def test_a_leaving_node_is_planned_without() -> None:
-    candidates, excluded = serving_candidates(view("aa"), [view("bb", leaving=True)])
-    assert ids(candidates) == ["aa"] and excluded == {"bb": "leaving the mesh"}
-    assert ids(serving_candidates(None, [view("bb", leaving=True)])[0]) == []
-
-
-def test_another_rpc_protocol_is_left_out_even_with_the_same_bytes() -> None:
-    _, excluded = serving_candidates(view("aa"), [view("bb", rpc="4.0.0")])
-    assert "RPC protocol 4.0.0 differs from ours (3.0.0)" in excluded["bb"]
-
-
-def test_trusted_hosts_limit_who_may_host_not_who_serves() -> None:
-    me, big = view("aa", vram_gb=1), view("bb", vram_gb=8)
-    candidates, excluded = serving_candidates(me, [big], frozenset({"aa"}))
-    assert excluded == {} and ids(candidates) == ["aa", "bb"]
-    assert [c.can_host for c in candidates] == [True, False]
-    assert elect_host(candidates) == "aa"
-    assert elect_host(serving_candidates(me, [big])[0]) == "bb"  # unset: the most memory hosts
-    nobody, _ = serving_candidates(me, [big], frozenset({"cc"}))
-    assert elect_host(nobody) is None
 
 
 def node(node_id: str, vram_gb: float = 1, **kw) -> NodeView:  # type: ignore[no-untyped-def]

@@ -3,8 +3,7 @@
 Pure code. The node turns its own facts and each connected peer's announcement into a
 `NodeView`; `elect_group` then says, for one model's group (groups.py), who hosts, who may
 serve with us as a worker, and why every other serving peer may not (another model,
-another RPC protocol, leaving). `serving_candidates` applies the same rules to a one-model
-view of the mesh (who may serve with us, whatever the groups).
+another RPC protocol, leaving).
 """
 
 from __future__ import annotations
@@ -57,39 +56,6 @@ def _differs(me: NodeView, names: set[str], peer: NodeView) -> str | None:
         return None
     shown = ", ".join(peer.models) or "no model"
     return f"serves {shown}, not {ours}"
-
-
-def serving_candidates(me: NodeView | None, peers: Iterable[NodeView],
-                       trusted_hosts: frozenset[str] | None = None,
-                       ) -> tuple[list[Candidate], dict[str, str]]:
-    """Who may host or serve with us, and why each other serving peer may not.
-
-    `me` is None on a lite client (it serves nothing and takes the mesh as it is). A model
-    is its bytes: peers match by weight fingerprint, whatever the file is called. A node
-    without a file matches by the name it announces (its host's). A leaving node is left out.
-    With `trusted_hosts` (--trust-hosts), only those nodes may host: hosting sees every
-    prompt; every other node serves as a worker at most.
-    """
-    def may_host(node_id: str) -> bool:
-        return trusted_hosts is None or node_id in trusted_hosts
-
-    serving = [p for p in peers if p.role != "client"]
-    candidates: list[Candidate] = []
-    excluded: dict[str, str] = {}
-    if me is not None and not me.leaving:
-        candidates.append(Candidate(me.node_id, "worker", me.vram_bytes,
-                                    can_host=me.model_file and may_host(me.node_id)))
-    checks = me is not None and me.model_file
-    names = _our_names(me, serving) if me is not None and checks else set()
-    for peer in serving:
-        same = not checks or me is None or _differs(me, names, peer) is None
-        why = _group_exclusion(me if checks else None, names, peer, member=same)
-        if why is not None:
-            excluded[peer.node_id] = why
-            continue
-        candidates.append(Candidate(peer.node_id, peer.role, peer.vram_bytes, peer.rtt_ms,
-                                    can_host=peer.model_file and may_host(peer.node_id)))
-    return candidates, excluded
 
 
 def view_of(peer: PeerInfo) -> NodeView:
