@@ -10,10 +10,10 @@ Many models (issue #15): each --model is a slot with its own Hosting. Every mode
 mesh is a group (inference/groups.py, the same on every node), and every slot, the primary
 (first) included, is elected inside its group by candidates.elect_group with the
 single-model exclusion rules (RPC protocol, leaving), so all nodes agree on one host per
-model; a one-model mesh is one group and behaves as it always did. The node is the API's
-router (api/proxy.py ModelRouter): a request's `model` picks the group, and the group's
-ready host serves it, here or through the API tunnel (whose host end reads the request to
-pick the model).
+model; a one-model mesh is one group and behaves as it always did. The API's router
+(model_router.py): a request's `model` picks the group, and the group's ready host
+serves it, here or through the API tunnel (whose host end reads the request to pick the
+model).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import json
 import logging
 import signal
 import time
@@ -33,18 +32,9 @@ from aiohttp import web
 
 from . import __version__
 from .api.localnet import served_hosts
-from .api.model_names import (
-    ApiError,
-    ServedModel,
-    models_listing,
-    resolve,
-    resolve_in_mesh,
-)
 from .api.proxy import ApiProxy, Upstream
-from .api.request_counts import RequestCounter
 from .api.routing import WAITING_FOR_A_HOST, Route, route
 from .api.serving import EdgeRunner, raise_open_file_limit
-from .api.tunnel_gate import ApiRequestGate
 from .changes import ChangeFeed
 from .config import NodeConfig
 from .console.server import Console
@@ -56,14 +46,11 @@ from .inference.groups import (
     Group,
     NodeOffer,
     OfferedModel,
-    choose_group,
     group_key,
     local_allocation,
-    mesh_default,
-    model_groups,
 )
-from .inference.hosting import Hosting, read_tunnelled_request, refusals
-from .inference.offers import offer_of, ready_host, served_models
+from .inference.hosting import Hosting
+from .inference.offers import offer_of
 from .inference.worker import FileClaim, Worker
 from .mesh.announcement import Announcement, Hosted, Offer
 from .mesh.mesh import Mesh, MeshJoinError
@@ -71,6 +58,8 @@ from .mesh.peers import PeerEvent, PeerInfo
 from .mesh.protocol import StreamType
 from .mesh.quic import Stream
 from .mesh.tunnel import stream_connect
+from .mesh_models import MeshModels
+from .model_router import MeshRouter
 from .models.split import model_stem
 from .startup import Setup, check_setup
 from .status import node_status
@@ -78,10 +67,7 @@ from .status import node_status
 log = logging.getLogger("mesh_llm.node")
 
 JOIN_TIMEOUT_S = 15.0
-TUNNEL_REQUEST_S = 30.0  # a tunnelled request's head and body must arrive within this
 COUNTS_EVERY_S = 5.0  # request counts are gossiped at most this often
-MODEL_HEADER = "X-Mesh-Model"  # names the model (its group key) in a tunnelled request
-MAX_DEPARTED = 256
 
 
 @dataclass
@@ -135,18 +121,14 @@ class Node:
                               changes=self.changes, announce=self._announce, spawn=self._spawn,
                               log_name=f"llama-server-{model_stem(extra.model.name)}.log")
             self.slots.append(ModelSlot(extra, file, hosting, _offered(extra)))
-        self.groups: list[Group] = []
-        self.default_key: str | None = None
-        self.joined = ""  # a file-less worker's group key
-        self.joined_reason = ""
+        self.mesh_models = MeshModels(config.trust_hosts)
         self.left_out: dict[str, str] = {}  # our model name → why we give it nothing
         self.started_at = time.time()
-        self.requests = RequestCounter()
         self._gossiped_counts: dict[str, int] = {}
-        self._departed: dict[str, str] = {}  # group key → name, of models that left the mesh
         allowed = served_hosts(listen_all=config.listen_all, advertise=config.advertise)
+        self.router = MeshRouter(self)
         self.api = ApiProxy(self.upstream, api_key=config.api_key, allowed=allowed,
-                            changes=self.changes, router=self)
+                            changes=self.changes, router=self.router)
         # The console shows the invite token: it needs the API's key whenever there is one.
         self.console = Console(self.status, self.changes, self.api, api_key=config.api_key,
                                allowed=allowed)
@@ -191,7 +173,7 @@ class Node:
         """The hosts this node elects now, one per group it serves in (the worker admits
         RPC tunnels from these only)."""
         hosts = {self.host_id} if self.host_id else set()
-        hosts.update(g.host for g in self.groups
+        hosts.update(g.host for g in self.mesh_models.groups
                      if g.host and g.host != self.node_id and self.node_id in g.nodes)
         return hosts
 
@@ -235,7 +217,7 @@ class Node:
         (we lend our device to it), or nothing while there is no host."""
         if self.model is not None:
             return [self.model.name]
-        group = self.group(self.joined) if self.model_less else None
+        group = self.mesh_models.group(self.mesh_models.joined) if self.model_less else None
         return [group.name] if group is not None and group.host is not None else []
 
     def _announcement(self) -> Announcement:
@@ -258,13 +240,13 @@ class Node:
             leaving=self.leaving,
             offers=tuple(Offer(s.offer.name, s.offer.fingerprint, s.offer.size_bytes)
                          for s in self.slots),
-            hosted=self._hosted(),
-            joined=self.joined,
+            hosted=self.hosted(),
+            joined=self.mesh_models.joined,
             requests_per_min=tuple(self._gossiped_counts.items()),
             started_at=self.started_at,
         )
 
-    def _hosted(self) -> tuple[Hosted, ...]:
+    def hosted(self) -> tuple[Hosted, ...]:
         """Every model we host, with its plan and whether its llama-server answers."""
         out = []
         for i, slot in enumerate(self.slots):
@@ -330,7 +312,7 @@ class Node:
         self.home.save_node_info({"node_id": self.node_id, "addrs": self.mesh.addrs})
         self.mesh.peers.add_listener(self._on_peer_event)
         # A lite client needs the API tunnel and nothing else; serving is for members.
-        self.mesh.add_stream_handler(StreamType.HTTP_TUNNEL, self._serve_http_tunnel,
+        self.mesh.add_stream_handler(StreamType.HTTP_TUNNEL, self.router.serve_http_tunnel,
                                      clients=True)
         self.mesh.add_stream_handler(StreamType.RPC_TUNNEL, self.worker.serve_rpc_tunnel)
         if self.setup.engine is not None:
@@ -394,36 +376,13 @@ class Node:
         without us, start the next one); our other models stand down (_converge_extras)."""
         me = NodeOffer(self.node_id, 0 if self.config.client else self.setup.vram_bytes,
                        models=tuple(s.offer for s in self.slots), file_less=self.model_less,
-                       client=self.config.client, joined=self.joined,
-                       requests_per_min=self.requests.counts(), started_at=self.started_at)
+                       client=self.config.client, joined=self.mesh_models.joined,
+                       requests_per_min=self.router.requests.counts(),
+                       started_at=self.started_at)
         return [me, *(offer_of(p.announcement, p.rtt_ms) for p in self.connected_peers())]
 
-    def group(self, key: str | None) -> Group | None:
-        return next((g for g in self.groups if g.key == key), None) if key else None
-
     def _regroup(self) -> None:
-        """The mesh's models as groups (issue #15); a file-less worker picks its group."""
-        offers = self._offers()
-        before = {g.key: g.name for g in self.groups}
-        self.groups = model_groups(offers, self.config.trust_hosts)
-        if self.model_less:
-            key, why = choose_group(offers[0], self.groups, current=self.joined)
-            if (key or "") != self.joined:
-                log.info("%s", why)
-                self.joined = key or ""
-                offers[0] = replace(offers[0], joined=self.joined)
-                self.groups = model_groups(offers, self.config.trust_hosts)
-            self.joined_reason = why if key else ""
-        self.default_key = mesh_default(offers, self.groups)
-        now = {g.key for g in self.groups}
-        for key, name in before.items():
-            if key not in now:
-                log.info("model %s left the mesh", name)
-                self._departed[key] = name
-        for key in now:
-            self._departed.pop(key, None)
-        while len(self._departed) > MAX_DEPARTED:
-            del self._departed[next(iter(self._departed))]
+        self.mesh_models.regroup(self._offers(), self.model_less)
 
     def _reconcile(self) -> None:
         """Converge on the current truth: who hosts, what runs here, what we announce."""
@@ -453,28 +412,19 @@ class Node:
             self.hosting.stand_down()
             host = self.peer(host_id)
             ready = host is not None and (host.announcement.ready if not self.model_less else
-                                          any(h.fingerprint == self.joined and h.ready
+                                          any(h.fingerprint == self.mesh_models.joined and h.ready
                                               for h in host.announcement.hosted))
             self._following = "running" if ready else "waiting"
         self._converge_extras(me, views)
         self._announce()
 
-    def _group_of(self, slot: ModelSlot) -> Group | None:
-        """The group a --model of ours is in: by its key, or (its fingerprint failed) the
-        group that counts us under its name."""
-        group = self.group(slot.key)
-        if group is not None or slot.offer.fingerprint:
-            return group
-        name = slot.offer.name.casefold()
-        return next((g for g in self.groups if self.node_id in g.nodes
-                     and name in (a.casefold() for a in g.aliases)), None)
-
     def _primary_group(self) -> Group | None:
         """The group our primary election is about: our first --model's; a file-less
         worker's joined group; on a lite client the mesh's default model."""
         if self.slots:
-            return self._group_of(self.slots[0])
-        return self.group(self.joined if self.model_less else self.default_key)
+            return self.mesh_models.group_of(self.slots[0].offer, self.node_id)
+        return self.mesh_models.group(self.mesh_models.joined if self.model_less
+                                 else self.mesh_models.default_key)
 
     def _converge_extras(self, me: NodeView | None, views: list[NodeView]) -> None:
         """Host each of our other models whose group elects us (the same group election
@@ -484,7 +434,7 @@ class Node:
         for slot in self.slots[1:]:
             hosting = slot.hosting
             hosting.leaving_since = self.hosting.leaving_since
-            group = self._group_of(slot)
+            group = self.mesh_models.group_of(slot.offer, self.node_id)
             outcome = elect_group(
                 None if me is None else replace(me, models=(slot.offer.name,),
                                                 fingerprint=slot.file.fingerprint),
@@ -494,105 +444,15 @@ class Node:
                 continue
             hosting.converge(outcome.me, outcome.workers)
 
-    # --- many models: the API's router (api/proxy.py ModelRouter) ---
-    def hosted_by(self) -> dict[str, dict[str, Hosted]]:
-        """Node id → group key → what it announces hosting (ourselves included)."""
-        out = {p.node_id: {h.fingerprint: h for h in p.announcement.hosted}
-               for p in self.connected_peers()}
-        out[self.node_id] = {h.fingerprint: h for h in self._hosted()}
-        return out
-
-    def served(self) -> list[ServedModel]:
-        """Every model of the mesh as the API sees it now."""
-        return served_models(self.groups, self.hosted_by(), self.config.split)
-
-    def resolve(self, requested: object) -> ServedModel | ApiError:
-        return resolve_in_mesh(requested, self.served(), self.default_key,
-                               self._departed.values())
-
-    def upstream_for(self, model: ServedModel) -> Upstream:
-        key = model.fingerprint
-        slot = next((s for s in self.slots if s.key == key), None)
-        if slot is not None and slot is self.slots[0]:
-            if self.host_id == self.node_id:
-                where = self.route()
-                if where.port is not None:
-                    return Upstream(self.hosting.connect(where.port),
-                                    key=f"tcp 127.0.0.1:{where.port}")
-                return Upstream(None, where.reason)
-        elif slot is not None and slot.hosting.active:
-            port = slot.hosting.serving_port()
-            if port is not None and not slot.hosting.held:
-                return Upstream(slot.hosting.connect(port), key=f"tcp 127.0.0.1:{port}")
-            return Upstream(None, f"model {model.name} is still loading on this node")
-        group = self.group(key)
-        peer = ready_host(group, self.hosted_by()) if group is not None else None
-        if peer is None or peer == self.node_id or self.peer(peer) is None:
-            now = next((m for m in self.served() if m.fingerprint == key), None)
-            why = now.why_not_ready if now is not None else "it left the mesh"
-            return Upstream(None, f"model {model.name} has no ready host: {why}")
-        opener = functools.partial(self.open_stream, peer, StreamType.HTTP_TUNNEL)
-        return Upstream(stream_connect(opener), key=f"mesh {peer} {key}",
-                        headers={MODEL_HEADER: key})
-
-    def listing(self) -> dict[str, Any]:
-        return models_listing(self.served(), self.default_key, int(self.started_at))
-
-    def count(self, model: ServedModel) -> None:
-        self.requests.add(model.fingerprint)
-
     async def _gossip_counts(self) -> None:
         """Tell the mesh our request counts when they change (at most every few seconds:
         a request must not cost a gossip round)."""
         while not self._stopping:
             await asyncio.sleep(COUNTS_EVERY_S)
-            counts = self.requests.counts()
+            counts = self.router.requests.counts()
             if counts != self._gossiped_counts and not self._stopping:
                 self._gossiped_counts = counts
                 self._reconcile()  # our own counts count in our groups too; announces
-
-    async def _serve_http_tunnel(self, peer_id: str, stream: Stream) -> None:
-        """A peer's API request: read it (through the gate), then relay it to the
-        llama-server of the model it names (its X-Mesh-Model key, else its `model`)."""
-        hosting = [s for s in self.slots if s.hosting.active]
-        if len(self.slots) <= 1 or not hosting:
-            await self.hosting.serve_http_tunnel(peer_id, stream)  # one model: as ever
-            return
-        gate = ApiRequestGate()
-        try:
-            preface = await asyncio.wait_for(read_tunnelled_request(stream, gate),
-                                             TUNNEL_REQUEST_S)
-        except (ValueError, OSError, TimeoutError, EOFError) as err:
-            refusals.warning(f"gate {peer_id}", "refused a tunnelled request from %s: %s",
-                             peer_id[:12], err or "timeout")
-            stream.abort()
-            return
-        slot = self._slot_for(preface, hosting)
-        if slot is None:  # sent for a model we no longer host: the relay tries again
-            stream.abort()
-            return
-        await slot.hosting.relay_tunnel(peer_id, stream, gate, preface)
-
-    def _slot_for(self, request: bytes, hosting: list[ModelSlot]) -> ModelSlot | None:
-        """The model a tunnelled request is for: by its key header (None when we do not
-        host that one), else its `model` field among the models we host, else our first
-        hosted model."""
-        head, _, body = request.partition(b"\r\n\r\n")
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == MODEL_HEADER.lower().encode():
-                key = value.strip().decode("latin-1")
-                return next((s for s in hosting if s.key == key), None)
-        try:
-            requested = json.loads(body).get("model") if body else None
-        except (ValueError, AttributeError, RecursionError):
-            requested = None
-        if isinstance(requested, str):
-            ours = [m for m in self.served() if any(s.key == m.fingerprint for s in hosting)]
-            found_model = resolve(requested, [replace(m, ready=True) for m in ours])
-            if isinstance(found_model, ServedModel):
-                return next(s for s in hosting if s.key == found_model.fingerprint)
-        return hosting[0]
 
     def _host_plan(self) -> object:
         """The serving plans that may use our ggml-rpc-server, as one: our host's (None

@@ -64,10 +64,11 @@ def models_status(node: Node) -> dict[str, Any]:
     """Every model of the mesh (issue #15; the console's contract): its host, plan,
     readiness, nodes and requests in the last minute; the mesh's default model; a
     file-less worker's group and why; our models left out and why."""
-    served = {m.fingerprint: m for m in node.served()}
-    hosted = node.hosted_by()
+    served = {m.fingerprint: m for m in node.router.served()}
+    hosted = node.router.hosted_by()
+    seen = node.mesh_models
     models = []
-    for group in node.groups:
+    for group in seen.groups:
         m = served.get(group.key)
         host = m.host if m is not None else group.host
         entry = hosted.get(host or "", {}).get(group.key)
@@ -81,13 +82,13 @@ def models_status(node: Node) -> dict[str, Any]:
             "llama_server": next((s.hosting.llama_json() for s in node.slots
                                   if s.key == group.key and s.hosting.active), None),
         })
-    default = next((g.name for g in node.groups if g.key == node.default_key), None)
-    joined = node.group(node.joined) if node.model_less else None
+    default = next((g.name for g in seen.groups if g.key == seen.default_key), None)
+    joined = seen.group(seen.joined) if node.model_less else None
     return {
         "models": models,
         "default_model": default,
         "joined": {"model": joined.name, "fingerprint": joined.key,
-                   "reason": node.joined_reason} if joined is not None else None,
+                   "reason": seen.joined_reason} if joined is not None else None,
         "models_left_out": dict(node.left_out),
     }
 

@@ -1,0 +1,136 @@
+"""The API's router over the mesh's models (api/proxy.py `ModelRouter`): which model a
+request names, where that model runs now, and, on a host of several models, which of its
+llama-servers a tunnelled request is for.
+
+It reads the node's state (groups, slots, peers' announcements) and decides nothing the
+node does not already know: names are matched by api/model_names.py, the served models are
+inference/offers.py's view of the groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .api.model_names import ApiError, ServedModel, models_listing, resolve, resolve_in_mesh
+from .api.proxy import Upstream
+from .api.request_counts import RequestCounter
+from .api.tunnel_gate import ApiRequestGate
+from .inference.hosting import read_tunnelled_request, refusals
+from .inference.offers import ready_host, served_models
+from .mesh.announcement import Hosted
+from .mesh.protocol import StreamType
+from .mesh.quic import Stream
+from .mesh.tunnel import stream_connect
+
+if TYPE_CHECKING:
+    from .node import ModelSlot, Node
+
+TUNNEL_REQUEST_S = 30.0  # a tunnelled request's head and body must arrive within this
+MODEL_HEADER = "X-Mesh-Model"  # names the model (its group key) in a tunnelled request
+
+
+class MeshRouter:
+    """Routes API requests by their `model` over the node's view of the mesh."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self.requests = RequestCounter()  # requests per model that reached this node's API
+
+    def hosted_by(self) -> dict[str, dict[str, Hosted]]:
+        """Node id → group key → what it announces hosting (ourselves included)."""
+        node = self._node
+        out = {p.node_id: {h.fingerprint: h for h in p.announcement.hosted}
+               for p in node.connected_peers()}
+        out[node.node_id] = {h.fingerprint: h for h in node.hosted()}
+        return out
+
+    def served(self) -> list[ServedModel]:
+        """Every model of the mesh as the API sees it now."""
+        node = self._node
+        return served_models(node.mesh_models.groups, self.hosted_by(), node.config.split)
+
+    def resolve(self, requested: object) -> ServedModel | ApiError:
+        seen = self._node.mesh_models
+        return resolve_in_mesh(requested, self.served(), seen.default_key,
+                               seen.departed.values())
+
+    def upstream_for(self, model: ServedModel) -> Upstream:
+        node = self._node
+        key = model.fingerprint
+        slot = next((s for s in node.slots if s.key == key), None)
+        if slot is not None and slot is node.slots[0]:
+            if node.host_id == node.node_id:
+                where = node.route()
+                if where.port is not None:
+                    return Upstream(node.hosting.connect(where.port),
+                                    key=f"tcp 127.0.0.1:{where.port}")
+                return Upstream(None, where.reason)
+        elif slot is not None and slot.hosting.active:
+            port = slot.hosting.serving_port()
+            if port is not None and not slot.hosting.held:
+                return Upstream(slot.hosting.connect(port), key=f"tcp 127.0.0.1:{port}")
+            return Upstream(None, f"model {model.name} is still loading on this node")
+        group = node.mesh_models.group(key)
+        peer = ready_host(group, self.hosted_by()) if group is not None else None
+        if peer is None or peer == node.node_id or node.peer(peer) is None:
+            now = next((m for m in self.served() if m.fingerprint == key), None)
+            why = now.why_not_ready if now is not None else "it left the mesh"
+            return Upstream(None, f"model {model.name} has no ready host: {why}")
+        opener = functools.partial(node.open_stream, peer, StreamType.HTTP_TUNNEL)
+        return Upstream(stream_connect(opener), key=f"mesh {peer} {key}",
+                        headers={MODEL_HEADER: key})
+
+    def listing(self) -> dict[str, Any]:
+        return models_listing(self.served(), self._node.mesh_models.default_key,
+                              int(self._node.started_at))
+
+    def count(self, model: ServedModel) -> None:
+        self.requests.add(model.fingerprint)
+
+    async def serve_http_tunnel(self, peer_id: str, stream: Stream) -> None:
+        """A peer's API request: read it (through the gate), then relay it to the
+        llama-server of the model it names (its X-Mesh-Model key, else its `model`)."""
+        node = self._node
+        hosting = [s for s in node.slots if s.hosting.active]
+        if len(node.slots) <= 1 or not hosting:
+            await node.hosting.serve_http_tunnel(peer_id, stream)  # one model: as ever
+            return
+        gate = ApiRequestGate()
+        try:
+            preface = await asyncio.wait_for(read_tunnelled_request(stream, gate),
+                                             TUNNEL_REQUEST_S)
+        except (ValueError, OSError, TimeoutError, EOFError) as err:
+            refusals.warning(f"gate {peer_id}", "refused a tunnelled request from %s: %s",
+                             peer_id[:12], err or "timeout")
+            stream.abort()
+            return
+        slot = self._slot_for(preface, hosting)
+        if slot is None:  # sent for a model we no longer host: the relay tries again
+            stream.abort()
+            return
+        await slot.hosting.relay_tunnel(peer_id, stream, gate, preface)
+
+    def _slot_for(self, request: bytes, hosting: list[ModelSlot]) -> ModelSlot | None:
+        """The model a tunnelled request is for: by its key header (None when we do not
+        host that one), else its `model` field among the models we host, else our first
+        hosted model."""
+        head, _, body = request.partition(b"\r\n\r\n")
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == MODEL_HEADER.lower().encode():
+                key = value.strip().decode("latin-1")
+                return next((s for s in hosting if s.key == key), None)
+        try:
+            requested = json.loads(body).get("model") if body else None
+        except (ValueError, AttributeError, RecursionError):
+            requested = None
+        if isinstance(requested, str):
+            ours = [m for m in self.served() if any(s.key == m.fingerprint for s in hosting)]
+            found_model = resolve(requested, [replace(m, ready=True) for m in ours])
+            if isinstance(found_model, ServedModel):
+                return next(s for s in hosting if s.key == found_model.fingerprint)
+        return hosting[0]
