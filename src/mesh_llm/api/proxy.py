@@ -169,16 +169,16 @@ class ApiProxy:
             return found
         if self.queued >= MAX_QUEUED:
             return ApiError(503, f"{found.message} (and {MAX_QUEUED} requests already wait)")
-        loop = asyncio.get_running_loop()
+        router, changes = self._router, self._changes
+
+        def settled() -> bool:
+            nonlocal found
+            found = router.resolve(requested)
+            return not (isinstance(found, ApiError) and found.status == 503)
+
         self.queued += 1
         try:
-            while isinstance(found, ApiError) and found.status == 503:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                seen = self._changes.version
-                await self._changes.wait_newer(seen, left)
-                found = self._router.resolve(requested)
+            await changes.wait_until(settled, deadline - asyncio.get_running_loop().time())
         finally:
             self.queued -= 1
         if isinstance(found, ServedModel):
