@@ -54,9 +54,10 @@ class MeshRouter:
         return served_models(node.mesh_models.groups, self.hosted_by(), node.config.split)
 
     def resolve(self, requested: object) -> ServedModel | ApiError:
-        seen = self._node.mesh_models
+        node = self._node
+        seen = node.mesh_models
         return resolve_in_mesh(requested, self.served(), seen.default_key,
-                               seen.departed.values())
+                               seen.departed.values(), no_model=node.route().reason)
 
     def upstream_for(self, model: ServedModel) -> Upstream:
         node = self._node

@@ -221,3 +221,6 @@ def test_a_single_model_mesh_takes_any_name_but_not_a_departed_ones() -> None:
     assert resolve_in_mesh(3, [Q4]).status == 400  # type: ignore[union-attr]
     empty = resolve_in_mesh("SmolLM2", [])
     assert isinstance(empty, ApiError) and empty.status == 503 and "no host" in empty.message
+    told = resolve_in_mesh("SmolLM2", [], no_model="no host is ready: this node has no file")
+    assert told == ApiError(503, "no host is ready: this node has no file")
+    assert resolve_in_mesh(3, [], no_model="x").status == 400  # type: ignore[union-attr]

@@ -161,15 +161,15 @@ def resolve(requested: object, models: Sequence[ServedModel],
 
 
 def resolve_in_mesh(requested: object, models: Sequence[ServedModel],
-                    default: str | None = None,
-                    departed: Collection[str] = ()) -> ServedModel | ApiError:
+                    default: str | None = None, departed: Collection[str] = (),
+                    no_model: str | None = None) -> ServedModel | ApiError:
     """`resolve`, except that while the mesh serves a single model any name reaches it,
     as llama-server alone allows (single-model clients send whatever name they were
     configured with); a name of a model that has left the mesh (`departed`) stays a 404.
     With no model at all the node knows nothing to refuse a name by: 503 (the relay
-    waits for a host), as before the mesh had many models."""
+    waits for a host), saying `no_model` when the node knows why there is none."""
     if not models and (requested is None or isinstance(requested, str)):
-        return resolve(None, models, default)
+        return ApiError(503, no_model) if no_model else resolve(None, models, default)
     found = resolve(requested, models, default)
     if isinstance(found, ApiError) and found.status == 404 and len(models) == 1 \
             and isinstance(requested, str) \

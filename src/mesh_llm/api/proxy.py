@@ -113,7 +113,14 @@ class ApiProxy:
         return await handler(request)
 
     async def health(self, _request: web.Request) -> web.Response:
-        upstream = self._upstream()
+        """200 when a request without `model` would be served now, else its 503."""
+        if self._router is not None:
+            found = self._router.resolve(None)
+            if isinstance(found, ApiError):
+                return json_error(found.status, found.message, found.kind)
+            upstream = self._router.upstream_for(found)
+        else:
+            upstream = self._upstream()
         if upstream.connect is None:
             return json_error(503, upstream.reason, "unavailable")
         return web.json_response({"status": "ok"})
