@@ -41,10 +41,24 @@ def test_served_models_follow_who_announces_ready() -> None:
     assert not served["f16"].ready and "still loading" in served["f16"].why_not_ready
     assert not served["big"].ready and "VRAM" in served["big"].why_not_ready
     assert served["big"].mode == "waiting"
-    # Another node announcing the model ready serves it while the elected host does not.
     q4 = next(g for g in groups if g.key == "01")
-    assert ready_host(q4, {B: {"01": Hosted("01", None, True)}}) == B
     assert ready_host(q4, {}) is None
+    # A node outside the group that claims to host it gets none of its prompts.
+    assert ready_host(q4, {B: {"01": Hosted("01", None, True)}}) is None
+    assert not {m.name: m for m in served_models(
+        groups, {B: {"01": Hosted("01", PLAN_A, True)}})}["q4"].ready
+
+
+def test_another_member_that_may_host_serves_while_the_elected_host_does_not() -> None:
+    """A re-plan settling: the elected host is still loading, the old host (a member)
+    still answers. With --trust-hosts, an untrusted member's claim is ignored."""
+    offers = [offer_of(ann(A, vram_bytes=1000 * MB, offers=(Offer("q4", "01", 100 * MB),))),
+              offer_of(ann(B, vram_bytes=500 * MB, offers=(Offer("q4", "01", 100 * MB),)))]
+    claims = {A: {"01": Hosted("01", PLAN_A, False)}, B: {"01": Hosted("01", None, True)}}
+    (q4,) = model_groups(offers)
+    assert q4.host == A and ready_host(q4, claims) == B
+    (trusted_a,) = model_groups(offers, frozenset({A}))
+    assert ready_host(trusted_a, claims) is None
 
 
 def test_request_counts_cover_the_last_minute_only() -> None:

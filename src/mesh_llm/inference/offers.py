@@ -2,9 +2,10 @@
 groups as the API's served models. Pure functions, no I/O.
 
 `offer_of` turns an announcement into a `NodeOffer`; `served_models` answers, per group,
-who serves it now: the elected host when it announces that model ready, else any node
-that does (a group's host and the node that really serves can differ for a moment while
-a re-plan settles; the node that says it is ready is the one to send requests to).
+who serves it now: the elected host when it announces that model ready, else another of
+the group's nodes that may host and does (a group's host and the node that really serves
+can differ for a moment while a re-plan settles; the node that says it is ready is the
+one to send requests to).
 """
 
 from __future__ import annotations
@@ -39,10 +40,14 @@ def offer_of(ann: Announcement, rtt_ms: float | None = None) -> NodeOffer:
 
 def ready_host(group: Group, hosted: Mapping[str, Mapping[str, Hosted]]) -> str | None:
     """The node that serves `group` now: its elected host when that announces it ready,
-    else the first (by id) that does; None when none does."""
+    else the first (by id) of the group's nodes that may host and does; None when none
+    does. A claim from any other node is ignored: hosting sees every prompt, and a peer
+    is granted it by the group's rule (--trust-hosts included), not by saying so."""
+    may_host = {c.node_id for c in group.candidates if c.can_host}
+
     def ready(node: str) -> bool:
         entry = hosted.get(node, {}).get(group.key)
-        return entry is not None and entry.ready
+        return node in may_host and entry is not None and entry.ready
     if group.host is not None and ready(group.host):
         return group.host
     return next((n for n in sorted(hosted) if ready(n)), None)
