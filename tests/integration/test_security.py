@@ -20,6 +20,7 @@ from typing import Any
 
 from mesh_llm.identity import Identity
 from mesh_llm.mesh import Announcement, Mesh, Stream, StreamType
+from mesh_llm.mesh.announcement import Hosted
 from mesh_llm.token import decode_token
 from nodes import NodeProcess, greedy, http_json
 
@@ -119,6 +120,28 @@ async def test_a_member_may_not_use_a_workers_rpc_server_nor_claim_huge_memory(
         await wait_status(host, lambda s: all(p["id"] != mesh.node_id for p in s["peers"]),
                           "the host to drop the liar")
         assert host.status()["host"] == hid and worker.status()["host"] == hid
+    finally:
+        await mesh.stop()
+
+
+async def test_a_member_that_claims_to_host_a_model_gets_none_of_its_requests(
+        make_node, tmp_path) -> None:
+    """The node waits for VRAM, so its model has no ready host; a member that announces it
+    hosts that model, ready, is not one of the model's nodes: no request goes to it."""
+    node = make_node("node", "--max-vram", "0.05")
+    node.wait_for(lambda: node.status()["state"] == "waiting", "the waiting state")
+    key = node.status()["models"][0]["fingerprint"]
+    mesh = await intruder(tmp_path, node.status()["token"], models=[],
+                          model_file=False, hosted=(Hosted(key, None, True),))
+    try:
+        await wait_status(node, lambda s: any(p["id"] == mesh.node_id for p in s["peers"]),
+                          "the node to see the member")
+        (model,) = node.status()["models"]
+        assert model["ready"] is False and model["host"] != mesh.node_id
+        code, body = http_json(node.api + "/health")
+        assert code == 503 and "VRAM" in body["error"]["message"]
+        listed = http_json(node.api + "/v1/models")[1]["data"]
+        assert [m["meta"]["ready"] for m in listed] == [False]
     finally:
         await mesh.stop()
 
