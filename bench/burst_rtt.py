@@ -1,13 +1,15 @@
-"""A decode step's traffic in isolation: a burst of KiB out, 100 bytes back, over an RTT.
+"""A decode step's traffic in isolation: a burst of KiB out, a small reply back, over an RTT.
 
 A split's decode step for 8 streams sends ~73 KiB host → worker and waits for a small reply,
 then the link idles while the host computes. This bench does exactly that, without
-llama.cpp: the near end (the "host", a Mesh node) sends a --kib message on one stream and
-waits for a --reply-byte reply from the far end (the "worker", a Mesh node in a child process
-that joined the host through the UDP delay proxy, as bench/splitmesh.py does), then idles
---gap-ms; the same over plain TCP through the TCP delay proxy. Both in the same run,
-alternating. Each exchange's time is reported in ms and in added RTTs; the QUIC rows also
-show the host's congestion window and bytes in flight before the burst (qh3's native core).
+llama.cpp, on the split's own path: a TCP client (llama-server's place) writes a --kib
+message into the host's RPC tunnel (TunnelListener, a Mesh node), which carries it on a QUIC
+stream to the worker (a Mesh node in a child process that joined the host through the UDP
+delay proxy, as bench/splitmesh.py does), which relays it to a TCP server (ggml-rpc-server's
+place) that answers --reply bytes; then the link idles --gap-ms. The direct path: the same
+client and server through the TCP delay proxy. Both in the same run, alternating; both
+processes on uvloop, as nodes run. Each exchange's time is reported in ms and in added RTTs,
+with the host's QUIC congestion window before the burst (qh3's native core).
 
     .venv/bin/python bench/burst_rtt.py [--rtt-ms 20] [--kib 73] [--reply 100] [--gap-ms 80]
                                         [--rounds 40]
@@ -27,11 +29,14 @@ from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from delay_proxy import Spawned
 from mesh_llm.identity import Identity
 from mesh_llm.mesh import Announcement, Mesh, Stream, StreamType
+from mesh_llm.mesh.tunnel import TunnelListener, relay_to_tcp
 from mesh_llm.token import InviteToken, decode_token, encode_token, new_secret, parse_addr
 
 HEADER = struct.Struct(">II")  # request size, reply size
@@ -51,11 +56,6 @@ async def _answer(read_exactly: Any, write: Any) -> None:
         await write(bytes(reply))
 
 
-async def _quic_worker(peer_id: str, stream: Stream) -> None:
-    await _answer(stream.readexactly, stream.write)
-    stream.close()
-
-
 async def _tcp_worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     async def write(data: bytes) -> None:
         writer.write(data)
@@ -70,19 +70,24 @@ async def _far_end(pipe: Pipe) -> None:
     mesh = Mesh(identity, new_secret(), Announcement(identity.node_id, role="worker"),
                 bind_host="127.0.0.1")
     await mesh.start()
-    mesh.add_stream_handler(StreamType.RPC_TUNNEL, _quic_worker)
     server = await asyncio.start_server(_tcp_worker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def relay(peer_id: str, stream: Stream) -> None:  # as a worker relays to its rpc
+        await relay_to_tcp(stream, "127.0.0.1", port)
+
+    mesh.add_stream_handler(StreamType.RPC_TUNNEL, relay)
     loop = asyncio.get_running_loop()
     token = await loop.run_in_executor(None, pipe.recv)  # the host's, naming the proxy
     await mesh.join([token], timeout=15)
-    pipe.send(server.sockets[0].getsockname()[1])
+    pipe.send(port)
     await loop.run_in_executor(None, pipe.recv)  # until the benchmark says stop
     server.close()
     await mesh.stop()
 
 
 def _far_end_main(pipe: Pipe) -> None:
-    asyncio.run(_far_end(pipe))
+    uvloop.run(_far_end(pipe))  # as a node runs (cli.py)
 
 
 # ---------------------------------------------------------------------------- near end
@@ -107,10 +112,12 @@ async def _connected_peer(mesh: Mesh, timeout: float = 15.0) -> str:
     raise RuntimeError("the worker did not connect")
 
 
-async def _exchange(write: Any, read_exactly: Any, payload: bytes, reply: int) -> float:
+async def _exchange(writer: asyncio.StreamWriter, reader: asyncio.StreamReader,
+                    payload: bytes, reply: int) -> float:
     start = time.perf_counter()
-    await write(HEADER.pack(len(payload), reply) + payload)
-    await read_exactly(reply)
+    writer.write(HEADER.pack(len(payload), reply) + payload)
+    await writer.drain()
+    await reader.readexactly(reply)
     return (time.perf_counter() - start) * 1e3
 
 
@@ -132,28 +139,27 @@ async def run(args: argparse.Namespace, pipe: Pipe) -> dict[str, Any]:
             tcp = Spawned("tcp", ("127.0.0.1", tcp_port), args.rtt_ms)
             tcp_port = tcp.port
         peer = await _connected_peer(mesh)
-        stream = await mesh.open_stream(peer, StreamType.RPC_TUNNEL)
+        tunnel = TunnelListener(lambda: mesh.open_stream(peer, StreamType.RPC_TUNNEL), "bench")
+        quic_reader, quic_writer = await asyncio.open_connection(
+            "127.0.0.1", await tunnel.start())
         reader, writer = await asyncio.open_connection("127.0.0.1", tcp_port)
-
-        async def tcp_write(data: bytes) -> None:
-            writer.write(data)
-            await writer.drain()
 
         payload = bytes(args.kib * 1024)
         rows: dict[str, list[float]] = {"quic": [], "tcp": []}
         cwnd: list[tuple[int, int]] = []
         for i in range(args.rounds + 3):  # the first three warm up
             state = _quic_state(mesh, peer)
-            quic_ms = await _exchange(stream.write, stream.readexactly, payload, args.reply)
+            quic_ms = await _exchange(quic_writer, quic_reader, payload, args.reply)
             await asyncio.sleep(args.gap_ms / 1000)  # the host computing: the link idles
-            tcp_ms = await _exchange(tcp_write, reader.readexactly, payload, args.reply)
+            tcp_ms = await _exchange(writer, reader, payload, args.reply)
             await asyncio.sleep(args.gap_ms / 1000)
             if i >= 3:
                 rows["quic"].append(quic_ms)
                 rows["tcp"].append(tcp_ms)
                 cwnd.append(state)
-        stream.close()
+        quic_writer.close()
         writer.close()
+        await tunnel.stop()
         conn = mesh.connections_to(peer)[-1]
         return {"rows": rows, "cwnd": cwnd, "quic_srtt_ms": conn.rtt_ms}
     finally:
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     child = ctx.Process(target=_far_end_main, args=(there,), daemon=True)
     child.start()
     try:
-        result = asyncio.run(run(args, here))
+        result = uvloop.run(run(args, here))
     finally:
         here.send("stop")
         child.join(10)
