@@ -47,6 +47,7 @@ LOOPBACK = ("127.0.0.1", "localhost")
 @dataclass
 class Stats:
     datagrams: int = 0
+    batches: int = 0  # UDP: receive calls that brought the datagrams (recvmmsg/GRO)
     bytes: int = 0
     dropped: int = 0  # UDP: over MAX_HELD_BYTES, or from a second client
     connections: int = 0
@@ -140,6 +141,7 @@ class UdpDelayProxy(BatchedDatagramProtocol):
             self.stats.dropped += len(datagrams)
             return
         self.stats.datagrams += len(datagrams)
+        self.stats.batches += 1
         self.stats.bytes += size
         line.put(datagrams, size)
 
@@ -341,8 +343,8 @@ async def serve(kind: str, target: tuple[str, int], rtt_ms: float, port: int) ->
     await stop.wait()
     proxy.close()
     s = proxy.stats
-    print(f"{kind} proxy: {s.bytes} bytes, {s.datagrams} datagrams, {s.dropped} dropped, "
-          f"{s.connections} connections", flush=True)
+    print(f"{kind} proxy: {s.bytes} bytes, {s.datagrams} datagrams in {s.batches} batches, "
+          f"{s.dropped} dropped, {s.connections} connections", flush=True)
 
 
 # ---------------------------------------------------------------------------- check
