@@ -4,6 +4,7 @@ moves one of the private parts fails here rather than degrading the mesh silentl
 
 from __future__ import annotations
 
+from qh3.quic import events
 from qh3.quic.connection import QuicConnection as Qh3Connection
 from qh3.quic.packet import QuicPacketType, QuicProtocolVersion
 
@@ -124,3 +125,29 @@ def test_an_initial_that_does_not_decrypt_is_not_authenticated() -> None:
     assert qh3_adapter.parse_header(bytes(forged), CID_LENGTH) is not None
     pair.server.receive_datagram(bytes(forged), CLIENT, now=pair.now)
     assert not qh3_adapter.authenticated_packet_seen(pair.server)
+
+
+def test_datagrams_come_straight_from_the_core_and_carry_a_burst() -> None:
+    """The send path skips qh3's per-packet logger work: that needs the native core's
+    poll_transmit and a connection without a QUIC logger (ours never set one)."""
+    pair = Pair()
+    pair.handshake()
+    core = getattr(pair.client, "_core", None)
+    assert callable(getattr(core, "poll_transmit", None))
+    assert getattr(pair.client, "_quic_logger", True) is None  # else qh3's method runs
+    stream_id = qh3_adapter.open_bidi_stream(pair.client)
+    payload = bytes(range(256)) * 40  # 10 KiB: several datagrams
+    pair.client.send_stream_data(stream_id, payload, end_stream=True)
+    received = b""
+    for _ in range(10):
+        pair.now += 0.001
+        datagrams = qh3_adapter.datagrams_to_send(pair.client, pair.now)
+        for data, addr in datagrams:
+            assert addr == SERVER
+            pair.server.receive_datagram(data, CLIENT, now=pair.now)
+        while (event := pair.server.next_event()) is not None:
+            if isinstance(event, events.StreamDataReceived):
+                received += event.data
+        pair.send(pair.server)  # ACKs
+    assert received == payload
+    assert qh3_adapter.datagrams_to_send(pair.client, pair.now + 1) == []

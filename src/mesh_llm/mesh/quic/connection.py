@@ -310,7 +310,7 @@ class QuicConnection:
         if self._finalized:
             return
         try:
-            datagrams = self._quic.datagrams_to_send(now=self._loop.time())
+            datagrams = qh3_adapter.datagrams_to_send(self._quic, self._loop.time())
         except QuicConnectionError as err:
             self._fail("QUIC error while sending", err)
             return
