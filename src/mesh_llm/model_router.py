@@ -89,6 +89,16 @@ class MeshRouter:
         return models_listing(self.served(), self._node.mesh_models.default_key,
                               int(self._node.started_at))
 
+    def unhealthy(self) -> ApiError | None:
+        default = self.resolve(None)
+        if isinstance(default, ServedModel) and self.upstream_for(default).connect is not None:
+            return None
+        if any(m.ready and self.upstream_for(m).connect is not None for m in self.served()):
+            return None
+        if isinstance(default, ApiError):
+            return default
+        return ApiError(503, self.upstream_for(default).reason)
+
     def count(self, model: ServedModel) -> None:
         self.requests.add(model.fingerprint)
 

@@ -72,6 +72,11 @@ class ModelRouter(Protocol):
         """`GET /v1/models` for the whole mesh."""
         ...
 
+    def unhealthy(self) -> ApiError | None:
+        """None when a request for some model would be served now; else what a request
+        without `model` is answered (`GET /health`)."""
+        ...
+
     def count(self, model: ServedModel) -> None:
         """One request for `model` reached this node's API (gossiped per minute)."""
         ...
@@ -113,14 +118,13 @@ class ApiProxy:
         return await handler(request)
 
     async def health(self, _request: web.Request) -> web.Response:
-        """200 when a request without `model` would be served now, else its 503."""
+        """200 when some model of the mesh would be served now, else a 503 saying why."""
         if self._router is not None:
-            found = self._router.resolve(None)
-            if isinstance(found, ApiError):
-                return json_error(found.status, found.message, found.kind)
-            upstream = self._router.upstream_for(found)
-        else:
-            upstream = self._upstream()
+            problem = self._router.unhealthy()
+            if problem is not None:
+                return json_error(problem.status, problem.message, problem.kind)
+            return web.json_response({"status": "ok"})
+        upstream = self._upstream()
         if upstream.connect is None:
             return json_error(503, upstream.reason, "unavailable")
         return web.json_response({"status": "ok"})
