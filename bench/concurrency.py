@@ -118,7 +118,7 @@ def main() -> None:
             mesh = f"http://127.0.0.1:{pair.a.status()['llama_server']['port']}"
             table = asyncio.run(measure({"mesh": mesh, "direct": direct}, args.waves,
                                         args.tokens, args.streams))
-    report(table, rtt, args.waves, args.streams)
+        report(table, rtt, args.waves, args.streams)  # before teardown, which can fail
 
 
 if __name__ == "__main__":

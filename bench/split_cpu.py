@@ -50,7 +50,7 @@ def top_frames(raw: Path, n: int) -> tuple[int, list[tuple[str, int]], list[tupl
         if not stack:
             continue
         k = int(count)
-        frames = stack.split(";")[1:]  # the first is the thread
+        frames = stack.split(";")  # outermost first
         samples += k
         if frames:
             own[frames[-1]] += k
