@@ -6,6 +6,8 @@ through A's API (the user's path: API relay, then llama-server, whose RPC to B c
 mesh) for --seconds; CPU from /proc/PID/stat before and after, divided by the tokens
 streamed. With --py-spy, py-spy records both node processes meanwhile (non-blocking, idle
 samples left out) and the top frames by self and total share of the samples are printed.
+With --strace, strace counts both nodes' system calls instead (it slows them: only the
+counts per token mean something then).
 
     .venv/bin/python bench/split_cpu.py [--seconds 20] [--delay-ms 0] [--py-spy] [--out DIR]
 """
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import collections
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,6 +68,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="tokens per stream")
     ap.add_argument("--delay-ms", type=float, default=0.0, metavar="RTT")
     ap.add_argument("--py-spy", action="store_true", help="also record both nodes with py-spy")
+    ap.add_argument("--strace", action="store_true",
+                    help="count both nodes' system calls per token (strace -c -f)")
     ap.add_argument("--out", type=Path, default=Path("."), help="where py-spy's files go")
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
@@ -84,16 +89,33 @@ def main() -> None:
                     [py_spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)),
                      "--nonblocking", "--format", "raw", "-o", str(raw)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)))
+        tracers = []
+        if args.strace:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for name, pid in pids.items():
+                out = args.out / f"{name.split()[0]}.strace"
+                tracers.append((name, out, subprocess.Popen(
+                    ["strace", "-c", "-f", "-p", str(pid), "-o", str(out)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         load = Path("/proc/loadavg").read_text().split()[0]
         tokens = asyncio.run(generate(pair.a.api, args.seconds, args.tokens))
         used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
         for _, _, proc in spies:
             proc.wait(timeout=60)
+        for _, _, proc in tracers:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
     print(f"{tokens} tokens in {args.seconds:g} s, one stream, load {load} → "
           f"{Path('/proc/loadavg').read_text().split()[0]}")
     for name, seconds in used.items():
         print(f"  {name}: {seconds:.2f} CPU s, {seconds * 1e3 / tokens:.3f} ms per token")
+    for name, out, _ in tracers:
+        print(f"\n{name}: system calls per token")
+        for line in out.read_text().splitlines()[2:]:
+            cols = line.split()
+            if len(cols) >= 5 and cols[3].isdigit() and cols[-1] != "total":
+                print(f"  {int(cols[3]) / tokens:7.2f}  {cols[-1]}")
     for name, raw, _ in spies:
         if not raw.exists():
             print(f"{name}: py-spy wrote nothing (ptrace not allowed?)")
