@@ -56,6 +56,11 @@ async def wave(session: aiohttp.ClientSession, base: str, tokens: int,
             "code_ttft": median(ttft["code"])}
 
 
+def loadavg() -> str:
+    """The 1-minute load average: these machines are shared, so each wave says how busy."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 async def measure(bases: dict[str, str], waves: int, tokens: int,
                   streams: int) -> dict[str, dict[str, float]]:
     """Alternate waves over `bases`; medians per column. A warm-up stream each first."""
@@ -68,7 +73,8 @@ async def measure(bases: dict[str, str], waves: int, tokens: int,
                 got = await wave(session, base, tokens, streams)
                 results[name].append(got)
                 print(f"wave {i + 1} {name:<6} " + "  ".join(f"{k} {v:.1f}" for k, v in
-                                                               got.items()), flush=True)
+                                                               got.items())
+                      + f"  load {loadavg()}", flush=True)
     return {name: {k: median([w[k] for w in ws]) for k in COLUMNS}
             for name, ws in results.items()}
 
@@ -112,7 +118,7 @@ def main() -> None:
             mesh = f"http://127.0.0.1:{pair.a.status()['llama_server']['port']}"
             table = asyncio.run(measure({"mesh": mesh, "direct": direct}, args.waves,
                                         args.tokens, args.streams))
-    report(table, rtt, args.waves, args.streams)
+        report(table, rtt, args.waves, args.streams)  # before teardown, which can fail
 
 
 if __name__ == "__main__":

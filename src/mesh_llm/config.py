@@ -36,7 +36,7 @@ class NodeConfig:
     device: str | None = None
     listen_all: bool = False
     api_key: str | None = None
-    llama_args: tuple[str, ...] = field(default_factory=tuple)
+    llama_args: tuple[str, ...] = field(default_factory=tuple)  # --device, --llama-arg
     standalone: bool = False  # serve alone when every --join fails (else exit non-zero)
     new_mesh: bool = False  # a fresh mesh secret instead of the one kept in the home
     trust_hosts: frozenset[str] | None = None  # only these node ids may host (None: any)

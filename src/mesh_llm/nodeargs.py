@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .cliargs import Parser, port, positive_float, slots
@@ -12,13 +16,59 @@ from .commands import COMMANDS
 from .config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, NodeConfig, default_home
 from .errors import UserError
 from .identity import is_node_id
-from .inference.llama import SPLIT_PARALLEL
+from .inference.llama import SPLIT_PARALLEL, owned_flag
 from .models.catalog import DEFAULT_MODEL
 from .token import TokenError, decode_token
 
+LLAMA_ARG = "--llama-arg"
+
+
+class NodeParser(Parser):
+    """The node's parser: `--llama-arg -fa` takes `-fa` as its value (argparse alone would
+    read it as an option of ours and stop)."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: Any = None) -> tuple[Any, list[str]]:
+        argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(glue_llama_args(argv), namespace)
+
+
+def glue_llama_args(argv: list[str]) -> list[str]:
+    """`--llama-arg X` → `--llama-arg=X`, whatever X starts with (pure)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == LLAMA_ARG and i + 1 < len(argv):
+            out.append(f"{LLAMA_ARG}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def llama_args(values: list[str]) -> tuple[str, ...]:
+    """Every --llama-arg, each split as a shell would; one that names an option the node sets
+    itself is refused in one line (exit 2)."""
+    args: list[str] = []
+    for value in values:
+        try:
+            words = shlex.split(value)
+        except ValueError as err:
+            raise UserError(f"--llama-arg {value!r}: {err}", 2) from None
+        if not words:
+            raise UserError("--llama-arg needs an argument for llama-server, e.g. "
+                            "--llama-arg '-fa on'", 2)
+        args += words
+    owned = owned_flag(tuple(args))
+    if owned is not None:
+        flag, why = owned
+        raise UserError(f"--llama-arg {flag}: {why}", 2)
+    return tuple(args)
+
 
 def node_parser() -> argparse.ArgumentParser:
-    p = Parser(
+    p = NodeParser(
         prog="mesh-llm",
         description="Pool the GPUs and CPUs of several machines into one OpenAI-compatible "
                     f"LLM service. Subcommands: {', '.join(COMMANDS)} "
@@ -74,6 +124,13 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=slots, metavar="N",
                    help="concurrent requests llama-server serves (slots; default: "
                         f"{SPLIT_PARALLEL} for a split, llama.cpp's own choice solo)")
+    p.add_argument(LLAMA_ARG, action="append", default=[], metavar="ARG",
+                   help="pass ARG to llama-server when this node hosts, after the node's own "
+                        "options so it overrides them (repeatable; each is split like a "
+                        "shell: --llama-arg '-fa on' or --llama-arg -fa --llama-arg on). "
+                        "Options the node sets itself are refused: the model, alias, host, "
+                        "port, API key, TLS, RPC and layer placement (--rpc, -ngl, -ts, -ot, "
+                        "-sm), --device, --parallel, the draft model, and options that exit")
     p.add_argument("--bin-dir", type=Path, metavar="DIR",
                    help="use the llama.cpp binaries in DIR (e.g. a CUDA or Metal build)")
     p.add_argument("--device", metavar="DEV", help="llama.cpp device to use (--device)")
@@ -115,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         logging.getLogger("mesh_llm").warning(
             "--draft %s ignored: without --model this node never hosts", args.draft)
     device_args = ("--device", args.device) if args.device else ()
+    extra_args = llama_args(args.llama_arg)
     home = args.home or default_home()
     return NodeConfig(
         model=model, models=tuple(models), home=home, join=tuple(args.join),
@@ -124,7 +182,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         max_vram_gb=args.max_vram, draft=args.draft, no_draft=args.no_draft,
         draft_max=args.draft_max, parallel=args.parallel, bin_dir=args.bin_dir,
         device=args.device,
-        listen_all=args.listen_all, api_key=args.api_key, llama_args=device_args,
+        listen_all=args.listen_all, api_key=args.api_key, llama_args=(*device_args, *extra_args),
         standalone=args.standalone, new_mesh=args.new_mesh,
         trust_hosts=trusted_hosts(args.trust_hosts, home),
     )

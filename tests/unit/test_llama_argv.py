@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mesh_llm.errors import UserError
 from mesh_llm.inference.engine import Engine
 from mesh_llm.inference.llama import SPLIT_PARALLEL, LlamaPlan, llama_server_argv
 from mesh_llm.nodeargs import config_from_args, node_parser
@@ -51,4 +52,40 @@ def test_a_bad_parallel_is_one_line_and_exit_2(bad: str) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "--parallel" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_llama_args_come_last_so_they_override_ours() -> None:
+    cfg = config_from_args(node_parser().parse_args(
+        ["--device", "CPU", "--llama-arg", "-fa", "--llama-arg", "on",
+         "--llama-arg=-ub 128 -b 512", "--llama-arg", "--cache-ram 64"]))
+    assert cfg.llama_args == ("--device", "CPU", "-fa", "on", "-ub", "128", "-b", "512",
+                              "--cache-ram", "64")
+    plan = LlamaPlan(MODEL, "m", rpc=("127.0.0.1:5000",), extra=cfg.llama_args)
+    argv = llama_server_argv(ENGINE, plan, 8080)
+    assert argv[-len(cfg.llama_args):] == list(cfg.llama_args)
+    # llama.cpp keeps the last value given: ours (--cache-ram 0) comes first
+    assert argv.index("--cache-ram") < len(argv) - 2 and argv[-1] == "64"
+    assert config_from_args(node_parser().parse_args([])).llama_args == ()
+
+
+@pytest.mark.parametrize("values", [["-m", "x.gguf"], ["--port 1"], ["-fa on -ngl 99"],
+                                    ["--rpc", "127.0.0.1:1"], ["-np 4"], ["--alias", "x"],
+                                    ["--api-key k"], ["-ts 1,1"], ["-ot", "x=CPU"],
+                                    ["--help"], ["-md d.gguf"], ["-dev", "none"]])
+def test_options_the_node_sets_itself_are_refused(values: list[str]) -> None:
+    argv = [a for v in values for a in ("--llama-arg", v)]
+    with pytest.raises(UserError) as err:
+        config_from_args(node_parser().parse_args(argv))
+    assert err.value.exit_code == 2 and "--llama-arg -" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["-m x.gguf", '-fa "on', ""])
+def test_a_refused_llama_arg_is_one_line_and_exit_2(value: str, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "mesh_llm", "--home", str(tmp_path),
+                           f"--llama-arg={value}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "--llama-arg" in proc.stderr
     assert "Traceback" not in proc.stderr

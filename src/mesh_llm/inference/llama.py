@@ -26,6 +26,40 @@ SPLIT_PARALLEL = 8
 MAX_PARALLEL = 256
 
 
+# llama-server options the node sets itself (or that would stop llama-server from serving
+# it): a --llama-arg may not name them. Each group says why, in the refusal's words. llama.cpp
+# takes no `--flag=value` form, so matching whole arguments is enough.
+NODE_OWNED_FLAGS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("-m", "--model", "-mu", "--model-url", "-hf", "-hfr", "--hf-repo", "-hff", "--hf-file",
+      "-dr", "--docker-repo", "--models-dir", "--models-preset"),
+     "mesh-llm sets the model: use --model"),
+    (("-md", "--model-draft", "--spec-draft-model"),
+     "mesh-llm sets the draft model: use --draft or --no-draft"),
+    (("-a", "--alias"), "mesh-llm names the model, and the API routes requests by that name"),
+    (("--host", "--port", "--reuse-port", "--api-prefix"),
+     "mesh-llm runs llama-server on a loopback port of its choosing"),
+    (("--api-key", "--api-key-file", "--ssl-key-file", "--ssl-cert-file"),
+     "mesh-llm reaches its llama-server by plain HTTP without a key "
+     "(--api-key guards the API)"),
+    (("--rpc", "-ts", "--tensor-split", "-ngl", "--gpu-layers", "--n-gpu-layers", "-ot",
+      "--override-tensor", "-sm", "--split-mode"),
+     "mesh-llm places the layers from the mesh's plan"),
+    (("-dev", "--device"), "use mesh-llm's --device"),
+    (("-np", "--parallel"), "use mesh-llm's --parallel"),
+    (("-h", "--help", "--usage", "--version", "--list-devices", "-cl", "--cache-list",
+      "--completion-bash"), "llama-server would print it and exit instead of serving"),
+)
+
+
+def owned_flag(args: tuple[str, ...]) -> tuple[str, str] | None:
+    """The first argument the node owns, with why; None when every one may pass."""
+    for arg in args:
+        for flags, why in NODE_OWNED_FLAGS:
+            if arg in flags:
+                return arg, why
+    return None
+
+
 @dataclass(frozen=True)
 class LlamaPlan:
     """What llama-server is started with; a new plan means a restart."""
@@ -39,7 +73,7 @@ class LlamaPlan:
     draft: Path | None = None
     draft_max: int = 8
     parallel: int | None = None  # slots (--parallel); None: SPLIT_PARALLEL
-    extra: tuple[str, ...] = field(default_factory=tuple)
+    extra: tuple[str, ...] = field(default_factory=tuple)  # last: they override ours
 
 
 def serving_args(split: bool, parallel: int | None) -> list[str]:
