@@ -406,7 +406,10 @@ class Node:
                 log.info("host: %s", "this node" if host_id == self.node_id else
                          (host_id[:12] if host_id else "none"))
             self.host_id = host_id
-        if outcome.me is not None and host_id == self.node_id:
+        # Leaving, a host keeps serving until the next host is ready; a node that does not
+        # host yet never starts to on its way out.
+        if outcome.me is not None and host_id == self.node_id \
+                and (self.hosting.active or not self.leaving):
             self.hosting.converge(outcome.me, outcome.workers)
         else:  # no llama-server here; the API goes through a tunnel to the host
             self.hosting.stand_down()

@@ -54,6 +54,29 @@ def test_signal_stops_everything(make_node, sig: signal.Signals) -> None:
     assert not (node.home / "mesh-llm.lock").read_text().strip(), "lock not released"
 
 
+def test_a_leaving_worker_whose_host_vanishes_starts_no_llama_server(make_node) -> None:
+    """B, asked to stop, waits for its host to serve without it; the host goes silent
+    (SIGSTOP) meanwhile, so B becomes the only candidate: it must not start hosting on its
+    way out (it once started a llama-server for the moment before its shutdown stopped it)."""
+    host = make_node("a", "--split", "--max-vram", "2").wait_ready()
+    worker = make_node("b", "--model", "SmolLM2-135M-Instruct", "--max-vram", "1", "--join",
+                       host.status()["token"]).wait_ready()
+    bid = worker.status()["node_id"]
+    host.wait_for(lambda: bid in (host.status()["plan"] or {}).get("workers", []),
+                  "a split over B")
+    assert host.proc is not None and worker.proc is not None
+    os.kill(host.proc.pid, signal.SIGSTOP)
+    try:
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(60) == 0
+    finally:
+        os.kill(host.proc.pid, signal.SIGCONT)
+    log = worker.output()
+    leaving = log.index("leaving: waiting for the host")
+    assert "host: this node" in log[leaving:], "B saw its host go"
+    assert "llama-server started" not in log[leaving:], log[leaving:]
+
+
 def test_crashed_llama_server_is_restarted(make_node) -> None:
     node = make_node("n").wait_ready()
     first = llama_pid(node)
