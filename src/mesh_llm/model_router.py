@@ -65,11 +65,7 @@ class MeshRouter:
         slot = next((s for s in node.slots if s.key == key), None)
         if slot is not None and slot is node.slots[0]:
             if node.host_id == node.node_id:
-                where = node.route()
-                if where.port is not None:
-                    return Upstream(node.hosting.connect(where.port),
-                                    key=f"tcp 127.0.0.1:{where.port}")
-                return Upstream(None, where.reason)
+                return node.upstream()  # our first model, hosted here: its route, as ever
         elif slot is not None and slot.hosting.active:
             port = slot.hosting.serving_port()
             if port is not None and not slot.hosting.held:
