@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing as mp
 import statistics
 import struct
 import sys
@@ -33,6 +32,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import far_end
 from delay_proxy import Spawned
 from mesh_llm.identity import Identity
 from mesh_llm.mesh import Announcement, Mesh, Stream, StreamType
@@ -188,17 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
 
-    ctx = mp.get_context("spawn")
-    here, there = ctx.Pipe()
-    child = ctx.Process(target=_far_end_main, args=(there,), daemon=True)
-    child.start()
-    try:
+    with far_end(_far_end_main) as here:
         result = uvloop.run(run(args, here))
-    finally:
-        here.send("stop")
-        child.join(10)
-        if child.is_alive():
-            child.kill()
     quic = _stats(result["rows"]["quic"], args.rtt_ms)
     tcp = _stats(result["rows"]["tcp"], args.rtt_ms)
     cwnds = sorted(c for c, _ in result["cwnd"])

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import statistics
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +107,20 @@ async def cpu_per_token(pids: dict[str, int], base: str, streams: int = 10,
             await stream_once(session, base, tokens)
     return {name: (cpu_seconds(pid) - before[name]) * 1e3 / (streams * tokens)
             for name, pid in pids.items()}
+
+
+@contextmanager
+def far_end(target: Callable[[Connection], None]) -> Iterator[Connection]:
+    """`target` in a child process (spawned, so it has its own event loop and CPU), talking
+    over a pipe; told "stop" on the way out, and killed if it has not gone 10 s later."""
+    ctx = mp.get_context("spawn")
+    here, there = ctx.Pipe()
+    child = ctx.Process(target=target, args=(there,), daemon=True)
+    child.start()
+    try:
+        yield here
+    finally:
+        here.send("stop")
+        child.join(10)
+        if child.is_alive():
+            child.kill()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing as mp
 import statistics
 import struct
 import sys
@@ -24,6 +23,7 @@ import time
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
+from common import far_end
 from mesh_llm.identity import Identity
 from mesh_llm.mesh import Announcement, Mesh, Stream, StreamType
 from mesh_llm.token import new_secret
@@ -181,22 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
-    ctx = mp.get_context("spawn")
-    here, there = ctx.Pipe()
-    child = ctx.Process(target=_far_end_main, args=(there,), daemon=True)
-    child.start()
-    try:
+    with far_end(_far_end_main) as here:
         if not here.poll(30):
             raise RuntimeError("far end did not start")
         token, tcp_port = here.recv()
         total = args.bulk_mib * MiB
         quic = asyncio.run(_bench_quic(token, args.rounds, total))
         tcp = asyncio.run(_bench_tcp(tcp_port, args.rounds, total))
-    finally:
-        here.send("stop")
-        child.join(10)
-        if child.is_alive():
-            child.kill()
 
     ratios = {
         "rtt_median_quic_over_tcp": quic["median_ms"] / tcp["median_ms"],
