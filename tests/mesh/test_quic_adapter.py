@@ -83,7 +83,8 @@ def test_connection_internals_read_after_a_handshake() -> None:
 
 
 def test_a_lone_packet_leaves_an_application_ack_pending() -> None:
-    """The ACK hold recognises this timer kind by name."""
+    """The ACK hold recognises this timer kind by name, and holds only while nothing of
+    ours is in flight."""
     pair = Pair()
     pair.handshake()
     stream_id = qh3_adapter.open_bidi_stream(pair.client)
@@ -91,6 +92,9 @@ def test_a_lone_packet_leaves_an_application_ack_pending() -> None:
     assert pair.send(pair.client) == 1
     timer = qh3_adapter.next_timer(pair.server)
     assert timer is not None and timer[0] == "ack_application"
+    assert qh3_adapter.bytes_in_flight(pair.client) > 0  # the packet, not yet acknowledged
+    pair.send(pair.server)
+    assert qh3_adapter.bytes_in_flight(pair.client) == 0
 
 
 def test_stream_credit_follows_the_peers_limit() -> None:

@@ -24,6 +24,7 @@ from mesh_llm.inference.rpc_wire import (
     Command,
     CommandCounts,
     DataPiece,
+    ReplyFrames,
     RpcCmd,
     RpcStreamParser,
     RpcVersion,
@@ -270,3 +271,60 @@ def test_reply_table_matches_the_c_source() -> None:
                            source))
     waits.add("HELLO")  # negotiated with send_rpc_cmd directly
     assert waits == {RpcCmd(c).name for c in REPLY_SIZE}
+
+
+# --- when a relay should transmit --------------------------------------------------------------
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(command, st.builds(_get_tensor, st.integers(0, 1 << 20))),
+                max_size=10),
+       st.lists(st.integers(0, 1 << 20), max_size=30))
+def test_awaits_reply_exactly_where_a_round_trip_command_ends(cmds: list[bytes],
+                                                              cuts: list[int]) -> None:
+    """The client sends nothing after a command it waits on until the reply: that point,
+    and only that point, is when the host's relay must transmit at once."""
+    stream = b"".join([hello_request(), *cmds])
+    ends, at = set(), 0
+    for cmd in [hello_request(), *cmds]:
+        at += len(cmd)
+        if cmd[0] in REPLY_SIZE:
+            ends.add(at)
+    parser = RpcStreamParser(report_commands=False)
+    assert not parser.awaits_reply
+    fed = 0
+    for chunk in chunked(stream, cuts):
+        parser.feed(chunk)
+        fed += len(chunk)
+        assert parser.awaits_reply == (fed in ends), fed
+
+
+def test_a_decode_step_awaits_a_reply_only_after_its_last_byte() -> None:
+    """A token's request as llama-server writes it: inputs, the graph, the read of the
+    result; byte by byte, the relay may hold all of it but the end."""
+    step = (pack_set_tensor(b"inp", 0, bytes(2304)) + pack_set_tensor(b"kq_mask", 0, bytes(512))
+            + pack_command(RpcCmd.GRAPH_RECOMPUTE, bytes(4)) + _get_tensor(2304))
+    parser = RpcStreamParser(report_commands=False)
+    waits = []
+    for i in range(len(step)):
+        parser.feed(step[i:i + 1])
+        waits.append(parser.awaits_reply)
+    assert waits == [False] * (len(step) - 1) + [True]
+    parser.feed(pack_command(RpcCmd.FREE_BUFFER, bytes(8)))
+    assert not parser.awaits_reply
+    parser.feed(pack_command(RpcCmd.DEVICE_COUNT))  # a round trip without a payload
+    assert parser.awaits_reply
+
+
+def test_reply_frames_say_when_a_reply_is_whole() -> None:
+    replies = [struct.pack("<Q", 2304) + bytes(2304), struct.pack("<Q", 0),
+               struct.pack("<Q", 1) + b"\x01", struct.pack("<Q", 28) + bytes(28)]
+    stream = b"".join(replies)
+    ends = set(itertools.accumulate(len(r) for r in replies))
+    for step in (1, 5, 8, 9, 100, len(stream)):
+        frames = ReplyFrames()
+        assert not frames.more
+        for i in range(0, len(stream), step):
+            chunk = stream[i:i + step]
+            assert frames.feed(chunk) == chunk  # the bytes pass through unchanged
+            assert frames.more == (min(i + step, len(stream)) not in ends), (step, i)
+        assert frames.finish() == b""

@@ -278,6 +278,21 @@ def test_partial_command_headers_are_held_back(weights: ModelWeights) -> None:
     assert enc.finish() == b""
 
 
+def test_the_encoder_says_more_follows_until_a_command_the_client_waits_on(
+        weights: ModelWeights) -> None:
+    enc = DedupeEncoder(weights)
+    enc.feed(hello_request()[:5])
+    assert enc.more
+    enc.feed(hello_request()[5:])
+    assert not enc.more  # HELLO is answered: transmit now
+    enc.feed(pack_command(RpcCmd.GRAPH_RECOMPUTE, bytes(4)))
+    assert enc.more  # fire-and-forget: the client goes on writing
+    enc.feed(pack_command(RpcCmd.GET_TENSOR, bytes(312)))
+    assert not enc.more
+    enc.feed(bytes([99]) + bytes(40))  # not RPC: carried raw, and never held
+    assert not enc.more
+
+
 def test_multi_shard_references(model_dir: Path) -> None:
     with ModelWeights.open([model_dir / "a.gguf", model_dir / "b.gguf"]) as w:
         name = b"blk.1.attn_q.weight"

@@ -186,6 +186,12 @@ class DedupeEncoder:
                 self._held = data[end:]
         return self._join(out)
 
+    @property
+    def more(self) -> bool:
+        """The bytes so far do not end a command the client waits on: more follow at once,
+        so what was returned may wait briefly to share a packet with them."""
+        return not self._passthrough and not self._parser.awaits_reply
+
     def finish(self) -> bytes:
         """At client EOF: whatever is still held back (a command cut short), framed."""
         out: list[bytes] = []

@@ -143,6 +143,7 @@ _N_SENDABLE = int(RpcCmd.NONE)
 # Bytes of the reply each command's header implies (its u64 size included); 0: no reply.
 _REPLY_BYTES = tuple(REPLY_HEADER + max(REPLY_SIZE[c], 0) if c in REPLY_SIZE else 0
                      for c in range(_N_SENDABLE))
+_ROUND_TRIP = tuple(c in REPLY_SIZE for c in range(_N_SENDABLE))
 _LIMITS = tuple(MAX_SET_TENSOR if c == RpcCmd.SET_TENSOR else MAX_GRAPH
                 if c == RpcCmd.GRAPH_COMPUTE else MAX_SMALL for c in range(_N_SENDABLE))
 
@@ -232,6 +233,14 @@ class RpcStreamParser:
     def at_boundary(self) -> bool:
         """True between commands (nothing of a command is pending)."""
         return self._state == _HDR and not self._buf
+
+    @property
+    def awaits_reply(self) -> bool:
+        """True when the bytes fed so far end with a whole command whose reply the client
+        waits for: it sends nothing more until then, so this is the moment to transmit.
+        Otherwise more bytes follow at once (the rest of a command, or the next command)."""
+        return self._state == _HDR and not self._buf and self.commands > 0 \
+            and _ROUND_TRIP[self._cmd]
 
     def feed(self, data: bytes) -> list[Command | DataPiece]:
         """Parse one chunk; afterwards ``unsent_tail`` says how many trailing stream bytes
@@ -346,6 +355,44 @@ class RpcStreamParser:
         self._state, self._left, self._pos = state, left, pos
         self.consumed = base + n
         return events
+
+
+class ReplyFrames:
+    """Follows the server's side of the stream (every reply is ``| size u64 | payload |``)
+    so that the relay carrying it knows when a reply is whole: ggml-rpc-server writes the
+    size and the payload with two ``send()``s, and the client reads nothing until both are
+    in. Only a hint for when to transmit (a stream that is not RPC costs at most the relay's
+    short hold); the bytes pass through unchanged."""
+
+    __slots__ = ("_head", "_left")
+
+    def __init__(self) -> None:
+        self._head = b""  # the part of the next reply's size read so far
+        self._left = 0  # payload bytes of the current reply still to come
+
+    @property
+    def more(self) -> bool:
+        """A reply is under way: the rest of it follows at once."""
+        return bool(self._head or self._left)
+
+    def feed(self, data: bytes) -> bytes:
+        i, n = 0, len(data)
+        while i < n:
+            if self._left:
+                take = min(self._left, n - i)
+                self._left -= take
+                i += take
+                continue
+            take = min(REPLY_HEADER - len(self._head), n - i)
+            self._head += data[i:i + take]
+            i += take
+            if len(self._head) == REPLY_HEADER:
+                self._left = int.from_bytes(self._head, "little")
+                self._head = b""
+        return data
+
+    def finish(self) -> bytes:
+        return b""
 
 
 # --- building requests (the version probe) ------------------------------------------------

@@ -22,6 +22,7 @@ from ..models.weights import ModelWeights
 from .dedupe import DedupeDecoder
 from .engine import Engine
 from .rpc import RpcServer
+from .rpc_wire import ReplyFrames
 
 log = logging.getLogger("mesh_llm.worker")
 refusals = RateLimitedLog(log)  # what a peer can make us log at will
@@ -93,6 +94,7 @@ class Worker:
         decoder = DedupeDecoder(self.file.weights if self.file.fingerprint else None)
         self.connections += 1
         await relay_to_tcp(stream, "127.0.0.1", self.rpc.port, decoder=decoder,
+                           encoder=ReplyFrames(),
                            on_decode_error=self.weights_differ,
                            on_closed=self._connection_closed)
 

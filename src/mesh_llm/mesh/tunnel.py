@@ -26,8 +26,12 @@ OpenStream = Callable[[], Awaitable[Stream]]
 
 
 class Encoder(Protocol):
-    """Rewrites what the TCP side sends before it enters the stream (one per connection)."""
+    """Rewrites what the TCP side sends before it enters the stream (one per connection),
+    and knows the protocol well enough to say when the other end has a whole message to act
+    on: until then (`more`) the stream may hold the bytes a moment to send them together."""
 
+    @property
+    def more(self) -> bool: ...
     def feed(self, data: bytes) -> bytes: ...
     def finish(self) -> bytes: ...
 
@@ -107,16 +111,18 @@ class _Bridge(asyncio.Protocol):
         self.stream.write_eof()
 
     def _to_stream(self, data: bytes) -> None:
-        if self._encoder is not None:
-            data = self._encoder.feed(data)
-            if not data:
-                return
-        self._send(data)
+        encoder = self._encoder
+        if encoder is None:
+            self._send(data)
+            return
+        data = encoder.feed(data)
+        if data:
+            self._send(data, more=encoder.more)
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, more: bool = False) -> None:
         assert self.stream is not None and self.transport is not None
         try:
-            if not self.stream.write_nowait(data):
+            if not self.stream.write_nowait(data, more=more):
                 self.transport.pause_reading()
                 self.stream.on_writable(self._resume)
         except ConnectionError as err:
@@ -215,16 +221,19 @@ class TunnelListener:
 
 async def relay_to_tcp(stream: Stream, host: str, port: int, *,
                        decoder: Decoder | None = None,
+                       encoder: Encoder | None = None,
                        on_decode_error: Callable[[ValueError], None] | None = None,
                        on_closed: Callable[[], None] | None = None,
                        preface: bytes = b"") -> asyncio.Transport | None:
     """The accepting end: connect `stream` to a local TCP service and relay until both close.
 
-    A `decoder` failure (its ValueError) drops the connection and is reported to
-    `on_decode_error`; `on_closed` hears once that the relay is over (or never began).
+    `decoder` restores what the stream carries, `encoder` rewrites (or only follows) what
+    the service answers. A `decoder` failure (its ValueError) drops the connection and is
+    reported to `on_decode_error`; `on_closed` hears once that the relay is over (or never
+    began).
     Returns the TCP side's transport (None if the service could not be reached)."""
     loop = asyncio.get_running_loop()
-    bridge = _Bridge(decoder=decoder)
+    bridge = _Bridge(encoder=encoder, decoder=decoder)
     bridge.on_decode_error = on_decode_error
     bridge.on_closed = on_closed
     try:

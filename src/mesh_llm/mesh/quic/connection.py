@@ -84,9 +84,12 @@ class QuicConnection:
         self._timers = ConnectionTimers(
             self._loop, transmit=self._transmit, on_deadline=self._deadline,
             keepalive=self._keepalive, keepalive_s=settings.keepalive_s,
+            cork_s=settings.cork_s,
         )
         self._streams = StreamSet(quic, settings, self._loop, is_client=is_client,
-                                  transmit_soon=self._timers.transmit_soon, label=repr(self))
+                                  transmit_soon=self._timers.transmit_soon,
+                                  transmit_corked=self._timers.transmit_corked,
+                                  label=repr(self))
         if not is_client:
             self._timers.later(settings.handshake_timeout_s, self._handshake_expired)
 
@@ -223,7 +226,24 @@ class QuicConnection:
             self._check_ended()
         if self._credit_waiters:
             self._wake_credit_waiters()
-        self._transmit()
+        if self._ack_may_wait():
+            self._timers.rearm(qh3_adapter.next_timer(self._quic))
+        else:
+            self._transmit()
+
+    def _ack_may_wait(self) -> bool:
+        """After a few packets, with nothing of ours to send, qh3 would send an ACK-only
+        packet at once. In a request/response exchange (a split's decode step) the reply or
+        the next request carries it a few milliseconds later instead: without the extra
+        packet neither end, nor anything between, wakes up while llama.cpp computes."""
+        if not self.is_connected or not self._timers.ack_may_wait():
+            return False
+        if self._quic.get_send_buffer_size() != 0:  # stream data queued: send it now
+            return False
+        if qh3_adapter.bytes_in_flight(self._quic) != 0:  # a loss to repair: no waiting
+            return False
+        timer = qh3_adapter.next_timer(self._quic)
+        return timer is not None and timer[0] == "ack_application"
 
     def stillborn(self) -> bool:
         """An accepted "Initial" that did not decrypt (random bytes that happen to parse):

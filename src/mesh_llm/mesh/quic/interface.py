@@ -15,8 +15,9 @@ class Stream(Protocol):
 
     Pull mode: `read`/`readexactly` (b"" / IncompleteReadError at the peer's FIN). Push mode
     for relays: `set_receiver`. Writes queue at once; `write` and `drain` wait while too much
-    is unsent, `write_nowait` returns False instead (resume from `on_writable`). A reset or
-    a lost connection raises StreamReset / ConnectionClosed."""
+    is unsent, `write_nowait` returns False instead (resume from `on_writable`); its `more`
+    says the rest of the message follows at once (the bytes may wait a moment to share
+    packets). A reset or a lost connection raises StreamReset / ConnectionClosed."""
 
     @property
     def stream_id(self) -> int: ...
@@ -31,7 +32,8 @@ class Stream(Protocol):
         on_end: Callable[[BaseException | None], None] | None = None,
     ) -> None: ...
 
-    def write_nowait(self, data: bytes | bytearray | memoryview) -> bool: ...
+    def write_nowait(self, data: bytes | bytearray | memoryview, *,
+                     more: bool = False) -> bool: ...
 
     async def write(self, data: bytes | bytearray | memoryview) -> None: ...
 

@@ -36,6 +36,7 @@ __all__ = [
     "BatchedDatagramProtocol",
     "QuicHeader",
     "authenticated_packet_seen",
+    "bytes_in_flight",
     "can_open_bidi_stream",
     "datagrams_to_send",
     "next_timer",
@@ -123,6 +124,13 @@ def smoothed_rtt(quic: Qh3Connection) -> float | None:
     """QUIC's smoothed round-trip time in seconds (its loss recovery's), if measured yet."""
     srtt = getattr(_core(quic), "smoothed_rtt", None)
     return srtt if isinstance(srtt, float) and srtt > 0 else None
+
+
+def bytes_in_flight(quic: Qh3Connection) -> int | None:
+    """Bytes we sent that the peer has not acknowledged (its loss recovery's count), or None
+    when this qh3 does not say."""
+    value = getattr(_core(quic), "bytes_in_flight", None)
+    return value if isinstance(value, int) else None
 
 
 def can_open_bidi_stream(quic: Qh3Connection) -> bool:

@@ -24,7 +24,8 @@ class StreamOwner(Protocol):
     loop: asyncio.AbstractEventLoop
     settings: TransportSettings
 
-    def send(self, stream_id: int, data: bytes | bytearray | memoryview, fin: bool) -> None: ...
+    def send(self, stream_id: int, data: bytes | bytearray | memoryview, fin: bool,
+             more: bool = False) -> None: ...
 
     def unsent(self, stream_id: int) -> int: ...
 
@@ -216,15 +217,18 @@ class QuicStream:
 
     # ---- writing
 
-    def write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
-        """Queue `data` now; False means above the high-water mark: pause the source."""
+    def write_nowait(self, data: bytes | bytearray | memoryview, *, more: bool = False) -> bool:
+        """Queue `data` now; False means above the high-water mark: pause the source.
+
+        `more`: the writer knows the rest of this message follows at once, so these bytes
+        may wait a moment (settings.cork_s) to leave in the same packets as the rest."""
         if self._wexc is not None:
             raise self._wexc
         if self._write_closed:
             raise ConnectionError(f"stream {self.stream_id} is closed for writing")
         owner = self._owner
         if data:
-            owner.send(self.stream_id, data, False)
+            owner.send(self.stream_id, data, False, more)
         return owner.unsent(self.stream_id) <= owner.settings.send_high_water
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:

@@ -63,12 +63,14 @@ class StreamSet:
         *,
         is_client: bool,
         transmit_soon: Callable[[], None],
+        transmit_corked: Callable[[], None],
         label: str,
     ) -> None:
         self.loop = loop
         self.settings = settings
         self._quic = quic
         self._transmit_soon = transmit_soon
+        self._transmit_corked = transmit_corked
         self._label = label
         self._streams: dict[int, QuicStream] = {}
         self._blocked: set[QuicStream] = set()
@@ -144,14 +146,18 @@ class StreamSet:
 
     # ---- stream.StreamOwner
 
-    def send(self, stream_id: int, data: bytes | bytearray | memoryview, fin: bool) -> None:
+    def send(self, stream_id: int, data: bytes | bytearray | memoryview, fin: bool,
+             more: bool = False) -> None:
         if self._closed:
             raise ConnectionClosed(f"{self!r} is closed")
         try:
             self._quic.send_stream_data(stream_id, data, end_stream=fin)
         except (QuicConnectionError, ValueError, AssertionError) as err:
             raise StreamReset(f"stream {stream_id}: cannot send: {err}") from None
-        self._transmit_soon()
+        if more and not fin and self.unsent(stream_id) < self.settings.cork_max_bytes:
+            self._transmit_corked()
+        else:
+            self._transmit_soon()
 
     def unsent(self, stream_id: int) -> int:
         if self._closed:

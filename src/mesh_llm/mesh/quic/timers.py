@@ -1,7 +1,8 @@
 """When a QUIC connection acts on its own, apart from what it does then.
 
 A connection is driven by events: datagrams in, application calls, and the wake-ups kept
-here: one coalesced transmit per event-loop pass, qh3's next deadline (loss detection,
+here: one coalesced transmit per event-loop pass (or within cork_s of a write that says
+more of its message follows), qh3's next deadline (loss detection,
 ACK, idle timeout), the keepalive PING and one-shot timers (handshake timeout, the linger
 after a close). `stop()` cancels all of them for good.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from .settings import ACK_HOLD_S
+from .settings import ACK_HOLD_PACKETS, ACK_HOLD_S
 
 
 class ConnectionTimers:
@@ -25,13 +26,16 @@ class ConnectionTimers:
         on_deadline: Callable[[float], None],
         keepalive: Callable[[], None],
         keepalive_s: float,
+        cork_s: float,
     ) -> None:
         self._loop = loop
         self._transmit = transmit
         self._on_deadline = on_deadline
         self._keepalive = keepalive
         self._keepalive_s = keepalive_s
+        self._cork_s = cork_s
         self._transmit_handle: asyncio.Handle | None = None
+        self._cork_handle: asyncio.TimerHandle | None = None
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._deadline_at: float | None = None
         self._keepalive_handle: asyncio.TimerHandle | None = None
@@ -46,11 +50,20 @@ class ConnectionTimers:
         if self._transmit_handle is None and not self.stopped:
             self._transmit_handle = self._loop.call_soon(self._transmit)
 
+    def transmit_corked(self) -> None:
+        """A transmit within cork_s, unless one happens sooner (the rest of the message
+        arriving asks for one at once)."""
+        if self._transmit_handle is None and self._cork_handle is None and not self.stopped:
+            self._cork_handle = self._loop.call_later(self._cork_s, self._transmit)
+
     def transmitting(self) -> None:
         """A transmit runs now: a scheduled one would find nothing left to send."""
         handle, self._transmit_handle = self._transmit_handle, None
         if handle is not None:
             handle.cancel()  # no-op when we are that handle
+        cork, self._cork_handle = self._cork_handle, None
+        if cork is not None:
+            cork.cancel()
 
     # ---- qh3's deadline, with the ACK hold
 
@@ -59,12 +72,16 @@ class ConnectionTimers:
             self._unacked_since = now
         self._unacked += datagrams
 
+    def ack_may_wait(self) -> bool:
+        """Few enough packets await our ACK for it to wait for data to carry it."""
+        return 1 <= self._unacked <= ACK_HOLD_PACKETS
+
     def sent(self) -> None:
         self._unacked = 0  # whatever we send carries the pending ACK
 
     def rearm(self, timer: tuple[str, float] | None) -> None:
-        """Wake at qh3's next deadline `(kind, at)`, except that the ACK of a lone packet
-        waits up to ACK_HOLD_S for a second one to share it."""
+        """Wake at qh3's next deadline `(kind, at)`, except that the ACK of a few packets
+        waits up to ACK_HOLD_S for a packet of ours to carry it."""
         at = None if timer is None else self._hold_ack(*timer)
         if self._deadline_handle is not None and self._deadline_at != at:
             self._deadline_handle.cancel()
@@ -74,7 +91,7 @@ class ConnectionTimers:
         self._deadline_at = at
 
     def _hold_ack(self, kind: str, at: float) -> float:
-        if kind == "ack_application" and self._unacked == 1:
+        if kind == "ack_application" and self.ack_may_wait():
             return max(at, self._unacked_since + ACK_HOLD_S)
         return at
 
@@ -103,7 +120,7 @@ class ConnectionTimers:
         self.stopped = True
         handles: list[asyncio.Handle | None] = [
             *self._oneshots, self._keepalive_handle, self._deadline_handle,
-            self._transmit_handle,
+            self._transmit_handle, self._cork_handle,
         ]
         for handle in handles:
             if handle is not None:
@@ -112,3 +129,4 @@ class ConnectionTimers:
         self._keepalive_handle = None
         self._deadline_handle = None
         self._transmit_handle = None
+        self._cork_handle = None
