@@ -6,7 +6,8 @@ The same two-node split as bench/split_overhead.py (A --split 2 GB, B 1 GB, Smol
 llama-server with A's very command line reaches a second ggml-rpc-server with B's over plain
 TCP; --delay-ms adds that RTT to both links (UDP proxy between the nodes, TCP proxy in front of
 the direct ggml-rpc-server). Waves alternate between the two. One wave, all greedy with
-ignore_eos: TTFT of an 8-token prose and code request (twice each, alternating), one stream of
+ignore_eos: TTFT of an 8-token prose and code request (--ttft-samples each, alternating; the
+wave's median), one stream of
 --tokens, --streams concurrent streams of --tokens (aggregate = all tokens / wall time), the
 stream right after, and the next one. Medians over the waves.
 
@@ -37,11 +38,11 @@ CODE = [SYSTEM, {"role": "user", "content":
 COLUMNS = ("one", "aggregate", "after", "next", "prose_ttft", "code_ttft")
 
 
-async def wave(session: aiohttp.ClientSession, base: str, tokens: int,
-               streams: int) -> dict[str, float]:
+async def wave(session: aiohttp.ClientSession, base: str, tokens: int, streams: int,
+               ttft_samples: int) -> dict[str, float]:
     """One wave against one llama-server: tok/s columns and TTFTs in ms."""
     ttft: dict[str, list[float]] = {"prose": [], "code": []}
-    for _ in range(2):
+    for _ in range(ttft_samples):
         for name, messages in (("prose", PROSE), ("code", CODE)):
             ttft[name].append((await stream_once(session, base, 8, messages)).ttft_ms)
     one = await stream_once(session, base, tokens, PROSE)
@@ -62,7 +63,7 @@ def loadavg() -> str:
 
 
 async def measure(bases: dict[str, str], waves: int, tokens: int,
-                  streams: int) -> dict[str, dict[str, float]]:
+                  streams: int, ttft_samples: int) -> dict[str, dict[str, float]]:
     """Alternate waves over `bases`; medians per column. A warm-up stream each first."""
     results: dict[str, list[dict[str, float]]] = {name: [] for name in bases}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
@@ -70,7 +71,7 @@ async def measure(bases: dict[str, str], waves: int, tokens: int,
             await stream_once(session, base, 8, PROSE)
         for i in range(waves):
             for name, base in bases.items():
-                got = await wave(session, base, tokens, streams)
+                got = await wave(session, base, tokens, streams, ttft_samples)
                 results[name].append(got)
                 print(f"wave {i + 1} {name:<6} " + "  ".join(f"{k} {v:.1f}" for k, v in
                                                                got.items())
@@ -103,6 +104,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--delay-ms", type=float, default=20.0, metavar="RTT")
+    ap.add_argument("--ttft-samples", type=int, default=4,
+                    help="prose and code TTFT requests per wave, alternating (median)")
     ap.add_argument("--node-arg", action="append", default=[], metavar="ARG",
                     help="an argument for node A (repeat; --node-arg=--parallel=4)")
     args = ap.parse_args()
@@ -117,7 +120,7 @@ def main() -> None:
         with direct_split(llama_argv, rpc_argv, rtt) as direct:
             mesh = f"http://127.0.0.1:{pair.a.status()['llama_server']['port']}"
             table = asyncio.run(measure({"mesh": mesh, "direct": direct}, args.waves,
-                                        args.tokens, args.streams))
+                                        args.tokens, args.streams, args.ttft_samples))
         report(table, rtt, args.waves, args.streams)  # before teardown, which can fail
 
 
