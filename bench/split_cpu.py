@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -62,6 +63,22 @@ def top_frames(raw: Path, n: int) -> tuple[int, list[tuple[str, int]], list[tupl
     return samples, own.most_common(n), total.most_common(n)
 
 
+Observer = tuple[str, Path, "subprocess.Popen[bytes]"]  # node name, output file, process
+
+
+def attach(pids: dict[str, int], out_dir: Path, suffix: str,
+           argv: Callable[[int, Path], list[str]]) -> list[Observer]:
+    """One observer process per node (`argv(pid, its output file)`), quiet on the
+    terminal."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    observers = []
+    for name, pid in pids.items():
+        out = out_dir / f"{name.split()[0]}{suffix}"
+        observers.append((name, out, subprocess.Popen(
+            argv(pid, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+    return observers
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20.0)
@@ -80,23 +97,11 @@ def main() -> None:
         print(f"link RTT A→B, B→A: {link_rtts(pair)} ms")
         pids = {"A (host)": pair.a.proc.pid, "B (worker)": pair.b.proc.pid}  # type: ignore[union-attr]
         asyncio.run(generate(pair.a.api, 3, args.tokens))  # warm-up
-        spies = []
-        if args.py_spy:
-            args.out.mkdir(parents=True, exist_ok=True)
-            for name, pid in pids.items():
-                raw = args.out / f"{name.split()[0]}.raw"
-                spies.append((name, raw, subprocess.Popen(
-                    [py_spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)),
-                     "--nonblocking", "--format", "raw", "-o", str(raw)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)))
-        tracers = []
-        if args.strace:
-            args.out.mkdir(parents=True, exist_ok=True)
-            for name, pid in pids.items():
-                out = args.out / f"{name.split()[0]}.strace"
-                tracers.append((name, out, subprocess.Popen(
-                    ["strace", "-c", "-f", "-p", str(pid), "-o", str(out)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        spies = attach(pids, args.out, ".raw", lambda pid, raw: [
+            py_spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)),
+            "--nonblocking", "--format", "raw", "-o", str(raw)]) if args.py_spy else []
+        tracers = attach(pids, args.out, ".strace", lambda pid, out: [
+            "strace", "-c", "-f", "-p", str(pid), "-o", str(out)]) if args.strace else []
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         load = Path("/proc/loadavg").read_text().split()[0]
         tokens = asyncio.run(generate(pair.a.api, args.seconds, args.tokens))

@@ -69,7 +69,7 @@ class MeshRouter:
         elif slot is not None and slot.hosting.active:
             port = slot.hosting.serving_port()
             if port is not None and not slot.hosting.held:
-                return Upstream(slot.hosting.connect(port), key=f"tcp 127.0.0.1:{port}")
+                return slot.hosting.upstream(port)
             return Upstream(None, f"model {model.name} is still loading on this node")
         group = node.mesh_models.group(key)
         peer = ready_host(group, self.hosted_by()) if group is not None else None

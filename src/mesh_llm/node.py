@@ -203,7 +203,7 @@ class Node:
     def upstream(self) -> Upstream:
         where = self.route()
         if where.port is not None:
-            return Upstream(self.hosting.connect(where.port), key=f"tcp 127.0.0.1:{where.port}")
+            return self.hosting.upstream(where.port)
         if where.peer is not None:
             opener = functools.partial(self.open_stream, where.peer, StreamType.HTTP_TUNNEL)
             return Upstream(stream_connect(opener), key=f"mesh {where.peer}")

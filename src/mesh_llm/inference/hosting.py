@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..api.proxy import Upstream
 from ..api.tunnel_gate import ApiRequestGate
 from ..changes import ChangeFeed
 from ..config import NodeConfig
@@ -128,10 +129,11 @@ class Hosting:
             return gen.llama.port
         return None
 
-    def connect(self, port: int) -> Callable[[asyncio.Protocol], Awaitable[None]]:
-        """The API relay's connector to the serving llama-server (counted, for drains)."""
+    def upstream(self, port: int) -> Upstream:
+        """The API relay's upstream: the serving llama-server on loopback `port`, its
+        connections counted (for drains)."""
         assert self.current is not None
-        return counted_tcp_connect(self.current, port)
+        return Upstream(counted_tcp_connect(self.current, port), key=f"tcp 127.0.0.1:{port}")
 
     def draft_name(self) -> str | None:
         draft = self.setup.draft
