@@ -7,9 +7,8 @@ llama-server with A's very command line reaches a second ggml-rpc-server with B'
 TCP; --delay-ms adds that RTT to both links (UDP proxy between the nodes, TCP proxy in front of
 the direct ggml-rpc-server). Waves alternate between the two. One wave, all greedy with
 ignore_eos: TTFT of an 8-token prose and code request (--ttft-samples each, alternating; the
-wave's median), one stream of
---tokens, --streams concurrent streams of --tokens (aggregate = all tokens / wall time), the
-stream right after, and the next one. Medians over the waves.
+wave's median), one stream of --tokens, --streams concurrent streams of --tokens (aggregate
+= all tokens / wall time), the stream right after, and the next one. Medians over the waves.
 
     .venv/bin/python bench/concurrency.py [--waves 3] [--delay-ms 20] [--node-arg=--parallel=4]
 """

@@ -230,8 +230,7 @@ async def relay_to_tcp(stream: Stream, host: str, port: int, *,
     `decoder` restores what the stream carries, `encoder` rewrites (or only follows) what
     the service answers. A `decoder` failure (its ValueError) drops the connection and is
     reported to `on_decode_error`; `on_closed` hears once that the relay is over (or never
-    began).
-    Returns the TCP side's transport (None if the service could not be reached)."""
+    began). Returns the TCP side's transport (None if the service could not be reached)."""
     loop = asyncio.get_running_loop()
     bridge = _Bridge(encoder=encoder, decoder=decoder)
     bridge.on_decode_error = on_decode_error
