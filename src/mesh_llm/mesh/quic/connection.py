@@ -226,24 +226,27 @@ class QuicConnection:
             self._check_ended()
         if self._credit_waiters:
             self._wake_credit_waiters()
-        if self._ack_may_wait():
-            self._timers.rearm(qh3_adapter.next_timer(self._quic))
+        held = self._waiting_ack()
+        if held is not None:
+            self._timers.rearm(held)
         else:
             self._transmit()
 
-    def _ack_may_wait(self) -> bool:
-        """After a few packets, with nothing of ours to send, qh3 would send an ACK-only
+    def _waiting_ack(self) -> tuple[str, float] | None:
+        """qh3's next deadline, when it is an ACK that may wait instead of being sent now.
+
+        After a few packets, with nothing of ours to send, qh3 would send an ACK-only
         packet at once. In a request/response exchange (a split's decode step) the reply or
         the next request carries it a few milliseconds later instead: without the extra
         packet neither end, nor anything between, wakes up while llama.cpp computes."""
         if not self.is_connected or not self._timers.ack_may_wait():
-            return False
+            return None
         if self._quic.get_send_buffer_size() != 0:  # stream data queued: send it now
-            return False
+            return None
         if qh3_adapter.bytes_in_flight(self._quic) != 0:  # a loss to repair: no waiting
-            return False
+            return None
         timer = qh3_adapter.next_timer(self._quic)
-        return timer is not None and timer[0] == "ack_application"
+        return timer if timer is not None and timer[0] == "ack_application" else None
 
     def stillborn(self) -> bool:
         """An accepted "Initial" that did not decrypt (random bytes that happen to parse):
