@@ -241,13 +241,18 @@ def _key(value: object, what: str) -> str:
     return _fingerprint(value, what)
 
 
-def _offers(raw: object) -> tuple[Offer, ...]:
+def _objects(raw: object, field: str, entries: str) -> list[dict[str, Any]]:
+    """A list of at most MAX_MODELS objects (one per model), else the error naming `field`."""
     if not isinstance(raw, list) or len(raw) > MAX_MODELS:
-        raise AnnouncementError(f"announcement offers must be a list of at most {MAX_MODELS}")
+        raise AnnouncementError(f"announcement {field} must be a list of at most {MAX_MODELS}")
+    if not all(isinstance(item, dict) for item in raw):
+        raise AnnouncementError(f"announcement {entries} must be objects")
+    return raw
+
+
+def _offers(raw: object) -> tuple[Offer, ...]:
     out = []
-    for item in raw:
-        if not isinstance(item, dict):
-            raise AnnouncementError("announcement offers must be objects")
+    for item in _objects(raw, "offers", "offers"):
         name, size = item.get("name"), item.get("size_bytes", 0)
         if not _short(name, MAX_NAME_LEN) or not name:
             raise AnnouncementError("announcement offer name must be a model name")
@@ -259,12 +264,8 @@ def _offers(raw: object) -> tuple[Offer, ...]:
 
 
 def _hosted(raw: object) -> tuple[Hosted, ...]:
-    if not isinstance(raw, list) or len(raw) > MAX_MODELS:
-        raise AnnouncementError(f"announcement hosted must be a list of at most {MAX_MODELS}")
     out = []
-    for item in raw:
-        if not isinstance(item, dict):
-            raise AnnouncementError("announcement hosted entries must be objects")
+    for item in _objects(raw, "hosted", "hosted entries"):
         plan = item.get("plan")
         out.append(Hosted(_key(item.get("fingerprint", ""), "hosted fingerprint"),
                           None if plan is None else _plan(plan),
