@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import far_end
 from delay_proxy import Spawned
-from mesh_llm.identity import Identity
 from mesh_llm.mesh import Announcement, Mesh, Stream, StreamType
+from mesh_llm.mesh.identity import Identity
+from mesh_llm.mesh.invites import InviteToken, decode_token, encode_token, new_secret, parse_addr
 from mesh_llm.mesh.tunnel import TunnelListener, relay_to_tcp
-from mesh_llm.token import InviteToken, decode_token, encode_token, new_secret, parse_addr
 
 HEADER = struct.Struct(">II")  # request size, reply size
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from mesh_llm.benchmark import sse_data
+from mesh_llm.cli.benchmark import sse_data
 
 PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
           {"role": "user", "content": "Write a short story about a lighthouse keeper."}]

@@ -24,9 +24,9 @@ from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 from common import far_end
-from mesh_llm.identity import Identity
 from mesh_llm.mesh import Announcement, Mesh, Stream, StreamType
-from mesh_llm.token import new_secret
+from mesh_llm.mesh.identity import Identity
+from mesh_llm.mesh.invites import new_secret
 
 MiB = 1024 * 1024
 MSG = 64

@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from mesh_llm.benchmark import sse_data
+from mesh_llm.cli.benchmark import sse_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 

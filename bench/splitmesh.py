@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from delay_proxy import Spawned
-from mesh_llm.token import InviteToken, decode_token, encode_token, parse_addr
+from mesh_llm.mesh.invites import InviteToken, decode_token, encode_token, parse_addr
 from nodes import NodeProcess
 
 MODEL = "SmolLM2-135M-Instruct"

@@ -18,10 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mesh_llm.identity import Identity
 from mesh_llm.mesh import Announcement, Mesh, Stream, StreamType
 from mesh_llm.mesh.announcement import Hosted
-from mesh_llm.token import decode_token
+from mesh_llm.mesh.identity import Identity
+from mesh_llm.mesh.invites import decode_token
 from nodes import NodeProcess, greedy, http_json
 
 PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
@@ -222,7 +222,7 @@ def test_cli_lines_for_bind_problems(tmp_path) -> None:
 def test_a_refused_join_exits_unless_standalone(make_node, tmp_path) -> None:
     host = make_node("host").wait_ready()
     good = decode_token(host.status()["token"])
-    from mesh_llm.token import InviteToken, encode_token, new_secret
+    from mesh_llm.mesh.invites import InviteToken, encode_token, new_secret
 
     wrong = encode_token(InviteToken(good.node_id, good.addrs, new_secret()))
     result = run_cli("--home", str(tmp_path / "w"), "--port", "0", "--bind-host", "127.0.0.1",

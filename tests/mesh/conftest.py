@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from mesh_llm.identity import Identity
 from mesh_llm.mesh import Announcement, Mesh, MeshSettings
-from mesh_llm.token import new_secret
+from mesh_llm.mesh.identity import Identity
+from mesh_llm.mesh.invites import new_secret
 
 MakeMesh = Callable[..., Awaitable[Mesh]]
 

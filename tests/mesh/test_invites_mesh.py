@@ -12,7 +12,7 @@ import pytest
 from test_mesh_loopback import knows, wait_until
 
 from mesh_llm.mesh import Mesh, MeshJoinError, Stream, StreamType
-from mesh_llm.token import encode_token, mint_invite
+from mesh_llm.mesh.invites import encode_token, mint_invite
 from waiting import wait_until_async
 
 MakeMesh = Callable[..., Awaitable[Mesh]]
@@ -128,7 +128,7 @@ async def test_a_flood_of_refused_handshakes_writes_one_line(
         make_mesh: MakeMesh, caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from mesh_llm.token import InviteToken, new_secret
+    from mesh_llm.mesh.invites import InviteToken, new_secret
 
     a = await make_mesh()
     wrong = encode_token(InviteToken(a.node_id, a.addrs, new_secret()))

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from mesh_llm.mesh import Mesh, MeshJoinError, MeshSettings, PeerEvent, Stream, StreamType
+from mesh_llm.mesh.invites import InviteToken, encode_token, new_secret
 from mesh_llm.mesh.protocol import encode_frame
 from mesh_llm.mesh.quic import (
     CLOSE_AUTH_FAILED,
@@ -26,7 +27,6 @@ from mesh_llm.mesh.quic import (
     QuicTransport,
     TransportSettings,
 )
-from mesh_llm.token import InviteToken, encode_token, new_secret
 from waiting import wait_until_async
 
 MakeMesh = Callable[..., Awaitable[Mesh]]

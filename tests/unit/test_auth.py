@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 
-from mesh_llm.identity import Identity
 from mesh_llm.mesh.auth import (
     AuthError,
     AuthResult,
@@ -23,6 +22,7 @@ from mesh_llm.mesh.auth import (
     run_dialer,
     transcript_digest,
 )
+from mesh_llm.mesh.identity import Identity
 from mesh_llm.mesh.protocol import encode_frame
 
 DIALER = Identity.generate()

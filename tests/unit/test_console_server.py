@@ -22,7 +22,7 @@ from mesh_llm.changes import ChangeFeed
 from mesh_llm.console.auth import COOKIE
 from mesh_llm.console.server import MAX_CHAT_BYTES, STATIC, Console
 from mesh_llm.inference.election import Plan
-from mesh_llm.status import build_status, plan_json
+from mesh_llm.node.status import build_status
 from upstreams import serve_on_loopback, tcp_upstream
 from waiting import wait_until_async
 
@@ -41,7 +41,7 @@ def contract_status(**fields: Any) -> dict[str, Any]:
                 "models": ["SmolLM2-135M-Instruct"], "rtt_ms": 1.5, "ready": False},
                {"id": CLIENT, "role": "client", "vram_bytes": 8_000_000_000, "models": [],
                 "rtt_ms": None, "ready": False}],
-        plan=plan_json(plan, ["127.0.0.1:5000"]), state="running",
+        plan=plan.to_json(["127.0.0.1:5000"]), state="running",
         extra={"console_streams": 0})
     return {**status, **fields}
 

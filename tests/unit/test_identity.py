@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh_llm.identity import KEY_FILE, Identity, IdentityError, is_node_id, verify
+from mesh_llm.mesh.identity import KEY_FILE, Identity, IdentityError, is_node_id, verify
 
 
 def test_created_with_0600(tmp_path: Path) -> None:

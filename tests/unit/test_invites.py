@@ -17,7 +17,7 @@ from mesh_llm.mesh.announcement import (
     clamp_client,
 )
 from mesh_llm.mesh.auth import AuthError, run_acceptor, run_dialer
-from mesh_llm.token import (
+from mesh_llm.mesh.invites import (
     Invite,
     TokenError,
     capability,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from mesh_llm.cli.node_args import config_from_args, node_parser
 from mesh_llm.errors import UserError
 from mesh_llm.inference.engine import Engine
 from mesh_llm.inference.llama import SPLIT_PARALLEL, LlamaPlan, llama_server_argv
-from mesh_llm.nodeargs import config_from_args, node_parser
 
 ENGINE = Engine(Path("/bin"), Path("/bin/llama-server"), None)
 MODEL = Path("/models/m.gguf")

@@ -4,7 +4,7 @@ part of its offer, and a model that leaves is remembered (its name stays a 404).
 from __future__ import annotations
 
 from mesh_llm.inference.groups import NodeOffer, OfferedModel
-from mesh_llm.mesh_models import MAX_DEPARTED, MeshModels
+from mesh_llm.node.groups_view import MAX_DEPARTED, MeshModels
 
 GB = 10**9
 X = OfferedModel("fx", "X", GB)

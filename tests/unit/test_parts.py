@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from mesh_llm.changes import ChangeFeed
+from mesh_llm.cli.node_args import config_from_args, node_parser
 from mesh_llm.errors import UserError
 from mesh_llm.inference.engine import Engine
 from mesh_llm.inference.llama import LlamaPlan, llama_server_argv
 from mesh_llm.inference.processes import Backoff
+from mesh_llm.mesh.invites import InviteToken, encode_token, new_secret
 from mesh_llm.models.gguf_info import check_gguf
 from mesh_llm.models.resolve import resolve_model
-from mesh_llm.nodeargs import config_from_args, node_parser
-from mesh_llm.token import InviteToken, encode_token, new_secret
 
 ENGINE = Engine(Path("/e"), Path("/e/llama-server"), Path("/e/ggml-rpc-server"))
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh_llm.errors import UserError
-from mesh_llm.token import (
+from mesh_llm.mesh.invites import (
     MAX_TOKEN_LEN,
     SECRET_LEN,
     InviteToken,

@@ -26,7 +26,7 @@ from .guard import LOOPBACK, AllowedHosts
 from .http1 import ResponseHead, request_bytes
 from .jsonbody import BodyError, decode_json_object, read_json_object
 from .middleware import host_guard
-from .model_names import ApiError, ServedModel
+from .name_match import ApiError, ServedModel
 from .upstream import (
     READ_TIMEOUT_S,
     Connect,

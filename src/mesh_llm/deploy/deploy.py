@@ -11,9 +11,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_CONSOLE_PORT
 from ..errors import UserError
-from ..token import TokenError, decode_token
+from ..mesh.invites import TokenError, decode_token
+from ..node.config import DEFAULT_CONSOLE_PORT
 from .bundle import build_bundle
 from .remote import (
     Remote,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .rpc_wire import compatible
 
@@ -30,6 +31,12 @@ class Plan:
     workers: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()  # host first, then workers in order
     reason: str = ""
+
+    def to_json(self, rpc: Sequence[str] = ()) -> dict[str, Any]:
+        """The plan as the status and the announcement carry it; `rpc` is the endpoints
+        llama-server was started with (none before it starts)."""
+        return {"mode": self.mode, "host": self.host, "workers": list(self.workers),
+                "rpc": list(rpc), "tensor_split": list(self.tensor_split), "reason": self.reason}
 
 
 def elect_host(candidates: Iterable[Candidate]) -> str | None:

@@ -21,7 +21,6 @@ from typing import Any
 from ..api.proxy import Upstream
 from ..api.tunnel_gate import ApiRequestGate
 from ..changes import ChangeFeed
-from ..config import NodeConfig
 from ..logutil import RateLimitedLog
 from ..mesh.peers import PeerInfo
 from ..mesh.protocol import StreamType
@@ -29,13 +28,12 @@ from ..mesh.quic import Stream
 from ..mesh.tunnel import TunnelListener, relay_to_tcp
 from ..models.gguf_info import block_count
 from ..models.split import model_stem
-from ..startup import Setup
-from ..status import plan_json
 from .dedupe import DedupeEncoder
 from .election import Candidate, Plan, make_plan, placement
 from .generation import DRAIN_S, Generation, counted_tcp_connect, overlap_refusal
 from .llama import LlamaPlan, LlamaServer
 from .rpc_wire import CommandCounts
+from .service import ServeSpec
 from .worker import LEAVE_WAIT_S, FileClaim
 
 log = logging.getLogger("mesh_llm.hosting")
@@ -90,12 +88,11 @@ async def read_tunnelled_request(stream: Stream, gate: ApiRequestGate) -> bytes:
 class Hosting:
     """This node's llama-server generations and the plan they serve."""
 
-    def __init__(self, *, config: NodeConfig, setup: Setup, logs: Path, file: FileClaim,
+    def __init__(self, *, spec: ServeSpec, logs: Path, file: FileClaim,
                  peer: PeerLookup, open_stream: OpenPeerStream, changes: ChangeFeed,
                  announce: Callable[[], None], spawn: Spawn,
                  log_name: str = "llama-server.log") -> None:
-        self.config = config
-        self.setup = setup
+        self.spec = spec
         self.log_path = logs / log_name
         self.file = file
         self._peer = peer
@@ -136,15 +133,15 @@ class Hosting:
         return Upstream(counted_tcp_connect(self.current, port), key=f"tcp 127.0.0.1:{port}")
 
     def draft_name(self) -> str | None:
-        draft = self.setup.draft
+        draft = self.spec.draft
         return model_stem(draft.name) if draft is not None else None
 
     def plan_json(self) -> dict[str, Any] | None:
         """The plan that serves now (while a new one loads, the old one's)."""
         gen = self.current
         if gen is not None and gen.llama is not None:
-            return plan_json(gen.plan, list(gen.llama.plan.rpc))
-        return plan_json(self.plan, [])
+            return gen.plan.to_json(gen.llama.plan.rpc)
+        return self.plan.to_json() if self.plan is not None else None
 
     def llama_json(self) -> dict[str, Any] | None:
         llama = self.llama
@@ -184,10 +181,10 @@ class Hosting:
     # --- converging on a plan ---
     def converge(self, me: Candidate, workers: tuple[Candidate, ...]) -> None:
         """We host: plan over the workers that may serve with us, and serve that plan."""
-        model = self.setup.model
+        model = self.spec.model
         assert model is not None
         self.active = True
-        plan = make_plan(me, workers, model.size_bytes, self.config.split)
+        plan = make_plan(me, workers, model.size_bytes, self.spec.split)
         for gen in self.draining:  # one that lost a worker is broken: nothing to wait for
             if not gen.stopped and any(self._peer(w) is None for w in gen.plan.workers):
                 self._spawn(gen.stop())
@@ -242,17 +239,17 @@ class Hosting:
             await self._start(gen)
 
     def _overlap_refusal(self, old: Generation, usable: bool, plan: Plan) -> str | None:
-        assert self.setup.model is not None
+        assert self.spec.model is not None
         if not old.ready:
             return ""  # nothing serves: nothing to keep
         return overlap_refusal(old=old.plan, old_usable=usable, new=plan,
-                               host_vram=self.setup.vram_bytes,
-                               model_bytes=self.setup.model.size_bytes,
-                               host_has_gpu=self.setup.has_gpu)
+                               host_vram=self.spec.vram_bytes,
+                               model_bytes=self.spec.model.size_bytes,
+                               host_has_gpu=self.spec.has_gpu)
 
     async def _start(self, gen: Generation) -> None:
         """Start `gen`'s llama-server: tunnels to the workers first, then the server."""
-        model, engine, cfg = self.setup.model, self.setup.engine, self.config
+        model, engine, spec = self.spec.model, self.spec.engine, self.spec
         assert model is not None and engine is not None
         plan = gen.plan
         endpoints = []
@@ -266,15 +263,15 @@ class Hosting:
         if plan.workers:
             if self._layers is None:  # reading GGUF metadata takes seconds: not on the loop
                 self._layers = await asyncio.to_thread(block_count, model.path)
-            where = placement(plan.tensor_split, self._layers, self.setup.has_gpu)
+            where = placement(plan.tensor_split, self._layers, self.spec.has_gpu)
             extra = {"gpu_layers": where.gpu_layers, "tensor_split": where.tensor_split,
                      "overrides": where.overrides}
         if gen.stopped:  # stopped while we set up: close what we opened meanwhile
             await gen.stop()
             return
         llama_plan = LlamaPlan(model=model.path, alias=model.name, rpc=tuple(endpoints),
-                               draft=self.setup.draft, draft_max=cfg.draft_max,
-                               parallel=cfg.parallel, extra=cfg.llama_args, **extra)
+                               draft=spec.draft, draft_max=spec.draft_max,
+                               parallel=spec.parallel, extra=spec.llama_args, **extra)
         gen.llama = LlamaServer(engine, llama_plan, self.log_path,
                                 functools.partial(self.llama_changed, gen),
                                 before_start=gen.stats.clear)
@@ -330,15 +327,15 @@ class Hosting:
         if gen is not None and gen is self.next and gen.ready:
             old, self.current, self.next = self.current, gen, None
             if old is not None:
-                hold = not self.setup.has_gpu and old.open_requests > 0
+                hold = not self.spec.has_gpu and old.open_requests > 0
                 log.info("re-plan: requests now go to the new llama-server%s", (
                     " once the old one has finished its streams (a CPU host)" if hold else ""))
                 self._spawn(self._retire(old, drain=True, hold=hold))
         if gen is not None and gen is self.current and not self.stopping:
             self.state = "running" if gen.ready else "loading"
-            if gen.ready and self.setup.model is not None:
-                log.info("ready: %s answers on http://127.0.0.1:%d/v1", self.setup.model.name,
-                         self.config.api_port)
+            if gen.ready and self.spec.model is not None:
+                log.info("ready: %s answers on http://127.0.0.1:%d/v1", self.spec.model.name,
+                         self.spec.api_port)
         self._announce()
 
     # --- the API tunnel other nodes' requests arrive through ---

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..api.model_names import ServedModel
+from ..api.name_match import ServedModel
 from ..mesh.announcement import Announcement, Hosted
+from .election import Plan
 from .groups import Group, NodeOffer, OfferedModel
 
 
@@ -36,6 +37,12 @@ def offer_of(ann: Announcement, rtt_ms: float | None = None) -> NodeOffer:
         file_less=not client and not models, client=client, leaving=ann.leaving,
         joined=ann.joined, requests_per_min=dict(ann.requests_per_min), rtt_ms=rtt_ms,
         started_at=ann.started_at)
+
+
+def served_model(group: Group, plan: Plan, ready: bool, why_not_ready: str = "") -> ServedModel:
+    """The API's view of a group: the wiring adds what only the host knows (readiness)."""
+    return ServedModel(group.name, group.key, group.aliases, ready,
+                       why_not_ready or plan.reason, plan.mode, group.host, group.nodes)
 
 
 def ready_host(group: Group, hosted: Mapping[str, Mapping[str, Hosted]]) -> str | None:

@@ -6,7 +6,7 @@ import contextlib
 import socket
 from collections.abc import Iterable
 
-from ..token import MAX_ADDRS, format_addr, parse_addr
+from .invites import MAX_ADDRS, format_addr, parse_addr
 from .quic import Connection
 
 

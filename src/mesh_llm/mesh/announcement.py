@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..identity import is_node_id
-from ..token import MAX_ADDRS, TokenError, parse_addr
+from .identity import is_node_id
+from .invites import MAX_ADDRS, TokenError, parse_addr
 
 ROLES = ("host", "worker", "client")
 PLAN_MODES = ("solo", "split", "waiting")

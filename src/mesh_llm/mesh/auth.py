@@ -37,8 +37,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..identity import Identity, is_node_id, verify
-from ..token import INVITE_KINDS, MAX_EXPIRY, SECRET_LEN, Invite, capability
+from .identity import Identity, is_node_id, verify
+from .invites import INVITE_KINDS, MAX_EXPIRY, SECRET_LEN, Invite, capability
 from .protocol import FrameError, read_frame, write_frame
 
 AUTH_TIMEOUT_S = 5.0

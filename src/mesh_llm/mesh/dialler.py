@@ -12,10 +12,10 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from ..token import MAX_ADDRS, Invite, TokenError, parse_addr
 from .addresses import remote
 from .auth import AuthError, AuthResult, run_dialer
 from .gossip import MAX_GOSSIPED_PEERS, PeerHint
+from .invites import MAX_ADDRS, Invite, TokenError, parse_addr
 from .protocol import StreamType
 from .quic import CLOSE_AUTH_FAILED, CLOSE_SHUTDOWN, Connection, QuicTransport, TransportError
 from .state import Link, MeshState

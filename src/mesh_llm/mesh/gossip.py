@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..identity import is_node_id
 from .announcement import Announcement, AnnouncementError, addr_list
+from .identity import is_node_id
 
 MAX_GOSSIPED_PEERS = 256
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ..token import InviteToken, TokenError, decode_token
 from .dialler import DialFailed, Dialler
+from .invites import InviteToken, TokenError, decode_token
 from .state import MeshState
 
 MIN_SHARE_S = 3.0  # each token but the last gets at least this long (or what is left)

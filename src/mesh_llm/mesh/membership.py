@@ -8,12 +8,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..token import MAX_ADDRS
 from .addresses import remote
 from .announcement import Announcement, clamp_client
 from .auth import Grant
 from .dialler import Dialler
 from .gossip import PeerHint, StateMsg, state_message
+from .invites import MAX_ADDRS
 from .quic import CLOSE_GOODBYE, CLOSE_PROTOCOL_ERROR
 from .session import GossipSession
 from .state import Link, MeshState

@@ -28,14 +28,14 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ..errors import UserError
-from ..identity import Identity
-from ..token import InviteKind, InviteToken, encode_token, mint_invite
 from . import adoption
 from .addresses import advertised, remote, token_addrs
 from .announcement import Announcement
 from .auth import AuthResult, Grant
 from .dialler import DialFailed, Dialler
+from .identity import Identity
 from .inbound import Inbound, StreamHandler
+from .invites import InviteKind, InviteToken, encode_token, mint_invite
 from .join import join_through
 from .membership import Membership
 from .peers import PeerTable, Subscription

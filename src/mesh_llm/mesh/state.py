@@ -13,10 +13,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..identity import Identity
 from ..logutil import RateLimitedLog
-from ..token import Invite
 from .auth import AuthResult, Grant
+from .identity import Identity
+from .invites import Invite
 from .peers import PeerTable
 from .quic import Connection, QuicTransport, Stream
 from .settings import MeshSettings

@@ -27,7 +27,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import UserError
+from ..errors import UserError
 from .identity import is_node_id
 
 TOKEN_VERSION = 1  # carries the mesh secret

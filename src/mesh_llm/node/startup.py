@@ -11,14 +11,15 @@ import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..inference.backend import Device, backend_of, list_devices, offered_memory
+from ..inference.engine import Engine, find_engine
+from ..inference.service import ServeSpec
+from ..models import hardware
+from ..models.download import ensure as ensure_downloaded
+from ..models.draft import find_draft
+from ..models.resolve import ResolvedModel, resolve_model
+from ..models.weights import ModelWeights
 from .config import NodeConfig
-from .inference.backend import Device, backend_of, list_devices, offered_memory
-from .inference.engine import Engine, find_engine
-from .models import hardware
-from .models.download import ensure as ensure_downloaded
-from .models.draft import find_draft
-from .models.resolve import ResolvedModel, resolve_model
-from .models.weights import ModelWeights
 
 log = logging.getLogger("mesh_llm.node")
 
@@ -83,3 +84,12 @@ def check_setup(cfg: NodeConfig) -> Setup:
         extras.append(replace(machine, model=other, weights=ModelWeights.open(other.paths)))
     return Setup(engine, devices, backend, vram_bytes, machine.has_gpu, model, draft,
                  ModelWeights.open(model.paths), tuple(extras))
+
+
+def serve_spec(cfg: NodeConfig, setup: Setup) -> ServeSpec:
+    """How this node serves `setup`'s model when elected: the machine's facts and the
+    command line's llama-server choices."""
+    return ServeSpec(model=setup.model, engine=setup.engine, vram_bytes=setup.vram_bytes,
+                     has_gpu=setup.has_gpu, draft=setup.draft, split=cfg.split,
+                     draft_max=cfg.draft_max, parallel=cfg.parallel,
+                     llama_args=cfg.llama_args, api_port=cfg.api_port)

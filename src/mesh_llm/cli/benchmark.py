@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from .netutil import bearer
+from ..netutil import bearer
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 PROMPTS: dict[str, list[dict[str, str]]] = {

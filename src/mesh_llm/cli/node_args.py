@@ -10,15 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .cliargs import Parser, port, positive_float, slots
+from .. import __version__
+from ..errors import UserError
+from ..inference.llama import SPLIT_PARALLEL, owned_flag
+from ..mesh.identity import is_node_id
+from ..mesh.invites import TokenError, decode_token
+from ..models.catalog import DEFAULT_MODEL
+from ..node.config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, NodeConfig, default_home
+from .args import Parser, port, positive_float, slots
 from .commands import COMMANDS
-from .config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, NodeConfig, default_home
-from .errors import UserError
-from .identity import is_node_id
-from .inference.llama import SPLIT_PARALLEL, owned_flag
-from .models.catalog import DEFAULT_MODEL
-from .token import TokenError, decode_token
 
 LLAMA_ARG = "--llama-arg"
 
@@ -190,7 +190,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
 
 def trusted_hosts(flag: str | None, home: Path) -> frozenset[str] | None:
     """--trust-hosts, else HOME/trusted_hosts, else None (any worker may host)."""
-    from .home import TRUSTED_HOSTS_NAME, read_trusted_hosts
+    from ..node.home import TRUSTED_HOSTS_NAME, read_trusted_hosts
 
     if flag is not None:
         ids, where = [part.strip() for part in flag.split(",") if part.strip()], "--trust-hosts"

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from ..errors import UserError
 from .commands import COMMANDS
-from .errors import UserError
-from .nodeargs import config_from_args, node_parser
+from .node_args import config_from_args, node_parser
 
 
 def setup_logging(verbose: bool) -> None:
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in COMMANDS:
             return COMMANDS[argv[0]](argv[1:])
         config = config_from_args(node_parser().parse_args(argv))
-        from .node import run_node
+        from ..node.node import run_node
 
         run_event_loop(run_node(config))
         return 0

@@ -30,38 +30,38 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__
-from .api.localnet import served_hosts
-from .api.proxy import ApiProxy, Upstream
-from .api.routing import WAITING_FOR_A_HOST, Route, route
-from .api.serving import EdgeRunner, raise_open_file_limit
-from .changes import ChangeFeed
-from .config import NodeConfig
-from .console.server import Console
-from .errors import UserError
-from .home import HomeDir
-from .identity import Identity, is_node_id
-from .inference.candidates import NodeView, elect_group, leaving_since, view_of
-from .inference.groups import (
+from .. import __version__
+from ..api.localnet import served_hosts
+from ..api.proxy import ApiProxy, Upstream
+from ..api.serving import EdgeRunner, raise_open_file_limit
+from ..changes import ChangeFeed
+from ..console.server import Console
+from ..errors import UserError
+from ..inference.candidates import NodeView, elect_group, leaving_since, view_of
+from ..inference.groups import (
     Group,
     NodeOffer,
     OfferedModel,
     group_key,
     local_allocation,
 )
-from .inference.hosting import Hosting
-from .inference.offers import offer_of
-from .inference.worker import FileClaim, Worker
-from .mesh.announcement import Announcement, Hosted, Offer
-from .mesh.mesh import Mesh, MeshJoinError
-from .mesh.peers import PeerEvent, PeerInfo
-from .mesh.protocol import StreamType
-from .mesh.quic import Stream
-from .mesh.tunnel import stream_connect
-from .mesh_models import MeshModels
-from .model_router import MeshRouter
-from .models.split import model_stem
-from .startup import Setup, check_setup
+from ..inference.hosting import Hosting
+from ..inference.offers import offer_of
+from ..inference.worker import FileClaim, Worker
+from ..mesh.announcement import Announcement, Hosted, Offer
+from ..mesh.identity import Identity, is_node_id
+from ..mesh.mesh import Mesh, MeshJoinError
+from ..mesh.peers import PeerEvent, PeerInfo
+from ..mesh.protocol import StreamType
+from ..mesh.quic import Stream
+from ..mesh.tunnel import stream_connect
+from ..models.split import model_stem
+from .config import NodeConfig
+from .groups_view import MeshModels
+from .home import HomeDir
+from .route import WAITING_FOR_A_HOST, Route, route
+from .router import MeshRouter
+from .startup import Setup, check_setup, serve_spec
 from .status import node_status
 
 log = logging.getLogger("mesh_llm.node")
@@ -106,7 +106,7 @@ class Node:
         self.file = FileClaim(setup.weights)
         self.worker = Worker(file=self.file, changes=self.changes, client=config.client,
                              elected=self.elected, on_change=self._local_changed)
-        self.hosting = Hosting(config=config, setup=setup, logs=self.home.logs, file=self.file,
+        self.hosting = Hosting(spec=serve_spec(config, setup), logs=self.home.logs, file=self.file,
                                peer=self.peer, open_stream=self.open_stream,
                                changes=self.changes, announce=self._announce, spawn=self._spawn)
         # Many models in one mesh (issue #15): one slot per --model, the primary first.
@@ -116,7 +116,7 @@ class Node:
         for extra in setup.extras:
             assert extra.model is not None
             file = FileClaim(extra.weights)
-            hosting = Hosting(config=config, setup=extra, logs=self.home.logs, file=file,
+            hosting = Hosting(spec=serve_spec(config, extra), logs=self.home.logs, file=file,
                               peer=self.peer, open_stream=self.open_stream,
                               changes=self.changes, announce=self._announce, spawn=self._spawn,
                               log_name=f"llama-server-{model_stem(extra.model.name)}.log")

@@ -15,16 +15,16 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .api.model_names import ApiError, ServedModel, models_listing, resolve, resolve_in_mesh
-from .api.proxy import Upstream
-from .api.request_counts import RequestCounter
-from .api.tunnel_gate import ApiRequestGate
-from .inference.hosting import read_tunnelled_request, refusals
-from .inference.offers import ready_host, served_models
-from .mesh.announcement import Hosted
-from .mesh.protocol import StreamType
-from .mesh.quic import Stream
-from .mesh.tunnel import stream_connect
+from ..api.name_match import ApiError, ServedModel, models_listing, resolve, resolve_in_mesh
+from ..api.proxy import Upstream
+from ..api.request_counts import RequestCounter
+from ..api.tunnel_gate import ApiRequestGate
+from ..inference.hosting import read_tunnelled_request, refusals
+from ..inference.offers import ready_host, served_models
+from ..mesh.announcement import Hosted
+from ..mesh.protocol import StreamType
+from ..mesh.quic import Stream
+from ..mesh.tunnel import stream_connect
 
 if TYPE_CHECKING:
     from .node import ModelSlot, Node

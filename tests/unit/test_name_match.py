@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mesh_llm.api.errors import json_error
-from mesh_llm.api.model_names import (
+from mesh_llm.api.name_match import (
     EXACT,
     SAME_BASE,
     SAME_FILE,
@@ -20,10 +20,10 @@ from mesh_llm.api.model_names import (
     name_key,
     resolve,
     resolve_in_mesh,
-    served_model,
 )
 from mesh_llm.inference.election import Plan
 from mesh_llm.inference.groups import NodeOffer, OfferedModel, model_groups
+from mesh_llm.inference.offers import served_model
 
 Q4 = ServedModel("SmolLM2-135M-Instruct.Q4_1", "fp-q4", ready=True, mode="solo",
                  host="aa", nodes=("aa",))

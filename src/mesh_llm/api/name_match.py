@@ -17,8 +17,6 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..inference.election import Plan
-from ..inference.groups import Group
 from ..models.split import model_stem
 from .errors import error_kind
 
@@ -65,12 +63,6 @@ class ServedModel:
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name, *(a for a in self.aliases if a != self.name))
-
-
-def served_model(group: Group, plan: Plan, ready: bool, why_not_ready: str = "") -> ServedModel:
-    """The API's view of a group: the wiring adds what only the host knows (readiness)."""
-    return ServedModel(group.name, group.key, group.aliases, ready,
-                       why_not_ready or plan.reason, plan.mode, group.host, group.nodes)
 
 
 @dataclass(frozen=True)

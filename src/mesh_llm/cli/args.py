@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from .inference.llama import MAX_PARALLEL
+from ..inference.llama import MAX_PARALLEL
 
 
 class Parser(argparse.ArgumentParser):

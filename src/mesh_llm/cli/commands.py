@@ -12,19 +12,19 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .cliargs import Parser, port
-from .config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, default_home
-from .errors import UserError
-from .models.catalog import DEFAULT_MODEL
-from .netutil import bearer
-from .token import TokenError
+from ..errors import UserError
+from ..mesh.invites import TokenError
+from ..models.catalog import DEFAULT_MODEL
+from ..netutil import bearer
+from ..node.config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, default_home
+from .args import Parser, port
 
 
 def cmd_models(argv: Sequence[str]) -> int:
     """The catalog (size, draft, on disk or not) and other GGUF files in the HF cache."""
     import json
 
-    from .models.listing import list_models
+    from ..models.listing import list_models
 
     p = Parser(prog="mesh-llm models",
                description="list the catalog and the GGUF models on this machine")
@@ -57,7 +57,7 @@ def cmd_download(argv: Sequence[str]) -> int:
                                 "ORG/REPO:QUANT")
     p.add_argument("--no-draft", action="store_true", help="skip the draft model")
     args = p.parse_args(argv)
-    from .models.download import download
+    from ..models.download import download
 
     download(args.name, with_draft=not args.no_draft)
     return 0
@@ -67,9 +67,9 @@ def cmd_invite(argv: Sequence[str]) -> int:
     """Mint an invite for the mesh of the node that runs (or last ran) with this home."""
     import time
 
-    from .home import read_node_info, read_secret
-    from .identity import Identity
-    from .token import encode_token, mint_invite, parse_duration
+    from ..mesh.identity import Identity
+    from ..mesh.invites import encode_token, mint_invite, parse_duration
+    from ..node.home import read_node_info, read_secret
 
     p = Parser(prog="mesh-llm invite",
                description="print a new invite to this node's mesh: a client invite grants "
@@ -164,8 +164,8 @@ def cmd_bench(argv: Sequence[str]) -> int:
 
 def cmd_bundle(argv: Sequence[str]) -> int:
     """Pack an offline install (wheels, engine, optional model, install.sh) in one file."""
-    from .deploy.bundle import build_bundle, default_bundle_name
-    from .deploy.target import this_machine
+    from ..deploy.bundle import build_bundle, default_bundle_name
+    from ..deploy.target import this_machine
 
     p = Parser(prog="mesh-llm bundle",
                description="write one .tar.gz that installs mesh-llm, its dependencies and "
@@ -184,7 +184,7 @@ def cmd_bundle(argv: Sequence[str]) -> int:
 
 def cmd_deploy(argv: Sequence[str]) -> int:
     """Install a bundle on another machine over ssh and start a worker there."""
-    from .deploy.deploy import deploy_parser_args, run_deploy
+    from ..deploy.deploy import deploy_parser_args, run_deploy
 
     p = Parser(prog="mesh-llm deploy",
                description="copy a bundle to [USER@]HOST over ssh (BatchMode: keys or an "
@@ -207,7 +207,7 @@ def _home_arg(prog: str, description: str, argv: Sequence[str]) -> Path:
 
 
 def cmd_stop(argv: Sequence[str]) -> int:
-    from .home import running_pid
+    from ..node.home import running_pid
 
     home = _home_arg("mesh-llm stop", "stop the node that runs with this home dir", argv)
     pid = running_pid(home)
@@ -244,10 +244,10 @@ def cmd_status(argv: Sequence[str]) -> int:
 def cmd_doctor(argv: Sequence[str]) -> int:
     """Check that the engine and the default model are installed (used by scripts/setup),
     and say what the engine can use."""
-    from .inference.backend import backend_of, list_devices
-    from .inference.engine import find_engine
-    from .models import hardware
-    from .models.resolve import resolve_model
+    from ..inference.backend import backend_of, list_devices
+    from ..inference.engine import find_engine
+    from ..models import hardware
+    from ..models.resolve import resolve_model
 
     p = Parser(prog="mesh-llm doctor", description="check the engine and the default model")
     p.add_argument("--bin-dir", type=Path, metavar="DIR", help="check this llama.cpp build")

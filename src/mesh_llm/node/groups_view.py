@@ -9,7 +9,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
-from .inference.groups import (
+from ..inference.groups import (
     Group,
     NodeOffer,
     OfferedModel,

@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 LOCK_NAME = "mesh-llm.lock"
 SECRET_NAME = "mesh.secret"

@@ -5,18 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .inference.election import Plan
+from .. import __version__
 
 if TYPE_CHECKING:
     from .node import Node
-
-
-def plan_json(plan: Plan | None, rpc: list[str]) -> dict[str, Any] | None:
-    if plan is None:
-        return None
-    return {"mode": plan.mode, "host": plan.host, "workers": list(plan.workers), "rpc": rpc,
-            "tensor_split": list(plan.tensor_split), "reason": plan.reason}
 
 
 def build_status(

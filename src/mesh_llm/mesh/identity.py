@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from .errors import UserError
+from ..errors import UserError
 
 KEY_FILE = "node.key"
 SIGNATURE_LEN = 64

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from mesh_llm.api.routing import WAITING_FOR_A_HOST, Route, route
 from mesh_llm.inference.election import Plan
 from mesh_llm.mesh.announcement import Announcement
 from mesh_llm.mesh.peers import PeerInfo
+from mesh_llm.node.route import WAITING_FOR_A_HOST, Route, route
 
 ME, HOST = "me" * 32, "ab" * 32
 READY_HOST = PeerInfo(HOST, Announcement(HOST, ready=True))
