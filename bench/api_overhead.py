@@ -7,7 +7,7 @@ node's peak RSS (VmHWM) while serving.
     .venv/bin/python bench/api_overhead.py [--reps 15] [--tokens 128] [--two-models]
 
 With --two-models the node serves a second model too (an F16 copy, made once), so each
-request is routed by its `model` among two (issue #15).
+request is routed by its `model` among two.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ PROMPTS = {
                       "with a docstring and three doctests."}],
 }
 ROWS = ("solo", "solo+draft", "split", "split+draft")
-DRAFT_SPEEDUP_TARGET = 1.7  # split+draft / split at 20 ms RTT (issue #4)
+DRAFT_SPEEDUP_TARGET = 1.7  # split+draft / split at 20 ms RTT
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Real mesh-llm processes on 127.0.0.1 form, keep and repair a mesh (issue: the mesh)."""
+"""Real mesh-llm processes on 127.0.0.1 form, keep and repair a mesh."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Many models in one mesh (issue #15): every node serves what it has, and each request
+"""Many models in one mesh: every node serves what it has, and each request
 goes where its `model` runs. Real nodes, real llama.cpp, on 127.0.0.1."""
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def test_any_json_gives_an_announcement_or_one_error(raw: dict[str, object]) -> 
     assert Announcement.from_wire(ann.to_wire(), NODE) == ann
 
 
-# ---------- many models in one mesh (issue #15) ----------
+# ---------- many models in one mesh ----------
 
 MULTI = replace(FULL, offers=(Offer("Qwen2.5-32B", "ab" * 16, 20 << 30),
                               Offer("coder.Q4_K_M", "", 9 << 30)),

@@ -1,4 +1,4 @@
-"""The multi-model mesh's pure decisions (issue #15): each row is a behaviour of the issue."""
+"""The multi-model mesh's pure decisions: each row is one behaviour."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Many models in one mesh (issue #15): which nodes serve which model, pure functions.
+"""A mesh of many models: which nodes serve which model, pure functions.
 
 Each model in the mesh (identified by its weight fingerprint) is a *group*: the nodes that
 offer it. A group elects its own host with election.py's rule and makes its own plan with

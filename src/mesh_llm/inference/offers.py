@@ -1,4 +1,4 @@
-"""Many models in one mesh (issue #15): the gossiped state as groups.py's inputs, and the
+"""A mesh of many models: the gossiped state as groups.py's inputs, and the
 groups as the API's served models. Pure functions, no I/O.
 
 `offer_of` turns an announcement into a `NodeOffer`; `served_models` answers, per group,
