@@ -20,6 +20,18 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mesh-llm-test-hf-")
 
 from nodes import NodeProcess
 
+TESTS = Path(__file__).parent
+SLOW = (TESTS / "integration", TESTS / "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` every test that starts real llama.cpp processes or a browser (all of
+    tests/integration and tests/browser: seconds each), so that the dev loop can skip them
+    with `-m "not slow"`."""
+    for item in items:
+        if any(item.path.is_relative_to(folder) for folder in SLOW):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def make_node(tmp_path: Path) -> Iterator:

@@ -1,7 +1,8 @@
 """The HTTP server the API and the console run on: aiohttp's, with hardened edges.
 
 What aiohttp does by itself that we change (checked against aiohttp 3.14.5,
-web_protocol.RequestHandler and web_server.Server):
+web_protocol.RequestHandler and web_server.Server; pyproject.toml allows 3.14.x only, and
+tests/unit/test_private_apis.py checks the private parts used here):
 - A malformed request line or header makes `RequestHandler.handle_error` log
   "Error handling request" with a traceback and answer text/plain. Here it logs one debug
   line and answers the contract's JSON error (and closes the connection, as before).

@@ -11,13 +11,38 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 from ..mesh.tunnel import TunnelListener
 from .dedupe import CodecStats
 from .election import HEADROOM, Plan
-from .llama import LlamaServer
+from .engine import Engine
+from .llama import LlamaPlan
 
 DRAIN_S = 120.0  # an old llama-server finishes what it runs for at most this long
+
+
+class LlamaProcess(Protocol):
+    """What hosting uses of one llama-server (`LlamaServer`; a test's fake process)."""
+
+    plan: LlamaPlan
+    port: int | None  # its loopback port once started
+    ready: bool
+    load_seconds: float | None
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+# Makes a llama-server that is started later: (engine, plan, log path, on_change: told on
+# every change of `ready`, before_start: called before each (re)start).
+LaunchLlama = Callable[[Engine, LlamaPlan, Path, Callable[[], None], Callable[[], None]],
+                       LlamaProcess]
 
 
 @dataclass(eq=False)
@@ -25,7 +50,7 @@ class Generation:
     """A llama-server, its plan and its RPC tunnels: they start and stop together."""
 
     plan: Plan
-    llama: LlamaServer | None = None
+    llama: LlamaProcess | None = None
     tunnels: list[TunnelListener] = field(default_factory=list)
     stats: list[CodecStats] = field(default_factory=list)  # one per RPC tunnel connection
     open_requests: int = 0  # API requests it is answering, ours and tunnelled ones

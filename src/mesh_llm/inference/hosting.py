@@ -30,7 +30,14 @@ from ..models.gguf_info import block_count
 from ..models.split import model_stem
 from .dedupe import DedupeEncoder
 from .election import Candidate, Plan, make_plan, placement
-from .generation import DRAIN_S, Generation, counted_tcp_connect, overlap_refusal
+from .generation import (
+    DRAIN_S,
+    Generation,
+    LaunchLlama,
+    LlamaProcess,
+    counted_tcp_connect,
+    overlap_refusal,
+)
 from .llama import LlamaPlan, LlamaServer
 from .rpc_wire import CommandCounts
 from .service import ServeSpec
@@ -91,7 +98,8 @@ class Hosting:
     def __init__(self, *, spec: ServeSpec, logs: Path, file: FileClaim,
                  peer: PeerLookup, open_stream: OpenPeerStream, changes: ChangeFeed,
                  announce: Callable[[], None], spawn: Spawn,
-                 log_name: str = "llama-server.log") -> None:
+                 log_name: str = "llama-server.log",
+                 launch: LaunchLlama = LlamaServer) -> None:
         self.spec = spec
         self.log_path = logs / log_name
         self.file = file
@@ -100,6 +108,7 @@ class Hosting:
         self.changes = changes
         self._announce = announce  # tell the mesh and the API what changed
         self._spawn = spawn
+        self._launch = launch  # the llama-server process (a unit test's fake stands in)
         self.active = False  # elected: this node hosts
         self.state = "starting"  # "waiting" | "loading" | "running" while active
         self.stopping = False
@@ -114,7 +123,7 @@ class Hosting:
 
     # --- what the API, the status and the announcement read ---
     @property
-    def llama(self) -> LlamaServer | None:
+    def llama(self) -> LlamaProcess | None:
         """The llama-server that requests go to (while a new one loads: still the old)."""
         gen = self.current
         return gen.llama if gen is not None else None
@@ -272,9 +281,8 @@ class Hosting:
         llama_plan = LlamaPlan(model=model.path, alias=model.name, rpc=tuple(endpoints),
                                draft=spec.draft, draft_max=spec.draft_max,
                                parallel=spec.parallel, extra=spec.llama_args, **extra)
-        gen.llama = LlamaServer(engine, llama_plan, self.log_path,
-                                functools.partial(self.llama_changed, gen),
-                                before_start=gen.stats.clear)
+        gen.llama = self._launch(engine, llama_plan, self.log_path,
+                                 functools.partial(self.llama_changed, gen), gen.stats.clear)
         what = f"split over {len(plan.workers)} worker(s) {plan.tensor_split}" if plan.workers \
             else "solo"
         log.info("loading %s %s (llama-server log: %s)", model.name, what, self.log_path)
