@@ -51,7 +51,7 @@ class Hosted:
     """One model this node hosts: its plan (as JSON, like `plan`) and whether its
     llama-server answers."""
 
-    fingerprint: str
+    key: str  # the model's group key (gossiped as "fingerprint")
     plan: dict[str, Any] | None = None
     ready: bool = False
 
@@ -92,7 +92,7 @@ class Announcement:
             "plan": None if self.plan is None else _copy_plan(self.plan), "draft": self.draft,
             "offers": [{"name": o.name, "fingerprint": o.fingerprint,
                         "size_bytes": o.size_bytes} for o in self.offers],
-            "hosted": [{"fingerprint": h.fingerprint, "ready": h.ready,
+            "hosted": [{"fingerprint": h.key, "ready": h.ready,
                         "plan": None if h.plan is None else _copy_plan(h.plan)}
                        for h in self.hosted],
             "joined": self.joined,
