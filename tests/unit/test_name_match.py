@@ -1,4 +1,4 @@
-"""Routing by `model` and the mesh's /v1/models (issue #15): each row is a behaviour."""
+"""Routing by `model` and the mesh's /v1/models: each row is a behaviour."""
 
 from __future__ import annotations
 

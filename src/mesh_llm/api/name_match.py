@@ -1,6 +1,6 @@
 """Which served model a request's `model` names, and `/v1/models` for the whole mesh.
 
-For the multi-model API (issue #15): every node routes a request by its `model` field to
+For the multi-model API: every node routes a request by its `model` field to
 that model's host. Pure functions, no I/O; the relay turns an `ApiError` into a JSON error
 body with `api.errors.json_error(err.status, err.message, err.kind)`.
 

@@ -38,8 +38,7 @@ class AnnouncementError(ValueError):
 
 @dataclass(frozen=True)
 class Offer:
-    """One model a node holds the file of (issue #15: every model of the node, in
-    `--model` order)."""
+    """One model a node holds the file of (every model of the node, in `--model` order)."""
 
     name: str
     fingerprint: str = ""  # weight fingerprint, hex; "" when it could not be computed
@@ -74,7 +73,7 @@ class Announcement:
     leaving: bool = False  # stopping gracefully: re-plan without it now
     plan: dict[str, Any] | None = None
     draft: str | None = None
-    # Many models in one mesh (issue #15); the fields above stay this node's primary model.
+    # Every model of the node; the fields above describe its first (node/primary.py).
     offers: tuple[Offer, ...] = ()  # every model file held, in --model order
     hosted: tuple[Hosted, ...] = ()  # every model this node hosts
     joined: str = ""  # a file-less worker's chosen group (its key), "" when none
