@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from mesh_llm.changes import ChangeFeed
 from mesh_llm.inference.election import Plan
@@ -25,6 +24,7 @@ from mesh_llm.node.config import NodeConfig
 from mesh_llm.node.groups_view import MeshModels
 from mesh_llm.node.slots import Slot
 from mesh_llm.node.startup import Setup
+from mesh_llm.node.view import Counters
 
 GB = 10**9
 ME = "e" * 64
@@ -123,6 +123,6 @@ class FakeNode:
     def invites(self) -> tuple[str, str]:
         return "worker-token", "client-invite"
 
-    def counters(self) -> dict[str, Any]:
-        return {"api_in_flight": 1, "api_queued": 0, "console_streams": 2,
-                "rpc_server": {"state": "running"}}
+    def counters(self) -> Counters:
+        return Counters(api_in_flight=1, api_queued=0, console_streams=2,
+                        rpc_server={"state": "running"})

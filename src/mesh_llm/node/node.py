@@ -49,6 +49,7 @@ from .router import MeshRouter
 from .slots import Slot, offered
 from .startup import Setup, check_setup, serve_spec
 from .status import node_status
+from .view import Counters
 
 log = logging.getLogger("mesh_llm.node")
 
@@ -172,10 +173,9 @@ class Node:
             return "", ""
         return self.mesh.token(), self.mesh.invite("client")
 
-    def counters(self) -> dict[str, Any]:
-        return {"api_in_flight": self.api.in_flight, "api_queued": self.api.queued,
-                "console_streams": self.console.open_streams,
-                "rpc_server": self.worker.status_json()}
+    def counters(self) -> Counters:
+        return Counters(self.api.in_flight, self.api.queued, self.console.open_streams,
+                        self.worker.status_json())
 
     def status(self) -> dict[str, Any]:
         return node_status(self)

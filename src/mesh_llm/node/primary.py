@@ -29,10 +29,6 @@ class Primary:
     draft: str | None  # the draft model that serves with it, likewise
     ready: bool  # our own llama-server serves it now
 
-    @property
-    def file_less(self) -> bool:
-        return self.slot is None and self.role != "client"
-
 
 def primary(node: LocalNode) -> Primary:
     """The first model's facts, from the first slot or the group we follow."""

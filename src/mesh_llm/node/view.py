@@ -4,6 +4,7 @@ so that neither depends on the node's wiring (node.py builds both and satisfies 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..mesh.peers import PeerInfo
@@ -13,6 +14,16 @@ from .config import NodeConfig
 from .groups_view import MeshModels
 from .slots import Slot
 from .startup import Setup
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The node's servers as the status shows them now."""
+
+    api_in_flight: int  # API requests being relayed
+    api_queued: int  # API requests waiting for an upstream
+    console_streams: int  # open console event streams
+    rpc_server: dict[str, Any]  # our ggml-rpc-server's status
 
 
 class LocalNode(Protocol):
@@ -85,7 +96,4 @@ class RunningNode(LocalNode, Protocol):
         """The worker invite (our token) and a client invite; "" when there is none."""
         ...
 
-    def counters(self) -> Mapping[str, Any]:
-        """The servers' live counts: api_in_flight, api_queued, console_streams, and the
-        ggml-rpc-server's status as rpc_server."""
-        ...
+    def counters(self) -> Counters: ...
