@@ -19,7 +19,7 @@ from mesh_llm.api.serving import EdgeRunner
 from mesh_llm.changes import ChangeFeed
 from mesh_llm.console.server import Console
 from mesh_llm.netutil import free_port
-from upstreams import tcp_upstream
+from upstreams import OneUpstream, tcp_upstream
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -98,7 +98,8 @@ class FakeConsole:
         self.url_host = url_host
         self.api_key = api_key
         self.changes = ChangeFeed()
-        self.api = ApiProxy(lambda: self.upstream)
+        self.models: dict[str, Any] | None = None  # GET /v1/models (None: the one model)
+        self.api = ApiProxy(OneUpstream(lambda: self.upstream, listing=lambda: self.models))
         self.console = self._new_console()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -123,7 +124,8 @@ class FakeConsole:
     def start_upstream(self, models: dict[str, Any] | None = None) -> None:
         """A scripted llama-server: a token every 20 ms, for ever, or an error after three
         tokens when the last message contains "fail". A request naming a `model` hears
-        "[that model]" first. GET /v1/models answers `models` (a 404 without)."""
+        "[that model]" first. The API's GET /v1/models answers `models` (without: the one
+        model the router serves)."""
         async def completions(request: web.Request) -> web.StreamResponse:
             body = await request.json()
             prompt = body["messages"][-1]["content"]
@@ -140,21 +142,17 @@ class FakeConsole:
             await out.write(f"data: {json.dumps(error)}\n\n".encode())
             return out
 
-        async def listing(_request: web.Request) -> web.Response:
-            return web.json_response(models)
-
         async def start() -> None:
             if self.upstream_runner is not None:  # a new llama-server replaces the last
                 await self.upstream_runner.cleanup()
             app = web.Application()
             app.router.add_post("/v1/chat/completions", completions)
-            if models is not None:
-                app.router.add_get("/v1/models", listing)
             runner = web.AppRunner(app, handler_cancellation=True)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", 0).start()
             self.upstream_runner = runner
             self.upstream = tcp_upstream("127.0.0.1", runner.addresses[0][1])
+            self.models = models
         self._call(start)
 
     def in_flight(self) -> int:

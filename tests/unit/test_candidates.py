@@ -51,11 +51,11 @@ def test_view_of_reads_what_the_election_needs_from_an_announcement() -> None:
     peer = PeerInfo("bb", Announcement("bb", role="worker", vram_bytes=2 * GB, models=("M",),
                                        model_file=False, model_fingerprint="f1",
                                        rpc_version="3.0.0", leaving=True, rpc_ready=True))
-    assert view_of(peer) == NodeView("bb", "worker", 2 * GB, None, ("M",), False, "f1",
+    assert view_of(peer) == NodeView("bb", "worker", 2 * GB, None, ("M",), True, "f1",
                                      "3.0.0", leaving=True, rpc_ready=True)
     bare = view_of(PeerInfo("cc", Announcement("cc")))
-    assert (bare.fingerprint, bare.rpc_version, bare.leaving, bare.rpc_ready, bare.model_file) \
-        == ("", "", False, False, True)
+    assert (bare.fingerprint, bare.rpc_version, bare.leaving, bare.rpc_ready, bare.file_less) \
+        == ("", "", False, False, False)
 
 
 def test_the_biggest_node_hosts_and_plans_only_workers_whose_rpc_server_is_up() -> None:

@@ -23,7 +23,7 @@ from mesh_llm.console.auth import COOKIE
 from mesh_llm.console.server import MAX_CHAT_BYTES, STATIC, Console
 from mesh_llm.inference.election import Plan
 from mesh_llm.node.status import build_status
-from upstreams import serve_on_loopback, tcp_upstream
+from upstreams import OneUpstream, serve_on_loopback, tcp_upstream
 from waiting import wait_until_async
 
 HOST, WORKER, CLIENT = "a" * 64, "b" * 64, "c" * 64
@@ -54,8 +54,11 @@ class Harness:
         self.state = contract_status()
         self.changes = ChangeFeed()
         self.upstream = upstream
+        self.listing: dict[str, Any] | None = None  # /v1/models (None: the one model)
         self.console = Console(lambda: self.state, self.changes,
-                               ApiProxy(lambda: self.upstream), heartbeat_s=heartbeat_s,
+                               ApiProxy(OneUpstream(lambda: self.upstream,
+                                                  listing=lambda: self.listing)),
+                               heartbeat_s=heartbeat_s,
                                api_key=api_key)
         self.runner = EdgeRunner(self.console.app(), handler_cancellation=True,
                                  access_log=None, **runner_kw)
@@ -346,59 +349,36 @@ async def test_a_multi_model_status_reaches_the_page_as_built(harness) -> None: 
         assert json.loads((await next_event(resp))[1])["models"] == TWO_MODELS["models"][:1]
 
 
-async def _models_upstream(listing: dict[str, Any], seen: list[str]) -> web.AppRunner:
-    """A loopback server answering GET /v1/models the way llama-server does."""
-    async def models(request: web.Request) -> web.Response:
-        seen.append(f"{request.method} {request.path}")
-        return web.json_response(listing)
-
-    app = web.Application()
-    app.router.add_get("/v1/models", models)
-    return await serve_on_loopback(app)
-
-
 async def test_the_model_list_is_what_the_api_answers(harness) -> None:  # type: ignore[no-untyped-def]
     listing = {"object": "list", "data": [{"id": "SmolLM2-135M-Instruct", "object": "model",
-                                           "owned_by": "llamacpp", "created": 1}]}
-    seen: list[str] = []
-    runner = await _models_upstream(listing, seen)
-    try:
-        h = await harness(tcp_upstream("127.0.0.1", runner.addresses[0][1]))
-        async with h.session.get(h.url + "/api/models") as resp:
-            assert resp.status == 200
-            assert resp.headers["Content-Type"].startswith("application/json")
-            assert await resp.json() == listing
-        assert seen == ["GET /v1/models"]
-        async with h.session.post(h.url + "/api/models", json={}) as resp:
-            assert resp.status == 405 and (await resp.json())["error"]["message"]
-        assert seen == ["GET /v1/models"]
-    finally:
-        await runner.cleanup()
+                                           "owned_by": "mesh-llm", "created": 1}]}
+    h = await harness()
+    h.listing = listing
+    async with h.session.get(h.url + "/api/models") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("application/json")
+        assert await resp.json() == listing
+    async with h.session.post(h.url + "/api/models", json={}) as resp:
+        assert resp.status == 405 and (await resp.json())["error"]["message"]
 
 
-async def test_the_model_list_without_a_host_says_why(harness) -> None:  # type: ignore[no-untyped-def]
+async def test_the_model_list_without_a_host_lists_the_model_not_ready(harness) -> None:  # type: ignore[no-untyped-def]
     h = await harness(Upstream(None, "waiting for more VRAM: need 2.2 GB, mesh has 1.0 GB"))
     async with h.session.get(h.url + "/api/models") as resp:
-        assert resp.status == 503
+        assert resp.status == 200
         body = await resp.json()
-    assert body["error"]["message"] == "waiting for more VRAM: need 2.2 GB, mesh has 1.0 GB"
+    assert [(m["id"], m["meta"]["ready"]) for m in body["data"]] == [("m", False)]
 
 
 async def test_the_model_list_needs_the_key_on_a_networked_console(harness) -> None:  # type: ignore[no-untyped-def]
-    seen: list[str] = []
-    runner = await _models_upstream({"object": "list", "data": []}, seen)
-    try:
-        h = await harness(tcp_upstream("127.0.0.1", runner.addresses[0][1]), api_key=KEY)
-        async with h.session.get(h.url + "/api/models") as resp:
-            assert resp.status == 401
-            assert (await resp.json())["error"]["type"] == "authentication_error"
-        assert seen == []
-        async with h.session.get(h.url + "/api/models",
-                                 headers={"Authorization": f"Bearer {KEY}"}) as resp:
-            assert resp.status == 200 and (await resp.json())["data"] == []
-        assert seen == ["GET /v1/models"]
-    finally:
-        await runner.cleanup()
+    h = await harness(api_key=KEY)
+    h.listing = {"object": "list", "data": []}
+    async with h.session.get(h.url + "/api/models") as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"]["type"] == "authentication_error"
+    async with h.session.get(h.url + "/api/models",
+                             headers={"Authorization": f"Bearer {KEY}"}) as resp:
+        assert resp.status == 200 and (await resp.json())["data"] == []
 
 
 # ---------- the page ----------

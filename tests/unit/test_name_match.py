@@ -104,7 +104,7 @@ FINDS = [
 def test_find_model(requested: str, models: list[ServedModel],
                     fingerprint: str | None) -> None:
     found = find_model(requested, models)
-    assert (found.fingerprint if found else None) == fingerprint
+    assert (found.key if found else None) == fingerprint
 
 
 # (behaviour, requested, default, expected: fingerprint or (status, words in message))
@@ -137,7 +137,7 @@ def test_resolve(requested: object, default: str | None,
                  want: str | tuple[int, str]) -> None:
     got = resolve(requested, MESH, default)
     if isinstance(want, str):
-        assert isinstance(got, ServedModel) and got.fingerprint == want
+        assert isinstance(got, ServedModel) and got.key == want
     else:
         assert isinstance(got, ApiError)
         assert got.status == want[0] and want[1] in got.message, got.message

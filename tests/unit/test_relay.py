@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from mesh_llm.api.proxy import ApiProxy, Upstream
-from upstreams import serve_on_loopback, tcp_upstream
+from upstreams import OneUpstream, serve_on_loopback, tcp_upstream
 
 CHAT = "/v1/chat/completions"
 BODY = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -22,7 +22,7 @@ class Relay:
     """ApiProxy on 127.0.0.1 in front of `upstream`, plus a client session."""
 
     def __init__(self, upstream: Upstream) -> None:
-        self.proxy = ApiProxy(lambda: upstream)
+        self.proxy = ApiProxy(OneUpstream(lambda: upstream))
         self.runner = web.AppRunner(self.proxy.app(), handler_cancellation=True)
         self.session = aiohttp.ClientSession()
         self.url = ""

@@ -19,7 +19,7 @@ SOLO = Plan("solo", ME, tensor_split=(1.0,))
 NO_HOST = "no host is ready: waiting for a node that serves a model"
 
 BASE: dict[str, Any] = dict(node_id=ME, host_id=None, host=None, llama_port=None, held=False,
-                            plan=None, model="SmolLM2", model_less=False)
+                            plan=None, model="SmolLM2", file_less=False)
 
 CASES = [
     # we host
@@ -36,8 +36,8 @@ CASES = [
      Route(reason=f"the host {HOST[:12]} is still loading its model")),
     ("worker, host out of reach", dict(host_id=HOST), Route(reason=NO_HOST)),
     ("no host at all", {}, Route(reason=NO_HOST)),
-    ("worker without a file, no host", dict(model_less=True), Route(reason=WAITING_FOR_A_HOST)),
-    ("worker without a file, host ready", dict(model_less=True, host_id=HOST, host=READY_HOST),
+    ("worker without a file, no host", dict(file_less=True), Route(reason=WAITING_FOR_A_HOST)),
+    ("worker without a file, host ready", dict(file_less=True, host_id=HOST, host=READY_HOST),
      Route(peer=HOST)),
     ("a local port left from hosting is not used by a worker",
      dict(host_id=HOST, host=READY_HOST, llama_port=4100), Route(peer=HOST)),

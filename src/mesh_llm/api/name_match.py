@@ -1,6 +1,6 @@
 """Which served model a request's `model` names, and `/v1/models` for the whole mesh.
 
-For the multi-model API (issue #15): every node routes a request by its `model` field to
+For the multi-model API: every node routes a request by its `model` field to
 that model's host. Pure functions, no I/O; the relay turns an `ApiError` into a JSON error
 body with `api.errors.json_error(err.status, err.message, err.kind)`.
 
@@ -52,7 +52,7 @@ class ServedModel:
     """One model of the mesh as the API sees it: a group, its plan and its host's state."""
 
     name: str
-    fingerprint: str
+    key: str  # its group key: the weights' fingerprint, or "name:" and its name
     aliases: tuple[str, ...] = ()  # other names it is announced under
     ready: bool = False  # its host's llama-server answers
     why_not_ready: str = ""  # shown in the 503 when not ready
@@ -105,14 +105,14 @@ def match_rank(requested: str, served: str) -> int | None:
 def find_model(requested: str, models: Sequence[ServedModel]) -> ServedModel | None:
     """The served model `requested` names: the best match by `match_rank` over all its
     names; between equal matches, the first by name (case-insensitively, then by
-    fingerprint), so every node picks the same whatever order it lists models in."""
+    group key), so every node picks the same whatever order it lists models in."""
     best: tuple[int, str, str, str] | None = None
     found: ServedModel | None = None
     for model in models:
         ranks = [r for n in model.names if (r := match_rank(requested, n)) is not None]
         if not ranks:
             continue
-        key = (min(ranks), model.name.casefold(), model.name, model.fingerprint)
+        key = (min(ranks), model.name.casefold(), model.name, model.key)
         if best is None or key < best:
             best, found = key, model
     return found
@@ -127,7 +127,7 @@ def resolve(requested: object, models: Sequence[ServedModel],
     """The model a request's `model` field sends it to, or the error to answer with.
 
     Missing (absent, null or blank, as clients without a configured model send it): the
-    mesh default (`default`, a fingerprint; else the first model). Not a string: 400.
+    mesh default (`default`, a group key; else the first model). Not a string: 400.
     No served model by that name: 404 listing the names served. Known but no ready host:
     503 saying why (the relay may wait for readiness before answering it).
     """
@@ -135,7 +135,7 @@ def resolve(requested: object, models: Sequence[ServedModel],
         if not models:
             return ApiError(503, "no host is ready: no model is served in this mesh yet "
                                  "(waiting for a node with a model file)")
-        model = next((m for m in models if m.fingerprint == default), models[0])
+        model = next((m for m in models if m.key == default), models[0])
     elif not isinstance(requested, str):
         return ApiError(400, f"`model` must be a string naming a model, got "
                              f"{type(requested).__name__}")
@@ -175,10 +175,10 @@ def models_listing(models: Sequence[ServedModel], default: str | None = None,
     """`GET /v1/models` for the whole mesh, in OpenAI's shape: the default model first,
     then the others in the order given. `meta` says how each is served, for the console's
     model picker and for scripts."""
-    ordered = sorted(models, key=lambda m: m.fingerprint != default)
+    ordered = sorted(models, key=lambda m: m.key != default)
     return {"object": "list", "data": [{
         "id": m.name, "object": "model", "created": created, "owned_by": OWNED_BY,
         "meta": {"mode": m.mode, "host": m.host, "nodes": list(m.nodes), "ready": m.ready,
-                 "fingerprint": m.fingerprint, "aliases": list(m.names[1:]),
-                 "default": m.fingerprint == default},
+                 "fingerprint": m.key, "aliases": list(m.names[1:]),
+                 "default": m.key == default},
     } for m in ordered]}

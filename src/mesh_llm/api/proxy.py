@@ -2,10 +2,10 @@
 
 The relay reads only the response's HTTP framing (upstream.py): bodies pass through as
 they arrive, so streamed tokens are not delayed and llama-server's `timings` reach the
-client unchanged. Where the upstream is depends on the node's role (its own llama-server
-over loopback TCP, or the host's over a mesh stream); the proxy only asks `upstream()`
-per request, which follows routing.py's `route()` (the host's side is
-inference/hosting.py).
+client unchanged. Where the upstream is depends on the model a request names and where
+that model runs (a llama-server of this node over loopback TCP, or its host's over a mesh
+stream); the proxy asks its `ModelRouter` per request (the node's is node/router.py, the
+host's side inference/hosting.py).
 """
 
 from __future__ import annotations
@@ -57,8 +57,7 @@ class Upstream:
 
 
 class ModelRouter(Protocol):
-    """Many models in one mesh (issue #15): which model a request names, and where it
-    goes. The node implements it; without one the proxy relays everything to `upstream()`."""
+    """Which model a request names, and where it goes (the node's router implements it)."""
 
     def resolve(self, requested: object) -> ServedModel | ApiError:
         """The served model a request's `model` field names (api/model_names.resolve)."""
@@ -85,10 +84,8 @@ class ModelRouter(Protocol):
 class ApiProxy:
     """aiohttp handlers for the OpenAI routes; each request gets its own upstream connection."""
 
-    def __init__(self, upstream: Callable[[], Upstream], *, api_key: str | None = None,
-                 allowed: AllowedHosts = LOOPBACK, changes: ChangeFeed | None = None,
-                 router: ModelRouter | None = None) -> None:
-        self._upstream = upstream
+    def __init__(self, router: ModelRouter, *, api_key: str | None = None,
+                 allowed: AllowedHosts = LOOPBACK, changes: ChangeFeed | None = None) -> None:
         self._router = router
         self._api_key = api_key
         self._allowed = allowed
@@ -119,21 +116,14 @@ class ApiProxy:
 
     async def health(self, _request: web.Request) -> web.Response:
         """200 when some model of the mesh would be served now, else a 503 saying why."""
-        if self._router is not None:
-            problem = self._router.unhealthy()
-            if problem is not None:
-                return json_error(problem.status, problem.message, problem.kind)
-            return web.json_response({"status": "ok"})
-        upstream = self._upstream()
-        if upstream.connect is None:
-            return json_error(503, upstream.reason, "unavailable")
+        problem = self._router.unhealthy()
+        if problem is not None:
+            return json_error(problem.status, problem.message, problem.kind)
         return web.json_response({"status": "ok"})
 
-    async def models(self, request: web.Request) -> web.StreamResponse:
-        """Every model in the mesh, answered by this node (no llama-server knows them all);
-        without a router, the upstream's own list. The console's model picker calls it too."""
-        if self._router is None:
-            return await self._relay(request, MODELS_PATH, None, self._upstream)
+    async def models(self, _request: web.Request) -> web.StreamResponse:
+        """Every model in the mesh, answered by this node (no llama-server knows them all).
+        The console's model picker calls it too."""
         return web.json_response(self._router.listing())
 
     async def relay_post(self, request: web.Request) -> web.StreamResponse:
@@ -141,15 +131,10 @@ class ApiProxy:
             body, parsed = await read_json_object(request)
         except BodyError as err:
             return err.response()
-        if self._router is None:
-            return await self._relay(request, request.path, body, self._upstream)
         return await self._relay_model(request, request.path, body, parsed.get("model"))
 
-    async def relay(self, request: web.Request, path: str,
-                    body: bytes | None) -> web.StreamResponse:
-        """Send one request where its `model` says (with a router), else to `upstream()`."""
-        if self._router is None or body is None:
-            return await self._relay(request, path, body, self._upstream)
+    async def relay(self, request: web.Request, path: str, body: bytes) -> web.StreamResponse:
+        """Send one JSON request where its `model` says."""
         try:
             requested = decode_json_object(body).get("model")
         except BodyError as err:
@@ -172,7 +157,6 @@ class ApiProxy:
     async def _resolve(self, requested: object, deadline: float) -> ServedModel | ApiError:
         """The model a request names; a known one without a ready host is waited for
         (woken by the change feed) until `deadline`, then its 503 is the answer."""
-        assert self._router is not None
         found = self._router.resolve(requested)
         if isinstance(found, ServedModel):
             self._router.count(found)
@@ -196,7 +180,7 @@ class ApiProxy:
             self._router.count(found)
         return found
 
-    async def _relay(self, request: web.Request, path: str, body: bytes | None,
+    async def _relay(self, request: web.Request, path: str, body: bytes,
                      pick: Callable[[], Upstream],
                      deadline: float | None = None) -> web.StreamResponse:
         """Send one request upstream and pass the answer back as it arrives.
@@ -277,10 +261,9 @@ class ApiProxy:
         return upstream
 
     async def _forward(self, request: web.Request, connect: Connect, path: str,
-                       body: bytes | None, headers: dict[str, str]) -> web.StreamResponse:
-        method = request.method if body is None else "POST"
+                       body: bytes, headers: dict[str, str]) -> web.StreamResponse:
         exchange = await open_exchange(
-            connect, request_bytes(method, "127.0.0.1", path, headers, body), MAX_RESPONSE_BYTES)
+            connect, request_bytes("POST", "127.0.0.1", path, headers, body), MAX_RESPONSE_BYTES)
         try:
             try:
                 head = await asyncio.wait_for(exchange.head, READ_TIMEOUT_S)

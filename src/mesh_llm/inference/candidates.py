@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..mesh.peers import PeerInfo
-from .election import Candidate, elect_host, incompatibility
+from .election import Candidate, elect_host, rpc_incompatibility
 from .groups import Group
 
 
@@ -25,7 +25,7 @@ class NodeView:
     vram_bytes: int
     rtt_ms: float | None = None
     models: tuple[str, ...] = ()  # the names it serves its model under (its own, or its host's)
-    model_file: bool = True  # holds a model file (False: lends its device to the host's model)
+    file_less: bool = False  # holds no model file: lends its device to the host's model
     fingerprint: str = ""  # weight fingerprint of its file; "" when it has none or it failed
     rpc_version: str = ""
     leaving: bool = False  # stopping gracefully: plan without it
@@ -62,7 +62,7 @@ def view_of(peer: PeerInfo) -> NodeView:
     """What the election needs from a peer's announcement."""
     ann = peer.announcement
     return NodeView(peer.node_id, peer.role, peer.vram_bytes, peer.rtt_ms,
-                    models=tuple(peer.models), model_file=peer.model_file,
+                    models=tuple(peer.models), file_less=not peer.model_file,
                     fingerprint=ann.model_fingerprint, rpc_version=ann.rpc_version,
                     leaving=ann.leaving, rpc_ready=ann.rpc_ready)
 
@@ -91,11 +91,11 @@ def _group_exclusion(me: NodeView | None, names: set[str], peer: NodeView,
     protocol."""
     if peer.leaving:
         return "leaving the mesh"
-    if me is None or not me.model_file:
+    if me is None or me.file_less:
         return None if member else "serves another model"
     if not member:
         return _differs(me, names, peer) or f"does not serve {', '.join(me.models)}"
-    return incompatibility("", me.rpc_version, [""], peer.rpc_version)
+    return rpc_incompatibility(me.rpc_version, peer.rpc_version)
 
 
 def elect_group(me: NodeView | None, peers: Sequence[NodeView],
@@ -110,7 +110,7 @@ def elect_group(me: NodeView | None, peers: Sequence[NodeView],
     """
     members = {c.node_id for c in group.candidates} if group is not None else set()
     serving = [p for p in peers if p.role != "client"]
-    names = _our_names(me, serving) if me is not None and me.model_file else set()
+    names = _our_names(me, serving) if me is not None and not me.file_less else set()
     excluded: dict[str, str] = {}
     for peer in serving:
         why = _group_exclusion(me, names, peer, peer.node_id in members)

@@ -99,6 +99,11 @@ def incompatibility(model: str, rpc_version: str, peer_models: Sequence[str],
     if model not in peer_models:
         shown = ", ".join(peer_models) or "no model"
         return f"serves {shown}, not {model}"
+    return rpc_incompatibility(rpc_version, peer_rpc_version)
+
+
+def rpc_incompatibility(rpc_version: str, peer_rpc_version: str) -> str | None:
+    """Why a peer's ggml-rpc-server cannot serve with ours, or None when it can."""
     if not compatible(rpc_version, peer_rpc_version):
         return f"llama.cpp RPC protocol {peer_rpc_version} differs from ours ({rpc_version})"
     return None

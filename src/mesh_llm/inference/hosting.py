@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from ..mesh.quic import Stream
 from ..mesh.tunnel import TunnelListener, relay_to_tcp
 from ..models.gguf_info import block_count
 from ..models.split import model_stem
-from .dedupe import DedupeEncoder
+from .dedupe import CodecStats, DedupeEncoder
 from .election import Candidate, Plan, make_plan, placement
 from .generation import (
     DRAIN_S,
@@ -171,21 +171,7 @@ class Hosting:
         """What crossed the mesh to the workers since the current llama-server started, and
         the RPC commands behind it: by type, bytes each way, and round trips (commands whose
         reply llama-server waits for; each costs one link RTT)."""
-        stats = self.current.stats if self.current is not None else []
-        counts = CommandCounts()
-        for s in stats:
-            counts.add(s.commands)
-        return {
-            "bytes_in": sum(s.in_bytes for s in stats),  # what llama-server wrote
-            "bytes_out": sum(s.out_bytes for s in stats),  # what went over the mesh
-            "weight_bytes": sum(s.weight_bytes for s in stats),
-            "weight_bytes_sent": sum(s.weight_bytes - s.ref_bytes for s in stats),
-            "weight_bytes_referenced": sum(s.ref_bytes for s in stats),
-            "connections": len(stats),
-            "commands": counts.commands,
-            "round_trips": counts.round_trips,
-            "by_command": counts.as_dict(),
-        }
+        return tunnel_stats(self.current.stats if self.current is not None else [])
 
     # --- converging on a plan ---
     def converge(self, me: Candidate, workers: tuple[Candidate, ...]) -> None:
@@ -374,3 +360,21 @@ class Hosting:
             on_closed=lambda: gen.release(transport), preface=preface)
         if transport is not None:
             gen.track(transport)
+
+
+def tunnel_stats(stats: Sequence[CodecStats]) -> dict[str, Any]:
+    """What RPC tunnels carried (a node that hosts nothing: zeros), in the status's shape."""
+    counts = CommandCounts()
+    for s in stats:
+        counts.add(s.commands)
+    return {
+        "bytes_in": sum(s.in_bytes for s in stats),  # what llama-server wrote
+        "bytes_out": sum(s.out_bytes for s in stats),  # what went over the mesh
+        "weight_bytes": sum(s.weight_bytes for s in stats),
+        "weight_bytes_sent": sum(s.weight_bytes - s.ref_bytes for s in stats),
+        "weight_bytes_referenced": sum(s.ref_bytes for s in stats),
+        "connections": len(stats),
+        "commands": counts.commands,
+        "round_trips": counts.round_trips,
+        "by_command": counts.as_dict(),
+    }

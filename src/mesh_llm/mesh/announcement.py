@@ -38,8 +38,7 @@ class AnnouncementError(ValueError):
 
 @dataclass(frozen=True)
 class Offer:
-    """One model a node holds the file of (issue #15: every model of the node, in
-    `--model` order)."""
+    """One model a node holds the file of (every model of the node, in `--model` order)."""
 
     name: str
     fingerprint: str = ""  # weight fingerprint, hex; "" when it could not be computed
@@ -51,7 +50,7 @@ class Hosted:
     """One model this node hosts: its plan (as JSON, like `plan`) and whether its
     llama-server answers."""
 
-    fingerprint: str
+    key: str  # the model's group key (gossiped as "fingerprint")
     plan: dict[str, Any] | None = None
     ready: bool = False
 
@@ -74,7 +73,7 @@ class Announcement:
     leaving: bool = False  # stopping gracefully: re-plan without it now
     plan: dict[str, Any] | None = None
     draft: str | None = None
-    # Many models in one mesh (issue #15); the fields above stay this node's primary model.
+    # Every model of the node; the fields above describe its first (node/primary.py).
     offers: tuple[Offer, ...] = ()  # every model file held, in --model order
     hosted: tuple[Hosted, ...] = ()  # every model this node hosts
     joined: str = ""  # a file-less worker's chosen group (its key), "" when none
@@ -92,7 +91,7 @@ class Announcement:
             "plan": None if self.plan is None else _copy_plan(self.plan), "draft": self.draft,
             "offers": [{"name": o.name, "fingerprint": o.fingerprint,
                         "size_bytes": o.size_bytes} for o in self.offers],
-            "hosted": [{"fingerprint": h.fingerprint, "ready": h.ready,
+            "hosted": [{"fingerprint": h.key, "ready": h.ready,
                         "plan": None if h.plan is None else _copy_plan(h.plan)}
                        for h in self.hosted],
             "joined": self.joined,

@@ -31,25 +31,32 @@ class Route:
         return self.port is not None or self.peer is not None
 
 
+def route_here(*, llama_port: int | None, held: bool, plan: Plan | None, model: str) -> Route:
+    """Where a request for a model this node hosts goes: its serving llama-server, or why
+    none answers yet."""
+    if held:
+        return Route(reason="switching to the new llama-server: the old one finishes its "
+                            "streams first")
+    if llama_port is not None:
+        return Route(port=llama_port)
+    if plan is not None and plan.mode == "waiting":
+        return Route(reason=plan.reason)
+    return Route(reason=f"the model {model} is still loading")
+
+
 def route(*, node_id: str, host_id: str | None, host: PeerInfo | None, llama_port: int | None,
-          held: bool, plan: Plan | None, model: str, model_less: bool) -> Route:
+          held: bool, plan: Plan | None, model: str, file_less: bool) -> Route:
     """Where a request goes now.
 
     `host` is the elected host's peer entry while it is connected (None when we host, when
     there is no host, or when it is out of reach); `llama_port` is our serving llama-server's
     port while it answers; `held` is a CPU host switching llama-servers (new requests wait
-    for the old one to finish its streams); `plan` is our plan when we host.
+    for the old one to finish its streams); `plan` is our plan when we host; `file_less`:
+    this node has no model file and waits for a node that has one.
     """
     if host_id is not None and host_id == node_id:
-        if held:
-            return Route(reason="switching to the new llama-server: the old one finishes its "
-                                "streams first")
-        if llama_port is not None:
-            return Route(port=llama_port)
-        if plan is not None and plan.mode == "waiting":
-            return Route(reason=plan.reason)
-        return Route(reason=f"the model {model} is still loading")
-    if host is None and model_less:
+        return route_here(llama_port=llama_port, held=held, plan=plan, model=model)
+    if host is None and file_less:
         return Route(reason=WAITING_FOR_A_HOST)
     if host is None:
         return Route(reason="no host is ready: waiting for a node that serves a model")

@@ -1,10 +1,10 @@
 """The API's router over the mesh's models (api/proxy.py `ModelRouter`): which model a
-request names, where that model runs now, and, on a host of several models, which of its
-llama-servers a tunnelled request is for.
+request names, where that model runs now, and which of our llama-servers a tunnelled
+request is for.
 
-It reads the node's state (groups, slots, peers' announcements) and decides nothing the
-node does not already know: names are matched by api/model_names.py, the served models are
-inference/offers.py's view of the groups.
+It reads the node through view.LocalNode (groups, slots, peers' announcements) and decides
+nothing the node does not already know: names are matched by api/name_match.py, the served
+models are inference/offers.py's view of the groups.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..api.name_match import ApiError, ServedModel, models_listing, resolve, resolve_in_mesh
 from ..api.proxy import Upstream
@@ -25,56 +26,57 @@ from ..mesh.announcement import Hosted
 from ..mesh.protocol import StreamType
 from ..mesh.quic import Stream
 from ..mesh.tunnel import stream_connect
-
-if TYPE_CHECKING:
-    from .node import ModelSlot, Node
+from .primary import primary
+from .slots import Slot
+from .view import LocalNode
 
 TUNNEL_REQUEST_S = 30.0  # a tunnelled request's head and body must arrive within this
 MODEL_HEADER = "X-Mesh-Model"  # names the model (its group key) in a tunnelled request
 
 
+def hosted_by(node: LocalNode) -> dict[str, dict[str, Hosted]]:
+    """Node id → group key → what it announces hosting (ourselves included)."""
+    out = {p.node_id: {h.key: h for h in p.announcement.hosted}
+           for p in node.connected_peers()}
+    out[node.node_id] = {h.key: h for s in node.slots if (h := s.hosted()) is not None}
+    return out
+
+
+def served(node: LocalNode) -> list[ServedModel]:
+    """Every model of the mesh as the API sees it now."""
+    return served_models(node.mesh_models.groups, hosted_by(node), node.config.split)
+
+
 class MeshRouter:
     """Routes API requests by their `model` over the node's view of the mesh."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: LocalNode) -> None:
         self._node = node
         self.requests = RequestCounter()  # requests per model that reached this node's API
 
-    def hosted_by(self) -> dict[str, dict[str, Hosted]]:
-        """Node id → group key → what it announces hosting (ourselves included)."""
-        node = self._node
-        out = {p.node_id: {h.fingerprint: h for h in p.announcement.hosted}
-               for p in node.connected_peers()}
-        out[node.node_id] = {h.fingerprint: h for h in node.hosted()}
-        return out
-
     def served(self) -> list[ServedModel]:
-        """Every model of the mesh as the API sees it now."""
-        node = self._node
-        return served_models(node.mesh_models.groups, self.hosted_by(), node.config.split)
+        return served(self._node)
 
     def resolve(self, requested: object) -> ServedModel | ApiError:
         node = self._node
         seen = node.mesh_models
         return resolve_in_mesh(requested, self.served(), seen.default_key,
-                               seen.departed.values(), no_model=node.route().reason)
+                               seen.departed.values(), no_model=primary(node).route.reason)
 
     def upstream_for(self, model: ServedModel) -> Upstream:
+        """Our llama-server when we host the model, else its ready host over the mesh."""
         node = self._node
-        key = model.fingerprint
-        slot = next((s for s in node.slots if s.key == key), None)
-        if slot is not None and slot is node.slots[0]:
-            if node.host_id == node.node_id:
-                return node.upstream()  # our first model, hosted here: its route, as ever
-        elif slot is not None and slot.hosting.active:
-            port = slot.hosting.serving_port()
-            if port is not None and not slot.hosting.held:
-                return slot.hosting.upstream(port)
-            return Upstream(None, f"model {model.name} is still loading on this node")
+        key = model.key
+        slot = next((s for s in node.slots if s.key == key and s.hosting.active), None)
+        if slot is not None:
+            where = slot.route_here()
+            if where.port is not None:
+                return slot.hosting.upstream(where.port)
+            return Upstream(None, where.reason)
         group = node.mesh_models.group(key)
-        peer = ready_host(group, self.hosted_by()) if group is not None else None
+        peer = ready_host(group, hosted_by(node)) if group is not None else None
         if peer is None or peer == node.node_id or node.peer(peer) is None:
-            now = next((m for m in self.served() if m.fingerprint == key), None)
+            now = next((m for m in self.served() if m.key == key), None)
             why = now.why_not_ready if now is not None else "it left the mesh"
             return Upstream(None, f"model {model.name} has no ready host: {why}")
         opener = functools.partial(node.open_stream, peer, StreamType.HTTP_TUNNEL)
@@ -96,15 +98,16 @@ class MeshRouter:
         return ApiError(503, self.upstream_for(default).reason)
 
     def count(self, model: ServedModel) -> None:
-        self.requests.add(model.fingerprint)
+        self.requests.add(model.key)
 
     async def serve_http_tunnel(self, peer_id: str, stream: Stream) -> None:
         """A peer's API request: read it (through the gate), then relay it to the
         llama-server of the model it names (its X-Mesh-Model key, else its `model`)."""
-        node = self._node
-        hosting = [s for s in node.slots if s.hosting.active]
-        if len(node.slots) <= 1 or not hosting:
-            await node.hosting.serve_http_tunnel(peer_id, stream)  # one model: as ever
+        hosting = [s for s in self._node.slots if s.hosting.active]
+        if not hosting:
+            refusals.warning(f"http {peer_id}", "refused an API tunnel from %s: this node is "
+                             "not the host", peer_id[:12])
+            stream.abort()
             return
         gate = ApiRequestGate()
         try:
@@ -121,7 +124,7 @@ class MeshRouter:
             return
         await slot.hosting.relay_tunnel(peer_id, stream, gate, preface)
 
-    def _slot_for(self, request: bytes, hosting: list[ModelSlot]) -> ModelSlot | None:
+    def _slot_for(self, request: bytes, hosting: Sequence[Slot]) -> Slot | None:
         """The model a tunnelled request is for: by its key header (None when we do not
         host that one), else its `model` field among the models we host, else our first
         hosted model."""
@@ -136,8 +139,8 @@ class MeshRouter:
         except (ValueError, AttributeError, RecursionError):
             requested = None
         if isinstance(requested, str):
-            ours = [m for m in self.served() if any(s.key == m.fingerprint for s in hosting)]
+            ours = [m for m in self.served() if any(s.key == m.key for s in hosting)]
             found_model = resolve(requested, [replace(m, ready=True) for m in ours])
             if isinstance(found_model, ServedModel):
-                return next(s for s in hosting if s.key == found_model.fingerprint)
+                return next(s for s in hosting if s.key == found_model.key)
         return hosting[0]

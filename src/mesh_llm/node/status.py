@@ -1,14 +1,15 @@
 """The status JSON (console contract): one pure function of the node's facts, and the
-view that gathers those facts from a running node."""
+view that gathers those facts from a running node (read through view.RunningNode)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import __version__
-
-if TYPE_CHECKING:
-    from .node import Node
+from ..inference.hosting import tunnel_stats
+from .primary import primary
+from .router import hosted_by, served
+from .view import LocalNode, RunningNode
 
 
 def build_status(
@@ -52,16 +53,16 @@ def build_status(
     }
 
 
-def models_status(node: Node) -> dict[str, Any]:
-    """Every model of the mesh (issue #15; the console's contract): its host, plan,
-    readiness, nodes and requests in the last minute; the mesh's default model; a
-    file-less worker's group and why; our models left out and why."""
-    served = {m.fingerprint: m for m in node.router.served()}
-    hosted = node.router.hosted_by()
+def models_status(node: LocalNode) -> dict[str, Any]:
+    """Every model of the mesh (the console's contract): its host, plan, readiness, nodes
+    and requests in the last minute; the mesh's default model; a file-less worker's group
+    and why; our models left out and why."""
+    by_key = {m.key: m for m in served(node)}
+    hosted = hosted_by(node)
     seen = node.mesh_models
     models = []
     for group in seen.groups:
-        m = served.get(group.key)
+        m = by_key.get(group.key)
         host = m.host if m is not None else group.host
         entry = hosted.get(host or "", {}).get(group.key)
         plan = entry.plan if entry is not None else None
@@ -75,71 +76,65 @@ def models_status(node: Node) -> dict[str, Any]:
                                   if s.key == group.key and s.hosting.active), None),
         })
     default = next((g.name for g in seen.groups if g.key == seen.default_key), None)
-    joined = seen.group(seen.joined) if node.model_less else None
+    file_less = not node.slots and not node.config.client
+    joined = seen.group(seen.joined) if file_less else None
     return {
         "models": models,
         "default_model": default,
         "joined": {"model": joined.name, "fingerprint": joined.key,
                    "reason": seen.joined_reason} if joined is not None else None,
-        "models_left_out": dict(node.left_out),
     }
 
 
-def node_status(node: Node) -> dict[str, Any]:
+def node_status(node: RunningNode) -> dict[str, Any]:
     """The status of a running node. Its host, readiness and reason come from the same
     route the API takes, so the status and the API never disagree."""
-    hosting, worker, mesh, model, cfg = node.hosting, node.worker, node.mesh, node.model, \
-        node.config
-    host = node.peer(node.host_id)
-    we_host = node.host_id == node.node_id
-    if we_host:
-        plan = hosting.plan_json()
-    else:
-        announced = host.announcement.plan if host else None
-        plan = announced if isinstance(announced, dict) else None
-    where = node.route()
-    token = mesh.token() if mesh is not None else ""
-    reason = None if where.ready else where.reason
+    first, cfg = primary(node), node.config
+    slot = first.slot
+    hosting = slot.hosting if slot is not None else None
+    model = slot.model if slot is not None else None
+    token, client_invite = node.invites()
+    counters = node.counters()
+    reason = None if first.route.ready else first.route.reason
     if node.join_error is not None:
         reason = f"serving alone (--standalone): {node.join_error}"
     return build_status(
         node_id=node.node_id,
         token=token,
-        role=node.role(),
-        host_id=node.host_id,
-        llama_ready=where.ready,
-        model=host.models[0] if host is not None and host.models else (
-            model.name if model else None),  # the host's name for it: one model, one name
-        draft=hosting.draft_name() if we_host else (
-            host.announcement.draft if host else None),
+        role=first.role,
+        host_id=first.host_id,
+        llama_ready=first.route.ready,
+        model=first.name,
+        draft=first.draft,
         api_port=cfg.api_port,
         console_port=cfg.console_port,
         vram_bytes=node.setup.vram_bytes,
         peers=[p.to_status() for p in node.connected_peers()],
-        plan=plan,
+        plan=first.plan,
         state=node.state,
         extra={
             "model_file": str(model.path) if model else None,
             "model_bytes": model.size_bytes if model else None,
             "model_files": [str(p) for p in model.paths] if model else [],
             "reason": reason,
-            "invites": {"worker": token or None,
-                        "client": (mesh.invite("client") or None) if mesh is not None else None},
+            "invites": {"worker": token or None, "client": client_invite or None},
             "trusted_hosts": sorted(cfg.trust_hosts) if cfg.trust_hosts is not None else None,
             "engine": {"backend": node.setup.backend, "devices": [
                 {"name": d.name, "description": d.description,
                  "total_bytes": d.total_bytes} for d in node.setup.devices]},
-            "llama_server": hosting.llama_json(),
-            "api_tunnel": None if node.host_id in (None, node.node_id) else {
-                "host": node.host_id, "label": "QUIC · HTTP", "description": "API tunnel"},
-            "rpc_server": worker.status_json(),
-            "rpc_tunnel": hosting.rpc_tunnel_stats(),
+            "llama_server": hosting.llama_json() if hosting is not None else None,
+            "api_tunnel": None if first.host_id in (None, node.node_id) else {
+                "host": first.host_id, "label": "QUIC · HTTP", "description": "API tunnel"},
+            "rpc_server": counters.rpc_server,
+            "rpc_tunnel": hosting.rpc_tunnel_stats() if hosting is not None
+            else tunnel_stats([]),
             "excluded_peers": dict(node.excluded),
-            "api_in_flight": node.api.in_flight,
-            "api_queued": node.api.queued,
-            "llama_servers": hosting.generations_json(),
+            "api_in_flight": counters.api_in_flight,
+            "api_queued": counters.api_queued,
+            "llama_servers": hosting.generations_json() if hosting is not None else [],
             "leaving": node.leaving,
-            "console_streams": node.console.open_streams,
+            "console_streams": counters.console_streams,
             **models_status(node),
+            "models_left_out": dict(node.left_out),
         },
     )
