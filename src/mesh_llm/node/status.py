@@ -137,6 +137,7 @@ def node_status(node: Node) -> dict[str, Any]:
             "excluded_peers": dict(node.excluded),
             "api_in_flight": node.api.in_flight,
             "api_queued": node.api.queued,
+            "api_requests": node.api.requests.to_json(),
             "llama_servers": hosting.generations_json(),
             "leaving": node.leaving,
             "console_streams": node.console.open_streams,
