@@ -54,6 +54,11 @@ async def fake_llama(request: web.Request) -> web.StreamResponse:
                                             "type": "invalid_request_error"}}, status=400)
     out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await out.prepare(request)
+    if body.get("cut"):  # the host's llama-server goes away mid-stream
+        await out.write(b'event: message_start\ndata: {"type": "message_start"}\n\n')
+        assert request.transport is not None
+        request.transport.abort()
+        return out
     for kind in ("message_start", "content_block_start", "message_stop"):
         await out.write(f"event: {kind}\ndata: {json.dumps({'type': kind})}\n\n".encode())
     await out.write_eof()
@@ -156,3 +161,22 @@ async def test_llama_servers_own_answers_pass_unchanged(api) -> None:
                       "event: message_stop"]
     counts = proxy.requests.to_json()["Alpha-Coder"]
     assert counts["/v1/messages"] == 2
+
+
+@pytest.mark.parametrize(("path", "anthropic_shape"), [("/v1/messages", True),
+                                                       ("/v1/responses", False)])
+async def test_a_stream_cut_off_ends_with_an_error_event_in_the_routes_dialect(
+        api, path: str, anthropic_shape: bool) -> None:  # type: ignore[no-untyped-def]
+    url, _ = api
+    async with aiohttp.ClientSession() as session, session.post(
+            url + path, headers={"x-api-key": KEY},
+            json={"model": "Alpha-Coder", "stream": True, "cut": True}) as resp:
+        events = [e for e in (await resp.text()).split("\n\n") if e]
+    last = events[-1].splitlines()
+    body = json.loads(last[-1].removeprefix("data: "))
+    if anthropic_shape:
+        assert last[0] == "event: error" and body["type"] == "error"
+        assert body["error"]["type"] == "overloaded_error"
+        assert "broke off" in body["error"]["message"]
+    else:
+        assert body["error"]["type"] == "unavailable" and "broke off" in body["error"]["message"]
