@@ -89,3 +89,37 @@ def test_argv_split_and_a_missing_agent_is_one_line(monkeypatch) -> None:  # typ
                            ("opencode", "opencode-ai"), ("goose", "goose")):
         with pytest.raises(UserError, match=f"{agent} is not installed: .*{package}"):
             agent_command(agent, ["--", "-p", "hi"])
+
+
+def test_write_merges_into_the_agents_own_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import tomllib
+
+    from mesh_llm.cli.agent_write import write_config
+
+    settings = tmp_path / ".claude" / "settings.json"
+    settings.parent.mkdir()
+    settings.write_text('{"theme": "dark", "env": {"MINE": "1"}}')
+    write_config("claude", tmp_path, launch_for("claude", BASE, "M", None), "M")
+    merged = json.loads(settings.read_text())
+    assert merged["theme"] == "dark" and merged["env"]["MINE"] == "1"
+    assert merged["env"]["ANTHROPIC_BASE_URL"] == BASE
+    assert "ANTHROPIC_AUTH_TOKEN" not in merged["env"]
+
+    toml = tmp_path / ".codex" / "config.toml"
+    toml.parent.mkdir()
+    toml.write_text('model = "gpt-5"\n[tui]\nnotifications = true')
+    write_config("codex", tmp_path, launch_for("codex", BASE, "M", None), "M")
+    config = tomllib.loads(toml.read_text())
+    assert config["model"] == "gpt-5" and config["tui"]["notifications"] is True
+    assert config["profiles"]["mesh-llm"] == {"model_provider": "mesh-llm", "model": "M"}
+    assert config["model_providers"]["mesh-llm"]["wire_api"] == "responses"
+    with pytest.raises(UserError, match="already has a mesh-llm table"):
+        write_config("codex", tmp_path, launch_for("codex", BASE, "M", None), "M")
+
+    write_config("opencode", tmp_path, launch_for("opencode", BASE, "M", None), "M")
+    opencode = json.loads((tmp_path / ".config/opencode/opencode.json").read_text())
+    assert opencode["model"] == "mesh-llm/M" and "mesh-llm" in opencode["provider"]
+    with pytest.raises(UserError, match="not supported"):
+        write_config("goose", tmp_path, launch_for("goose", BASE, "M", None), "M")
+    with pytest.raises(UserError, match="not with --join"):
+        agent_command("claude", ["--write", "--join", "T"])

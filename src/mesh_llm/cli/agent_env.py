@@ -74,7 +74,7 @@ def choose_model(listing: Mapping[str, Any], wanted: str | None) -> str:
     return default or models[0]["id"]
 
 
-def _toml(value: str) -> str:
+def toml_string(value: str) -> str:
     """A TOML basic string (JSON's escapes are TOML's, for the characters json emits)."""
     return json.dumps(value)
 
@@ -99,7 +99,7 @@ def launch_for(agent: str, base_url: str, model: str, api_key: str | None) -> La
         if api_key:
             overrides.append((f"{table}.env_key", "MESH_LLM_API_KEY"))
             env["MESH_LLM_API_KEY"] = api_key
-        args = tuple(a for name, value in overrides for a in ("-c", f"{name}={_toml(value)}"))
+        args = tuple(a for name, value in overrides for a in ("-c", f"{name}={toml_string(value)}"))
         return Launch(env, args, (f"-c {table} (wire_api responses)", "-c model_provider",
                                   "-c model", *env))
     if agent == "opencode":

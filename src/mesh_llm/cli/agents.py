@@ -3,7 +3,8 @@
 Finds the node answering on the API port (or, with `--join`, starts a lite client for the
 agent's lifetime), picks the model, points the agent at the mesh through its own
 documented settings (agent_env.py), says in one line what it set, then runs the agent in
-the foreground and exits with its code. Nothing is written in the user's home.
+the foreground and exits with its code. Nothing is written in the user's home unless
+`--write` asks for the settings to be kept in the agent's own config (agent_write.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..errors import UserError
 from ..netutil import free_port
 from ..node.config import DEFAULT_API_PORT
 from .agent_env import AGENTS, choose_model, launch_for, summary
+from .agent_write import write_config
 from .args import Parser, port
 
 JOIN_TIMEOUT_S = 90.0  # a lite client's join and its host's first ready model
@@ -147,7 +149,13 @@ def agent_command(agent: str, argv: Sequence[str],
                         "lite client's, default a free one)")
     p.add_argument("--api-key", metavar="KEY", default=os.environ.get("MESH_LLM_API_KEY"),
                    help="the node's --api-key (default: $MESH_LLM_API_KEY)")
+    p.add_argument("--write", action="store_true",
+                   help="also keep these settings in the agent's own config file in your "
+                        "home, so it finds the mesh without this launcher")
     args = p.parse_args(ours)
+    if args.write and args.join:
+        raise UserError("--write keeps a running node's address: use it with --port, not "
+                        "with --join (whose lite client lives only as long as the agent)", 2)
     executable = shutil.which(spec.command)
     if executable is None:
         raise UserError(f"{spec.command} is not installed: {spec.install}")
@@ -168,6 +176,9 @@ def _launch(agent: str, base_url: str, args: Any, user_args: list[str], executab
                         "--model M), give its --port, or join a mesh with --join TOKEN") \
             from None
     launch = launch_for(agent, base_url, model, args.api_key)
+    if args.write:
+        written = write_config(agent, Path.home(), launch, model)
+        print(f"mesh-llm: wrote the mesh's settings for {agent} to {written}", file=sys.stderr)
     print(summary(agent, base_url, model, launch, user_args), file=sys.stderr, flush=True)
     return runner([executable, *launch.args, *user_args], launch.environ(os.environ))
 
