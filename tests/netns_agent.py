@@ -15,10 +15,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from nodes import NodeProcess
 
-PROMPTS = {"claude": ["-p", "Reply with one word.", "--max-turns", "1"],
+PROMPTS = {"claude": ["-p", "Reply with one word.", "--max-turns", "1", "--tools", ""],
            "codex": ["exec", "--skip-git-repo-check", "Reply with one word."]}
 QUIET = {"DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
-         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "NO_UPDATE_NOTIFIER": "1"}
+         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "NO_UPDATE_NOTIFIER": "1",
+         "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "64"}  # a bound, should the grammar not apply
 
 
 def served_requests(home: Path) -> int:
@@ -32,8 +33,15 @@ def main(agent: str, join: bool, work: Path, agents_bin: str) -> dict[str, objec
     links = subprocess.run(["ip", "-o", "link", "show"], check=True, capture_output=True,
                            text=True).stdout.splitlines()
     interfaces = sorted(line.split(":")[1].strip().split("@")[0] for line in links)
-    # Agents ask for up to 32k tokens; SmolLM2 may never stop: llama-server caps each answer.
-    node = NodeProcess(work / "node", "--llama-arg=--n-predict", "--llama-arg=64").start()
+    # Codex names no max_output_tokens: llama-server's own default caps its answers. Claude
+    # Code asks for 32k tokens, sampled, and fails on an answer cut at its limit: a grammar
+    # (llama-server's default for requests that name none) makes SmolLM2 end after a word.
+    args = ["--llama-arg=--n-predict", "--llama-arg=64"]
+    if agent == "claude":
+        grammar = work / "one-word.gbnf"
+        grammar.write_text('root ::= [A-Z] [a-z]{1,10} "."\n')
+        args += ["--llama-arg=--grammar-file", f"--llama-arg={grammar}"]
+    node = NodeProcess(work / "node", *args).start()
     try:
         node.wait_ready()
         before = served_requests(node.home)
