@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import statistics
@@ -15,10 +16,49 @@ from typing import Any
 
 import aiohttp
 
-from mesh_llm.cli.benchmark import sse_data
-
 PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
           {"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+
+
+ROUTES = ("chat", "messages", "responses")  # the API families a bench can stream through
+MODEL = "SmolLM2-135M-Instruct"  # named where a family requires `model`
+
+
+def request_for(route: str, messages: list[dict[str, str]], tokens: int) -> tuple[str, dict]:
+    """The path and streamed, greedy body of one request of `tokens` tokens on `route`."""
+    greedy = {"temperature": 0, "stream": True, "ignore_eos": True}
+    if route == "messages":
+        system = [m["content"] for m in messages if m["role"] == "system"]
+        return "/v1/messages", {"model": MODEL, "max_tokens": tokens, **greedy,
+                                "system": "\n".join(system),
+                                "messages": [m for m in messages if m["role"] != "system"]}
+    if route == "responses":
+        return "/v1/responses", {"model": MODEL, "max_output_tokens": tokens, **greedy,
+                                 "input": messages}
+    return "/v1/chat/completions", {"messages": messages, "max_tokens": tokens, **greedy}
+
+
+def token_text(data: dict[str, Any]) -> str:
+    """The text one streamed event carries, in whichever family's shape it comes."""
+    kind = data.get("type")
+    if kind == "content_block_delta":
+        return str((data.get("delta") or {}).get("text") or "")
+    if kind == "response.output_text.delta":
+        return str(data.get("delta") or "")
+    choices = data.get("choices") or [{}]
+    return str(choices[0].get("delta", {}).get("content") or "")
+
+
+def sse_data(buffer: bytes) -> tuple[list[dict[str, Any]], bytes]:
+    """The complete events' `data:` lines parsed as JSON (an `event:` line may come first,
+    as Anthropic's and the Responses API's streams have it), and the unfinished rest."""
+    *events, rest = buffer.split(b"\n\n")
+    out = []
+    for event in events:
+        for line in event.split(b"\n"):
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                out.append(json.loads(line[6:]))
+    return out, rest
 
 
 @dataclass(frozen=True)
@@ -30,22 +70,22 @@ class Run:
 
 
 async def stream_once(session: aiohttp.ClientSession, base: str, tokens: int = 128,
-                      messages: list[dict[str, str]] | None = None) -> Run:
-    """One streamed chat completion of exactly `tokens` tokens, timed on the client side."""
-    body = {"messages": messages or PROMPT, "max_tokens": tokens, "temperature": 0,
-            "stream": True, "ignore_eos": True}
+                      messages: list[dict[str, str]] | None = None,
+                      route: str = "chat") -> Run:
+    """One streamed completion of exactly `tokens` tokens on `route` (chat completions,
+    Anthropic messages or responses), timed on the client side."""
+    path, body = request_for(route, messages or PROMPT, tokens)
     start = time.perf_counter()
     stamps: list[float] = []
     timings: dict[str, Any] | None = None
-    async with session.post(base + "/v1/chat/completions", json=body) as resp:
+    async with session.post(base + path, json=body) as resp:
         resp.raise_for_status()
         buffer = b""
         async for chunk in resp.content.iter_any():
             events, buffer = sse_data(buffer + chunk)
             for data in events:
                 timings = data.get("timings") or timings
-                choices = data.get("choices") or [{}]
-                if choices[0].get("delta", {}).get("content"):
+                if token_text(data):
                     stamps.append(time.perf_counter())
     if len(stamps) < 2:
         raise RuntimeError(f"only {len(stamps)} tokens streamed from {base}")
@@ -57,36 +97,37 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-async def compare(bases: dict[str, str], reps: int, tokens: int) -> dict[str, tuple[float, float]]:
+async def compare(bases: dict[str, str], reps: int, tokens: int,
+                  route: str = "chat") -> dict[str, tuple[float, float]]:
     """Alternate streamed runs over `bases` (name → API base URL); print and return the
     medians as name → (gen tok/s, TTFT ms). The first run of each is a warm-up."""
     runs: dict[str, list[Run]] = {name: [] for name in bases}
     # llama-server closes a connection after a stream: a fresh one per request, for all.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         for base in bases.values():
-            await stream_once(session, base, tokens)
+            await stream_once(session, base, tokens, route=route)
         for _ in range(reps):
             for name, base in bases.items():
-                runs[name].append(await stream_once(session, base, tokens))
+                runs[name].append(await stream_once(session, base, tokens, route=route))
     result = {name: (median([r.gen_tps for r in v]), median([r.ttft_ms for r in v]))
               for name, v in runs.items()}
-    print(f"{reps} reps × {tokens} tokens, streamed, medians")
+    print(f"{reps} reps × {tokens} tokens, streamed on the {route} route, medians")
     for name, (tps, ttft) in result.items():
         print(f"  {name:<9} gen {tps:7.1f} tok/s   TTFT {ttft:6.2f} ms")
     return result
 
 
-async def added_ttft(base: str, via: str, reps: int) -> float:
+async def added_ttft(base: str, via: str, reps: int, route: str = "chat") -> float:
     """Median over `reps` pairs of (TTFT via `via` − TTFT at `base`), 4-token streams taken
     back to back: the 128-token runs' TTFT medians drift by ±2 ms between runs here."""
     diffs: list[float] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         for _ in range(3):
-            await stream_once(session, base, 4)
-            await stream_once(session, via, 4)
+            await stream_once(session, base, 4, route=route)
+            await stream_once(session, via, 4, route=route)
         for _ in range(reps):
-            first = await stream_once(session, base, 4)
-            second = await stream_once(session, via, 4)
+            first = await stream_once(session, base, 4, route=route)
+            second = await stream_once(session, via, 4, route=route)
             diffs.append(second.ttft_ms - first.ttft_ms)
     return median(diffs)
 

@@ -125,4 +125,5 @@ class FakeNode:
 
     def counters(self) -> Counters:
         return Counters(api_in_flight=1, api_queued=0, console_streams=2,
-                        rpc_server={"state": "running"})
+                        rpc_server={"state": "running"},
+                        api_requests={"fp-model": {"/v1/chat/completions": 3}})

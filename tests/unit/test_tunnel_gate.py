@@ -82,3 +82,30 @@ def test_head_and_body_are_bounded() -> None:
     gate.feed(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")
     with pytest.raises(GateRefusal, match="ended before"):
         gate.finish()
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens",
+                                  "/v1/responses", "/v1/embeddings", "/v1/rerank"])
+def test_every_api_family_passes_one_request(path: str) -> None:
+    body = b'{"model": "m", "input": "hi"}'
+    raw = request_bytes("POST", "h", path + "?beta=true", {"anthropic-version": "2023-06-01"},
+                        body)
+    out = fed(raw)
+    assert out.startswith(f"POST {path}?beta=true HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())
+    assert out.endswith(body)
+    gate = ApiRequestGate()
+    with pytest.raises(GateRefusal, match="after the request"):
+        gate.feed(raw + b"GET /slots HTTP/1.1\r\n\r\n")  # pipelined: refused
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /v1/messages HTTP/1.1\r\n\r\n",
+    b"POST /v1/messages/batches HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    b"GET /v1/responses/abc HTTP/1.1\r\n\r\n",
+    b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: 8388609\r\n\r\n",
+    b"POST /embeddings HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+    b"POST /props HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+])
+def test_near_misses_of_the_new_routes_are_refused(head: bytes) -> None:
+    with pytest.raises(GateRefusal):
+        check_head(head)

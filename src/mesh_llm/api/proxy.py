@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,12 +20,14 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ..changes import ChangeFeed
-from .errors import json_error, json_errors
+from .errors import dialect_errors, json_error, json_errors
 from .guard import LOOPBACK, AllowedHosts
 from .http1 import ResponseHead, request_bytes
 from .jsonbody import BodyError, decode_json_object, read_json_object
 from .middleware import host_guard
 from .name_match import ApiError, ServedModel
+from .request_counts import RouteCounts
+from .routes import POST_PATHS, dialect_of, stream_error_event
 from .upstream import (
     READ_TIMEOUT_S,
     Connect,
@@ -42,7 +43,7 @@ QUEUE_WAIT_S = 30.0  # how long a request waits for a llama-server to be ready
 MAX_QUEUED = 256  # requests waiting at once; past that, a 503 at once
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-POST_ROUTES = ("/v1/chat/completions", "/v1/completions")
+POST_ROUTES = POST_PATHS  # every family llama-server speaks (routes.py's table)
 MODELS_PATH = "/v1/models"
 
 
@@ -82,7 +83,8 @@ class ModelRouter(Protocol):
 
 
 class ApiProxy:
-    """aiohttp handlers for the OpenAI routes; each request gets its own upstream connection."""
+    """aiohttp handlers for the API's routes (OpenAI's, Anthropic's); each request gets its
+    own upstream connection."""
 
     def __init__(self, router: ModelRouter, *, api_key: str | None = None,
                  allowed: AllowedHosts = LOOPBACK, changes: ChangeFeed | None = None) -> None:
@@ -92,9 +94,10 @@ class ApiProxy:
         self._changes = changes  # wakes requests that wait for an upstream
         self.in_flight = 0
         self.queued = 0  # requests waiting for an upstream now
+        self.requests = RouteCounts()  # per model and route, since start (status)
 
     def app(self) -> web.Application:
-        middlewares = [json_errors, host_guard(self._allowed)]
+        middlewares = [dialect_errors, json_errors, host_guard(self._allowed)]
         if self._api_key:
             middlewares.append(self._auth)
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
@@ -107,11 +110,14 @@ class ApiProxy:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {self._api_key}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return json_error(401, "missing or wrong API key (Authorization: Bearer KEY)",
-                              "authentication_error")
+        """`Authorization: Bearer KEY`, or `x-api-key: KEY` as Anthropic's clients send it."""
+        assert self._api_key is not None
+        bearer = request.headers.get("Authorization", "").encode()
+        key = request.headers.get("x-api-key", "").encode()
+        if not (hmac.compare_digest(bearer, f"Bearer {self._api_key}".encode())
+                or hmac.compare_digest(key, self._api_key.encode())):
+            return json_error(401, "missing or wrong API key (Authorization: Bearer KEY, "
+                              "or x-api-key: KEY)", "authentication_error")
         return await handler(request)
 
     async def health(self, _request: web.Request) -> web.Response:
@@ -150,6 +156,7 @@ class ApiProxy:
         found = await self._resolve(requested, deadline)
         if isinstance(found, ApiError):
             return json_error(found.status, found.message, found.kind)
+        self.requests.add(found.name, path)
         router = self._router
         return await self._relay(request, path, body, lambda: router.upstream_for(found),
                                  deadline)
@@ -297,9 +304,8 @@ class ApiProxy:
                 # The client went away: dropping the upstream connection stops generation.
                 return out
             log.warning("upstream stream broke off: %s", err)
-            error = {"error": {"message": f"the host's stream broke off: {err}",
-                               "type": "unavailable"}}
-            await out.write(f"data: {json.dumps(error)}\n\n".encode())
+            await out.write(stream_error_event(dialect_of(request.path),
+                                               f"the host's stream broke off: {err}"))
         await out.write_eof()
         return out
 

@@ -35,3 +35,23 @@ class RequestCounter:
             if not times:
                 del self._times[key]
         return {key: len(times) for key, times in self._times.items()}
+
+
+class RouteCounts:
+    """Requests per served model and API route since the node started (the status's
+    `api_requests`): which API family a client speaks is visible without a log. Routes
+    come from the API's own table, models are bounded by MAX_MODELS."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, dict[str, int]] = {}
+
+    def add(self, model: str, route: str) -> None:
+        per_route = self._counts.get(model)
+        if per_route is None:
+            if len(self._counts) >= MAX_MODELS:
+                del self._counts[next(iter(self._counts))]
+            per_route = self._counts[model] = {}
+        per_route[route] = per_route.get(route, 0) + 1
+
+    def to_json(self) -> dict[str, dict[str, int]]:
+        return {model: dict(routes) for model, routes in self._counts.items()}

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import re
 
+from .routes import GET_PATHS, POST_PATHS
+
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 8 * 1024 * 1024  # the API's own limit
-ROUTES = frozenset({
-    ("GET", "/v1/models"),
-    ("GET", "/health"),
-    ("POST", "/v1/chat/completions"),
-    ("POST", "/v1/completions"),
-})
+ROUTES = frozenset({("GET", p) for p in GET_PATHS} | {("POST", p) for p in POST_PATHS})
 
 _REQUEST_LINE = re.compile(rb"([A-Z]{1,10}) (/[!-~]{0,2047}) HTTP/1\.1")
 _HEADER = re.compile(

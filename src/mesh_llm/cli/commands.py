@@ -1,4 +1,5 @@
-"""The subcommands: `mesh-llm models|download|invite|bench|bundle|deploy|stop|status|doctor`.
+"""The subcommands: `mesh-llm models|download|invite|bench|bundle|deploy|stop|status|doctor`,
+and the coding-agent launchers `claude|codex|opencode|goose` (agents.py).
 
 Each takes its own argv and returns an exit code; a user mistake is a UserError (one line).
 """
@@ -17,6 +18,7 @@ from ..mesh.invites import TokenError
 from ..models.catalog import DEFAULT_MODEL
 from ..netutil import bearer
 from ..node.config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, default_home
+from .agents import agent_commands
 from .args import Parser, port
 
 
@@ -271,5 +273,5 @@ def cmd_doctor(argv: Sequence[str]) -> int:
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "models": cmd_models, "download": cmd_download, "status": cmd_status, "stop": cmd_stop,
     "doctor": cmd_doctor, "invite": cmd_invite, "bench": cmd_bench, "bundle": cmd_bundle,
-    "deploy": cmd_deploy,
+    "deploy": cmd_deploy, **agent_commands(),
 }

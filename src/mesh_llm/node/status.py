@@ -131,6 +131,7 @@ def node_status(node: RunningNode) -> dict[str, Any]:
             "excluded_peers": dict(node.excluded),
             "api_in_flight": counters.api_in_flight,
             "api_queued": counters.api_queued,
+            "api_requests": counters.api_requests,
             "llama_servers": hosting.generations_json() if hosting is not None else [],
             "leaving": node.leaving,
             "console_streams": counters.console_streams,

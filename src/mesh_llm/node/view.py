@@ -24,6 +24,7 @@ class Counters:
     api_queued: int  # API requests waiting for an upstream
     console_streams: int  # open console event streams
     rpc_server: dict[str, Any]  # our ggml-rpc-server's status
+    api_requests: dict[str, dict[str, int]]  # requests since start, per model and route
 
 
 class LocalNode(Protocol):
