@@ -16,6 +16,9 @@ Life of a connection, and the module that does each step:
   5. End: a goodbye (or a GOODBYE close) removes the peer at once; an unexpected loss marks
      it "reconnecting" and the dialler redials its addresses for `reconnect_timeout_s`;
      success → gossip again, failure → the peer is removed.
+  6. Reach: each peer's gossip says where it sees us (observed.py), which puts a NAT's
+     public address first in our token; two members that cannot dial each other are
+     introduced by one linked to both and punch through their NATs (punch.py).
 Our addresses (token, announcement): addresses.py. Shared state: state.py.
 """
 
@@ -29,7 +32,15 @@ from dataclasses import replace
 
 from ..errors import UserError
 from . import adoption
-from .addresses import advertised, remote, token_addrs
+from .addresses import (
+    WILDCARDS,
+    advertised,
+    lan_addrs,
+    local_ips,
+    own_addrs,
+    remote,
+    token_addrs,
+)
 from .announcement import Announcement
 from .auth import AuthResult, Grant
 from .dialler import DialFailed, Dialler
@@ -39,6 +50,7 @@ from .invites import InviteKind, InviteToken, encode_token, mint_invite
 from .join import join_through
 from .membership import Membership
 from .peers import PeerTable, Subscription
+from .punch import Puncher, link_kind
 from .quic import CLOSE_GOODBYE, CLOSE_SHUTDOWN, Connection, QuicTransport, Stream
 from .settings import MeshSettings
 from .state import Link, MeshState
@@ -71,11 +83,16 @@ class Mesh:
         self.bind_port = bind_port
         self.advertise = advertised(advertise)
         self._addrs: list[str] = []
+        self._ips: list[str] = []  # this machine's interface addresses (wildcard bind)
         self._announcement = self._own(announcement)
         self._inbound = Inbound(self._state, register=self._register, adopt=self._adopt)
         self._dialler = Dialler(self._state, register=self._register, adopt=self._adopt,
                                 forget=self._forget_peer)
-        self._membership = Membership(self._state, self._dialler, lambda: self._announcement)
+        self._puncher = Puncher(self._state, self._dialler.dial)
+        self._dialler.on_unreachable = self._puncher.unreachable
+        self._membership = Membership(self._state, self._dialler, lambda: self._announcement,
+                                      on_observed=self._refresh_addrs,
+                                      on_intro=self._puncher.on_message)
         self._started = False
 
     # ------------------------------------------------------------------ public API
@@ -94,6 +111,18 @@ class Mesh:
     def addrs(self) -> list[str]:
         """The addresses this node puts in its token and announcement."""
         return list(self._addrs)
+
+    def addresses(self) -> dict[str, object]:
+        """Where this node is: the bound socket, this machine's own addresses for it, and
+        where peers see it (most recent first): the status's `addresses`."""
+        return {"bound": f"{self.bind_host}:{self.port}",
+                "lan": lan_addrs(self.bind_host, self.port, self._ips),
+                "observed": self._state.observed.addrs()}
+
+    @property
+    def introductions(self) -> int:
+        """Introductions this node made for others (hole punching)."""
+        return self._puncher.introductions
 
     @property
     def secret(self) -> bytes | None:
@@ -127,8 +156,11 @@ class Mesh:
         port = await transport.listen(self.bind_host, self.bind_port)
         self._state.transport = transport
         self._started = True
-        self._addrs = token_addrs(self.bind_host, port, self.advertise)
-        self._announcement = replace(self._announcement, addrs=tuple(self._addrs))
+        self._ips = local_ips() if self.bind_host in WILDCARDS else []
+        self._refresh_addrs()
+        if self.bind_host in WILDCARDS and not self._ips:
+            log.warning("this machine has no address but loopback: invites work on this "
+                        "machine only (--advertise HOST:PORT names one others can reach)")
         log.info("mesh listening on UDP %s:%d as %s (batched UDP I/O: %s)",
                  self.bind_host, port, self.node_id[:12], transport.batched_io)
 
@@ -245,6 +277,25 @@ class Mesh:
 
     # ------------------------------------------------------------------ wiring
 
+    def _refresh_addrs(self) -> None:
+        """Recompute our addresses (start, and when peers see us somewhere new): a NAT's
+        public address goes first in the invites printed from then on, and is gossiped."""
+        port, observed = self.port, self._state.observed
+        lan = lan_addrs(self.bind_host, port, self._ips)
+        public = observed.public(lan)
+        addrs = token_addrs(self.bind_host, port, self.advertise, self._ips, public)
+        self._state.own_addrs = own_addrs(self.bind_host, port, self._ips, observed.addrs())
+        if addrs == self._addrs:
+            return
+        new_public = [a for a in public if a not in self._addrs]
+        self._addrs = addrs
+        if self._started and new_public:
+            log.info("peers see this node at %s: invites list it first from now on",
+                     ", ".join(new_public))
+        self._announcement = replace(self._announcement, addrs=tuple(addrs))
+        if self._started:
+            self._membership.schedule_broadcast()
+
     def _own(self, announcement: Announcement) -> Announcement:
         """Our announcement, stamped with our addresses and checked as a peer would."""
         if announcement.node_id != self.node_id:
@@ -268,12 +319,13 @@ class Mesh:
         if state.stopping:
             state.close_link(link, CLOSE_SHUTDOWN, "shutting down")
             return False
+        link.kind = link_kind(state.punching.get(peer), link.dialed)
         adoption.adopt(state, link)
         self._dialler.connected(peer)
         if peer in state.table:
-            state.table.set_connection(peer, conn, result.grant)
+            state.table.set_connection(peer, conn, result.grant, link.kind)
         state.notify_active(peer)
-        log.info("connected to %s (%s, %s%s)", peer[:12], remote(conn),
+        log.info("connected to %s (%s, %s, %s%s)", peer[:12], remote(conn), link.kind,
                  "dialled" if link.dialed else "accepted",
                  ", client invite" if result.grant == "client" else "")
         link.session = self._membership.session(link)

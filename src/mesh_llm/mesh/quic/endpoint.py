@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import socket
 from collections.abc import Callable
@@ -120,6 +121,18 @@ class QuicTransport:
         self._family = socket.AF_INET
         self.port = 0
         self.batched_io = False
+
+    @property
+    def cert_fingerprint(self) -> bytes:
+        """SHA-256 of our own certificate: a dial whose server shows it reached us."""
+        return hashlib.sha256(self._cert_der).digest()
+
+    def send_raw(self, data: bytes, addr: tuple[str, int]) -> None:
+        """One datagram from the mesh socket that no QUIC endpoint reads (hole punching:
+        it opens our NAT's mapping towards `addr`)."""
+        router = self._router
+        if router is not None and router.transport is not None:
+            router.transport.sendto(data, addr)
 
     @property
     def connections(self) -> list[Connection]:
