@@ -23,7 +23,14 @@ from mesh_llm.mesh.gossip import (
     state_message,
 )
 from mesh_llm.mesh.observed import ObservedAddrs, valid_observed
-from mesh_llm.mesh.punch import introductions, link_kind, punch_targets, recent
+from mesh_llm.mesh.punch import (
+    introductions,
+    link_kind,
+    path_kind,
+    punch_targets,
+    recent,
+    remember_path,
+)
 
 A, B = "a" * 64, "b" * 64
 
@@ -144,3 +151,12 @@ def test_recent_is_a_bounded_rate_limit() -> None:
     recent(last, "y", 6.0, 5.0, 2)
     recent(last, "z", 6.0, 5.0, 2)
     assert len(last) == 2 and "x" not in last
+
+
+def test_a_later_link_on_a_punched_path_is_punched_too() -> None:
+    paths: dict[str, str] = {}
+    remember_path(paths, A, "198.51.100.2:1", limit=1)
+    assert path_kind(paths, A, "198.51.100.2:1", None, dialed=True) == "punched"
+    assert path_kind(paths, A, "10.0.0.2:1", None, dialed=True) == "direct"
+    remember_path(paths, B, "198.51.100.3:1", limit=1)
+    assert paths == {B: "198.51.100.3:1"}

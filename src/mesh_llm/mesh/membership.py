@@ -17,6 +17,7 @@ from .auth import Grant
 from .dialler import Dialler
 from .gossip import Intro, IntroRequest, PeerHint, StateMsg, state_message
 from .invites import MAX_ADDRS
+from .punch import remember_path
 from .quic import CLOSE_GOODBYE, CLOSE_PROTOCOL_ERROR
 from .session import GossipSession
 from .state import Link, MeshState
@@ -101,8 +102,9 @@ class Membership:
             announcement, addrs = clamp_client(announcement), []
         elif (observed := remote(link.conn)) not in addrs and len(addrs) < MAX_ADDRS:
             addrs.append(observed)
-        if msg.punched:
+        if msg.punched and link.kind != "punched":
             link.kind = "punched"
+            remember_path(state.punched_paths, peer, remote(link.conn))
         known = peer in state.table
         state.table.upsert(peer, announcement, link.conn, addrs, grant, link.kind)
         if not known:

@@ -50,7 +50,7 @@ from .invites import InviteKind, InviteToken, encode_token, mint_invite
 from .join import join_through
 from .membership import Membership
 from .peers import PeerTable, Subscription
-from .punch import Puncher, link_kind
+from .punch import Puncher, path_kind, remember_path
 from .quic import CLOSE_GOODBYE, CLOSE_SHUTDOWN, Connection, QuicTransport, Stream
 from .settings import MeshSettings
 from .state import Link, MeshState
@@ -79,6 +79,7 @@ class Mesh:
                                 settings or MeshSettings())
         self.settings = self._state.settings
         self.on_secret: Callable[[bytes], None] | None = None  # the mesh secret changed
+        self.on_addrs: Callable[[list[str]], None] | None = None  # our addresses changed
         self.bind_host = bind_host
         self.bind_port = bind_port
         self.advertise = advertised(advertise)
@@ -292,6 +293,8 @@ class Mesh:
         if self._started and new_public:
             log.info("peers see this node at %s: invites list it first from now on",
                      ", ".join(new_public))
+        if self._started and self.on_addrs is not None:
+            self.on_addrs(list(addrs))
         self._announcement = replace(self._announcement, addrs=tuple(addrs))
         if self._started:
             self._membership.schedule_broadcast()
@@ -319,7 +322,10 @@ class Mesh:
         if state.stopping:
             state.close_link(link, CLOSE_SHUTDOWN, "shutting down")
             return False
-        link.kind = link_kind(state.punching.get(peer), link.dialed)
+        link.kind = path_kind(state.punched_paths, peer, remote(conn),
+                              state.punching.get(peer), link.dialed)
+        if link.kind == "punched":
+            remember_path(state.punched_paths, peer, remote(conn))
         adoption.adopt(state, link)
         self._dialler.connected(peer)
         if peer in state.table:

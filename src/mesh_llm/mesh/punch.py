@@ -69,6 +69,24 @@ def link_kind(mode: str | None, dialed: bool) -> str:
     return "direct"
 
 
+def remember_path(paths: dict[str, str], peer: str, addr: str, limit: int = MAX_PAIRS) -> None:
+    """Note that the path to `peer` at `addr` was punched (bounded: oldest forgotten)."""
+    paths.pop(peer, None)
+    paths[peer] = addr
+    while len(paths) > limit:
+        paths.pop(next(iter(paths)))
+
+
+def path_kind(paths: dict[str, str], peer: str, addr: str, mode: str | None,
+              dialed: bool) -> str:
+    """A new link's kind: punched when found by punching now (`link_kind`), or when it
+    runs on a path to that peer that was punched before."""
+    kind = link_kind(mode, dialed)
+    if kind == "direct" and paths.get(peer) == addr:
+        return "punched"
+    return kind
+
+
 def recent(last: dict[Any, float], key: Any, now: float, window: float, limit: int) -> bool:
     """Whether `key` was seen within `window` s (if not, it is recorded now)."""
     seen = last.get(key)

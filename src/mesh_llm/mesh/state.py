@@ -82,6 +82,9 @@ class MeshState:
         self.observed = ObservedAddrs()  # where peers see us
         # Peers we send to right now: "intro" (an introduction), "dial" (a gossip hint).
         self.punching: dict[str, str] = {}
+        # Peer → the address of its punched path: a later link on that path (a duplicate,
+        # a reconnect) is punched too.
+        self.punched_paths: dict[str, str] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 

@@ -309,7 +309,9 @@ class Node:
             await self.mesh.start()
         except OSError as err:
             raise UserError(_bind_problem(err, cfg.bind_host, cfg.bind_port)) from None
-        self.home.save_node_info({"node_id": self.node_id, "addrs": self.mesh.addrs})
+        self.mesh.on_addrs = lambda addrs: self.home.save_node_info(  # for `mesh-llm invite`
+            {"node_id": self.node_id, "addrs": addrs})
+        self.mesh.on_addrs(self.mesh.addrs)
         self.mesh.peers.add_listener(self._on_peer_event)
         # A lite client needs the API tunnel and nothing else; serving is for members.
         self.mesh.add_stream_handler(StreamType.HTTP_TUNNEL, self.router.serve_http_tunnel,
