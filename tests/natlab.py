@@ -11,17 +11,20 @@ prefix (veth pairs are made from inside them), so no packet ever crosses this ma
 own interfaces, and `close()` deletes them all even after a failure.
 
 Tests talk to a lab machine's 127.0.0.1 through `LabNode`, whose HTTP calls run on a
-thread that entered the machine's namespace (setns).
+thread that entered the machine's namespace (setns); `LabLoop` runs an event loop on such
+a thread, for in-process meshes on a lab machine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -235,3 +238,40 @@ class LabNode(NodeProcess):
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class LabLoop:
+    """An event loop on a thread inside a lab machine's namespace: every socket made by
+    what runs on it (an in-process Mesh) belongs to that machine."""
+
+    def __init__(self, lab: NatLab, machine: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, args=(lab.ns(machine),),
+                                        name=f"lab-{machine}", daemon=True)
+        self._thread.start()
+
+    def _serve(self, netns: str) -> None:
+        _enter(netns)
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Awaitable[T], timeout: float = 30.0) -> T:
+        """Run `coro` on the machine's loop and wait for its result."""
+        async def wrapped() -> T:
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(wrapped(), self.loop).result(timeout)
+
+    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
+        """`fn()` on the machine's loop (reads a mesh's state without racing it)."""
+        async def wrapped() -> T:
+            return fn()
+
+        return self.run(wrapped(), timeout)
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()

@@ -1,0 +1,90 @@
+"""Hole punching by introduction, with in-process meshes on NAT lab machines
+(tests/natlab.py): each mesh runs on an event loop inside its machine's namespace.
+
+The timers make the two homes' own dials miss each other (the larger id waits 30 s before
+dialling what gossip told it), so only an introduction by the public member links them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mesh_llm.mesh import Announcement, Mesh, MeshSettings
+from mesh_llm.mesh.identity import Identity
+from mesh_llm.mesh.invites import InviteToken, encode_token, new_secret
+from natlab import LabLoop, NatLab, lab_available, leftover_namespaces
+from waiting import wait_until
+
+WHY_NOT = lab_available()
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+
+SETTINGS = MeshSettings(gossip_dial_delay_s=30.0, punch_after_s=1.0, redial_backoff_s=30.0,
+                        punch_window_s=5.0)
+
+
+@pytest.fixture
+def lab() -> Iterator[NatLab]:
+    prefix = f"mli{os.getpid() % 100000}"
+    with NatLab(prefix) as built:
+        yield built
+    assert leftover_namespaces(prefix) == []
+
+
+class Machine:
+    """A lab machine's loop and the mesh on it."""
+
+    def __init__(self, lab: NatLab, name: str) -> None:
+        self.loop = LabLoop(lab, name)
+        self.mesh: Mesh | None = None
+
+    def start(self, home: Path, secret: bytes) -> Mesh:
+        identity = Identity.load_or_create(home)
+        mesh = Mesh(identity, secret, Announcement(identity.node_id, models=("m",)),
+                    bind_host="0.0.0.0", settings=SETTINGS)
+        self.loop.run(mesh.start())
+        self.mesh = mesh
+        return mesh
+
+    def link(self, peer: str) -> str | None:
+        """The kind of our connected link to `peer` (None without one)."""
+        assert self.mesh is not None
+        mesh = self.mesh
+
+        def read() -> str | None:
+            info = mesh.peers.get(peer)
+            return info.link if info is not None and info.connected else None
+
+        return self.loop.call(read)
+
+    def close(self) -> None:
+        if self.mesh is not None:
+            self.loop.run(self.mesh.stop())
+        self.loop.close()
+
+
+def test_two_homes_that_cannot_dial_each_other_are_introduced_and_punch(
+        lab: NatLab, tmp_path: Path) -> None:
+    lab.internet()
+    lab.public("P")
+    lab.home("A", 1)
+    lab.home("B", 2)
+    machines = {name: Machine(lab, name) for name in ("P", "A", "B")}
+    try:
+        secret = new_secret()
+        p = machines["P"].start(tmp_path / "p", secret)
+        token = encode_token(InviteToken(p.node_id, p.addrs, secret))
+        a = machines["A"].start(tmp_path / "a", secret)
+        b = machines["B"].start(tmp_path / "b", secret)
+        machines["A"].loop.run(a.join([token], timeout=10))
+        machines["B"].loop.run(b.join([token], timeout=10))
+        wait_until(lambda: machines["A"].link(b.node_id) == "punched", "A–B punched", 20)
+        wait_until(lambda: machines["B"].link(a.node_id) == "punched", "B–A punched", 5)
+        assert machines["P"].loop.call(lambda: p.introductions) == 1
+        observed = machines["A"].loop.call(a.addresses)["observed"]
+        assert observed and observed[0].startswith("198.51.100."), observed
+    finally:
+        for machine in machines.values():
+            machine.close()
