@@ -157,8 +157,9 @@ class Puncher:
 
     def _on_intro(self, introducer: str, msg: Intro) -> None:
         state, peer = self._state, msg.peer
-        if peer == state.node_id or peer in state.peer_links or peer in state.punching:
-            return
+        if peer == state.node_id or peer in state.peer_links \
+                or state.punching.get(peer) == "intro":
+            return  # (a gossip dial of it may run: the introduction takes over)
         if sum(1 for mode in state.punching.values() if mode == "intro") >= MAX_PUNCHES:
             return
         addrs = punch_targets(msg.addrs, state.own_addrs)
