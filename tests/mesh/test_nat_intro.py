@@ -88,3 +88,35 @@ def test_two_homes_that_cannot_dial_each_other_are_introduced_and_punch(
     finally:
         for machine in machines.values():
             machine.close()
+
+
+def test_a_nat_that_randomises_ports_defeats_punching_and_nothing_links(
+        lab: NatLab, tmp_path: Path) -> None:
+    # Home C's NAT maps each destination to a new port: the address P saw is not the one
+    # A's packets would have to reach. The introduction is made, punching fails, the two
+    # stay unlinked (relaying through a member is what such a pair needs).
+    lab.internet()
+    lab.public("P")
+    lab.home("A", 1)
+    lab.home("C", 3, fully_random=True)
+    machines = {name: Machine(lab, name) for name in ("P", "A", "C")}
+    try:
+        secret = new_secret()
+        p = machines["P"].start(tmp_path / "p", secret)
+        token = encode_token(InviteToken(p.node_id, p.addrs, secret))
+        a = machines["A"].start(tmp_path / "a", secret)
+        c = machines["C"].start(tmp_path / "c", secret)
+        machines["A"].loop.run(a.join([token], timeout=10))
+        machines["C"].loop.run(c.join([token], timeout=10))
+        wait_until(lambda: machines["P"].loop.call(lambda: p.introductions) == 1,
+                   "the introduction", 15)
+        punching = {a.node_id: machines["C"], c.node_id: machines["A"]}
+        for peer, machine in punching.items():
+            mesh = machine.mesh
+            assert mesh is not None
+            wait_until(lambda m=machine, me=mesh: not m.loop.call(  # type: ignore[misc]
+                lambda: me._state.punching), "punching over", 15)
+            assert machine.link(peer) is None
+    finally:
+        for machine in machines.values():
+            machine.close()

@@ -158,5 +158,6 @@ def test_a_later_link_on_a_punched_path_is_punched_too() -> None:
     remember_path(paths, A, "198.51.100.2:1", limit=1)
     assert path_kind(paths, A, "198.51.100.2:1", None, dialed=True) == "punched"
     assert path_kind(paths, A, "10.0.0.2:1", None, dialed=True) == "direct"
+    assert path_kind(paths, A, "127.0.0.1:1", "intro", dialed=True) == "direct"
     remember_path(paths, B, "198.51.100.3:1", limit=1)
     assert paths == {B: "198.51.100.3:1"}

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .addresses import remote, shareable
+from .addresses import is_loopback, remote, shareable
 from .gossip import MAX_INTRO_ADDRS, Intro, IntroRequest, intro_message, intro_request
 from .invites import parse_addr
 from .observed import valid_observed
@@ -80,7 +80,9 @@ def remember_path(paths: dict[str, str], peer: str, addr: str, limit: int = MAX_
 def path_kind(paths: dict[str, str], peer: str, addr: str, mode: str | None,
               dialed: bool) -> str:
     """A new link's kind: punched when found by punching now (`link_kind`), or when it
-    runs on a path to that peer that was punched before."""
+    runs on a path to that peer that was punched before. Nothing on this machine is."""
+    if is_loopback(addr):
+        return "direct"
     kind = link_kind(mode, dialed)
     if kind == "direct" and paths.get(peer) == addr:
         return "punched"
