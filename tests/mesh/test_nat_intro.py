@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -40,10 +41,10 @@ class Machine:
         self.loop = LabLoop(lab, name)
         self.mesh: Mesh | None = None
 
-    def start(self, home: Path, secret: bytes) -> Mesh:
+    def start(self, home: Path, secret: bytes, settings: MeshSettings = SETTINGS) -> Mesh:
         identity = Identity.load_or_create(home)
         mesh = Mesh(identity, secret, Announcement(identity.node_id, models=("m",)),
-                    bind_host="0.0.0.0", settings=SETTINGS)
+                    bind_host="0.0.0.0", settings=settings)
         self.loop.run(mesh.start())
         self.mesh = mesh
         return mesh
@@ -90,11 +91,11 @@ def test_two_homes_that_cannot_dial_each_other_are_introduced_and_punch(
             machine.close()
 
 
-def test_a_nat_that_randomises_ports_defeats_punching_and_nothing_links(
+def test_a_nat_that_randomises_ports_defeats_punching_and_without_a_relay_nothing_links(
         lab: NatLab, tmp_path: Path) -> None:
     # Home C's NAT maps each destination to a new port: the address P saw is not the one
-    # A's packets would have to reach. The introduction is made, punching fails, the two
-    # stay unlinked (relaying through a member is what such a pair needs).
+    # A's packets would have to reach. The introduction is made, punching fails, and P
+    # does not relay: the two stay unlinked, and the one that asked says why.
     lab.internet()
     lab.public("P")
     lab.home("A", 1)
@@ -102,7 +103,7 @@ def test_a_nat_that_randomises_ports_defeats_punching_and_nothing_links(
     machines = {name: Machine(lab, name) for name in ("P", "A", "C")}
     try:
         secret = new_secret()
-        p = machines["P"].start(tmp_path / "p", secret)
+        p = machines["P"].start(tmp_path / "p", secret, replace(SETTINGS, relay_enabled=False))
         token = encode_token(InviteToken(p.node_id, p.addrs, secret))
         a = machines["A"].start(tmp_path / "a", secret)
         c = machines["C"].start(tmp_path / "c", secret)
@@ -117,6 +118,38 @@ def test_a_nat_that_randomises_ports_defeats_punching_and_nothing_links(
             wait_until(lambda m=machine, me=mesh: not m.loop.call(  # type: ignore[misc]
                 lambda: me._state.punching), "punching over", 15)
             assert machine.link(peer) is None
+        asker = machines["A"] if a.node_id < c.node_id else machines["C"]
+        assert asker.mesh is not None
+        mesh = asker.mesh
+        reasons = wait_until(lambda: asker.loop.call(lambda: mesh.relay_stats()["unreachable"]),
+                             "the reason", 15)
+        assert "does not relay" in next(iter(reasons.values())), reasons
+        assert machines["P"].loop.call(p.relay_stats)["refused"] == 1
+    finally:
+        for machine in machines.values():
+            machine.close()
+
+
+def test_where_punching_fails_the_introducer_relays_end_to_end(
+        lab: NatLab, tmp_path: Path) -> None:
+    lab.internet()
+    lab.public("P")
+    lab.home("A", 1)
+    lab.home("C", 3, fully_random=True)
+    machines = {name: Machine(lab, name) for name in ("P", "A", "C")}
+    try:
+        secret = new_secret()
+        p = machines["P"].start(tmp_path / "p", secret)
+        token = encode_token(InviteToken(p.node_id, p.addrs, secret))
+        a = machines["A"].start(tmp_path / "a", secret)
+        c = machines["C"].start(tmp_path / "c", secret)
+        machines["A"].loop.run(a.join([token], timeout=10))
+        machines["C"].loop.run(c.join([token], timeout=10))
+        via = f"relayed (via {p.node_id[:12]})"
+        wait_until(lambda: machines["A"].link(c.node_id) == via, "A–C relayed", 30)
+        wait_until(lambda: machines["C"].link(a.node_id) == via, "C–A relayed", 5)
+        stats = machines["P"].loop.call(p.relay_stats)
+        assert stats["pairs"] == 1 and stats["forwarded_bytes"] > 0, stats
     finally:
         for machine in machines.values():
             machine.close()

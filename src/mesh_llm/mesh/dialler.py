@@ -22,6 +22,7 @@ from .gossip import MAX_GOSSIPED_PEERS, PeerHint
 from .invites import MAX_ADDRS, Invite, TokenError, parse_addr
 from .protocol import StreamType
 from .quic import CLOSE_AUTH_FAILED, CLOSE_SHUTDOWN, Connection, QuicTransport, TransportError
+from .relay import is_virtual
 from .state import Link, MeshState
 
 log = logging.getLogger("mesh_llm.mesh")
@@ -294,6 +295,8 @@ class Dialler:
 
 
 async def _handshake(transport: QuicTransport, addr: str, timeout: float) -> Connection:
+    if is_virtual(addr):
+        return await transport.connect_virtual(parse_addr(addr), timeout)
     try:
         host, port = parse_addr(addr)
     except TokenError as err:

@@ -19,6 +19,7 @@ from .gossip import Intro, IntroRequest, PeerHint, StateMsg, state_message
 from .invites import MAX_ADDRS
 from .punch import remember_path
 from .quic import CLOSE_GOODBYE, CLOSE_PROTOCOL_ERROR
+from .relay import is_virtual
 from .session import GossipSession
 from .state import Link, MeshState
 
@@ -100,7 +101,8 @@ class Membership:
             # A client invite grants the API tunnel and nothing else: whatever it claims,
             # it is a client with no memory, no model and no say in the election.
             announcement, addrs = clamp_client(announcement), []
-        elif (observed := remote(link.conn)) not in addrs and len(addrs) < MAX_ADDRS:
+        elif (observed := remote(link.conn)) not in addrs and len(addrs) < MAX_ADDRS \
+                and not is_virtual(observed):
             addrs.append(observed)
         if msg.punched and link.kind != "punched":
             link.kind = "punched"

@@ -50,8 +50,10 @@ from .invites import InviteKind, InviteToken, encode_token, mint_invite
 from .join import join_through
 from .membership import Membership
 from .peers import PeerTable, Subscription
+from .protocol import StreamType
 from .punch import Puncher, path_kind, remember_path
 from .quic import CLOSE_GOODBYE, CLOSE_SHUTDOWN, Connection, QuicTransport, Stream
+from .relay import Relays
 from .settings import MeshSettings
 from .state import Link, MeshState
 
@@ -89,7 +91,9 @@ class Mesh:
         self._inbound = Inbound(self._state, register=self._register, adopt=self._adopt)
         self._dialler = Dialler(self._state, register=self._register, adopt=self._adopt,
                                 forget=self._forget_peer)
-        self._puncher = Puncher(self._state, self._dialler.dial)
+        self._relays = Relays(self._state, self.open_stream)
+        self._inbound.add_handler(StreamType.RELAY, self._relays.serve, False)
+        self._puncher = Puncher(self._state, self._dialler.dial, self._relays.open_path)
         self._dialler.on_unreachable = self._puncher.unreachable
         self._membership = Membership(self._state, self._dialler, lambda: self._announcement,
                                       on_observed=self._refresh_addrs,
@@ -119,6 +123,11 @@ class Mesh:
         return {"bound": f"{self.bind_host}:{self.port}",
                 "lan": lan_addrs(self.bind_host, self.port, self._ips),
                 "observed": self._state.observed.addrs()}
+
+    def relay_stats(self) -> dict[str, object]:
+        """What this node relays for others (pairs, bytes) and the pairs it could reach
+        neither by punching nor through a relay, with why."""
+        return {**self._relays.stats(), "unreachable": dict(self._puncher.unrelayed)}
 
     @property
     def introductions(self) -> int:
@@ -323,7 +332,8 @@ class Mesh:
             state.close_link(link, CLOSE_SHUTDOWN, "shutting down")
             return False
         link.kind = path_kind(state.punched_paths, peer, remote(conn),
-                              state.punching.get(peer), link.dialed)
+                              state.punching.get(peer), link.dialed,
+                              self._relays.paths.get(remote(conn)))
         if link.kind == "punched":
             remember_path(state.punched_paths, peer, remote(conn))
         adoption.adopt(state, link)

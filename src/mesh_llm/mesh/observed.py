@@ -16,6 +16,7 @@ from .invites import TokenError, format_addr, parse_addr
 
 MAX_REPORTERS = 32  # peers whose latest report is remembered
 MAX_OBSERVED = 4  # distinct addresses shown and handed out
+_DISCARD = ipaddress.IPv6Network("100::/64")
 
 
 def valid_observed(addr: object) -> str | None:
@@ -27,7 +28,8 @@ def valid_observed(addr: object) -> str | None:
         ip = ipaddress.ip_address(host)
     except (TokenError, ValueError):
         return None
-    if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_reserved \
+            or ip in _DISCARD:  # a relay's virtual path (relay.py), not an address
         return None
     return format_addr(str(ip), port)
 

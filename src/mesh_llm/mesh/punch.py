@@ -17,15 +17,18 @@ literals that are not ours, and punches are bounded in number, rate and time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .addresses import is_loopback, remote, shareable
+from .dialler import DialFailed
 from .gossip import MAX_INTRO_ADDRS, Intro, IntroRequest, intro_message, intro_request
 from .invites import parse_addr
 from .observed import valid_observed
+from .relay import is_virtual
 from .state import Link, MeshState
 
 log = logging.getLogger("mesh_llm.mesh")
@@ -37,6 +40,7 @@ MAX_INTRODUCERS = 2  # members asked for one introduction
 MAX_PAIRS = 256  # pairs remembered by an introducer (rate limit)
 
 Dial = Callable[[str, list[str], float], Awaitable[str]]
+OpenPath = Callable[[str, str, float], Awaitable[str]]  # (relay, peer, timeout) → address
 
 
 # ------------------------------------------------------------------ pure decisions
@@ -78,9 +82,12 @@ def remember_path(paths: dict[str, str], peer: str, addr: str, limit: int = MAX_
 
 
 def path_kind(paths: dict[str, str], peer: str, addr: str, mode: str | None,
-              dialed: bool) -> str:
-    """A new link's kind: punched when found by punching now (`link_kind`), or when it
-    runs on a path to that peer that was punched before. Nothing on this machine is."""
+              dialed: bool, relay: str | None = None) -> str:
+    """A new link's kind: relayed when it runs over a relay's virtual path; punched when
+    found by punching now (`link_kind`), or when it runs on a path to that peer that was
+    punched before. Nothing on this machine is."""
+    if relay is not None:
+        return f"relayed (via {relay[:12]})"
     if is_loopback(addr):
         return "direct"
     kind = link_kind(mode, dialed)
@@ -108,12 +115,14 @@ class Puncher:
     """Asks for, makes and acts on introductions. `dial(peer, addrs, timeout)` is the
     dialler's; each link's gossip session carries the messages."""
 
-    def __init__(self, state: MeshState, dial: Dial) -> None:
+    def __init__(self, state: MeshState, dial: Dial, open_path: OpenPath | None = None) -> None:
         self._state = state
         self._dial = dial
+        self._open_path = open_path
         self._asked: dict[str, float] = {}  # peer → when we last asked about it
         self._introduced: dict[frozenset[str], float] = {}  # pair → when introduced
         self.introductions = 0  # made for others (tests and status read it)
+        self.unrelayed: dict[str, str] = {}  # peer → why neither punching nor a relay worked
 
     def unreachable(self, peer: str, told_by: list[str]) -> None:
         """We could not dial `peer`: ask the members that told us of it to introduce us."""
@@ -145,10 +154,12 @@ class Puncher:
                   MAX_PAIRS):
             return
         info_a, info_t = state.table.get(asker), state.table.get(target)
-        asker_addrs = [remote(asker_link.conn),
-                       *shareable(info_a.addrs if info_a else [], False)]
-        target_addrs = [remote(target_link.conn),
-                        *shareable(info_t.addrs if info_t else [], False)]
+        asker_addrs = [a for a in [remote(asker_link.conn),
+                                   *shareable(info_a.addrs if info_a else [], False)]
+                       if not is_virtual(a)] or ["0.0.0.0:1"]
+        target_addrs = [a for a in [remote(target_link.conn),
+                                    *shareable(info_t.addrs if info_t else [], False)]
+                        if not is_virtual(a)] or ["0.0.0.0:1"]
         to_asker, to_target = introductions(asker, list(dict.fromkeys(asker_addrs)), target,
                                             list(dict.fromkeys(target_addrs)),
                                             state.settings.punch_delay_ms)
@@ -165,14 +176,16 @@ class Puncher:
         if sum(1 for mode in state.punching.values() if mode == "intro") >= MAX_PUNCHES:
             return
         addrs = punch_targets(msg.addrs, state.own_addrs)
-        if not addrs:
+        if not addrs and not (msg.dial and self._open_path is not None):
             return
         log.info("punching through to %s at %s (introduced by %s)", peer[:12],
                  ", ".join(addrs), introducer[:12])
         state.punching[peer] = "intro"
-        state.spawn(self._punch(peer, addrs, msg.dial, msg.in_ms / 1000.0), "mesh-punch")
+        state.spawn(self._punch(peer, addrs, msg.dial, msg.in_ms / 1000.0, introducer),
+                    "mesh-punch")
 
-    async def _punch(self, peer: str, addrs: list[str], dial: bool, delay: float) -> None:
+    async def _punch(self, peer: str, addrs: list[str], dial: bool, delay: float,
+                     introducer: str) -> None:
         state = self._state
         loop = asyncio.get_running_loop()
         try:
@@ -181,8 +194,11 @@ class Puncher:
             if dial:
                 # The other end's first datagrams open its NAT; ours follow a moment later.
                 await state.wait_active(peer, PUNCH_INTERVAL_S * 2)
-                if peer not in state.peer_links:
-                    await self._dial(peer, addrs, max(0.1, end - loop.time()))
+                if peer not in state.peer_links and addrs:
+                    with contextlib.suppress(DialFailed):
+                        await self._dial(peer, addrs, max(0.1, end - loop.time()))
+                if peer not in state.peer_links and self._open_path is not None:
+                    await self._relay(peer, introducer)
                 return
             targets = [parse_addr(a) for a in addrs]
             while peer not in state.peer_links and not state.stopping and loop.time() < end:
@@ -199,6 +215,19 @@ class Puncher:
                 del state.punching[peer]
             if peer not in state.peer_links and not state.stopping:
                 log.info("no link to %s after punching", peer[:12])
+
+    async def _relay(self, peer: str, relay: str) -> None:
+        """Punching failed: ask the introducer to carry our packets to `peer`."""
+        assert self._open_path is not None
+        timeout = self._state.settings.dial_timeout_s
+        try:
+            addr = await self._open_path(relay, peer, timeout)
+            await self._dial(peer, [addr], timeout)
+        except (ConnectionError, DialFailed) as err:
+            self.unrelayed[peer] = str(err)[:300]
+            log.info("no relay to %s through %s: %s", peer[:12], relay[:12], err)
+        else:
+            self.unrelayed.pop(peer, None)
 
     def _send(self, peer: str, message: dict[str, Any]) -> bool:
         link = self._state.active_link(peer)

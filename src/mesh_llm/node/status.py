@@ -126,6 +126,7 @@ def node_status(node: Node) -> dict[str, Any]:
             "invites": {"worker": token or None,
                         "client": (mesh.invite("client") or None) if mesh is not None else None},
             "addresses": mesh.addresses() if mesh is not None else None,
+            "relay": mesh.relay_stats() if mesh is not None else None,
             "trusted_hosts": sorted(cfg.trust_hosts) if cfg.trust_hosts is not None else None,
             "engine": {"backend": node.setup.backend, "devices": [
                 {"name": d.name, "description": d.description,
