@@ -90,3 +90,46 @@ def test_two_homes_behind_nat_punch_a_direct_link_that_outlives_the_public_membe
     assert linked(a, id_b, "punched") and linked(b, id_a, "punched")
     rtt = a.peer(id_b)["rtt_ms"]  # type: ignore[index]
     assert rtt is not None and rtt < 1000
+
+
+def relay_lab(lab: NatLab, tmp_path: Path, *p_args: str) -> tuple[LabNode, LabNode, LabNode]:
+    """P public, A behind a NAT that keeps ports, C behind one that randomises them."""
+    lab.internet()
+    lab.public("P")
+    lab.home("A", 1)
+    lab.home("C", 3, fully_random=True)
+    p = lab.node("P", tmp_path / "p", *p_args).wait_ready()
+    token = p.status()["token"]
+    return p, lab.node("A", tmp_path / "a", "--join", token), \
+        lab.node("C", tmp_path / "c", "--join", token)
+
+
+def test_where_punching_fails_a_member_relays_and_counts_it(lab: NatLab,
+                                                            tmp_path: Path) -> None:
+    p, a, c = relay_lab(lab, tmp_path)
+    id_p = p.status()["node_id"]
+    id_a = a.wait_for(lambda: a.status()["node_id"], "A's status")
+    id_c = c.wait_for(lambda: c.status()["node_id"], "C's status")
+    via = f"relayed (via {id_p[:12]})"
+    a.wait_for(lambda: linked(a, id_c, via), "A–C relayed (A's view)", 60)
+    c.wait_for(lambda: linked(c, id_a, via), "A–C relayed (C's view)", 20)
+    relay = p.wait_for(lambda: (s := p.status()["relay"])["forwarded_bytes"] > 0 and s,
+                       "relayed bytes counted", 20)
+    assert relay["pairs"] == 1 and relay["enabled"]
+    assert c.peer(id_a)["rtt_ms"] is not None  # type: ignore[index]
+
+
+def test_a_member_with_no_relay_refuses_and_the_pair_says_why(lab: NatLab,
+                                                              tmp_path: Path) -> None:
+    p, a, c = relay_lab(lab, tmp_path, "--no-relay")
+
+    def reason() -> str | None:
+        for node in (a, c):
+            why = node.status()["relay"]["unreachable"]
+            if why:
+                return next(iter(why.values()))
+        return None
+
+    why = a.wait_for(reason, "a reason", 60)
+    assert "does not relay (--no-relay)" in why, why
+    assert p.status()["relay"]["refused"] >= 1 and p.status()["relay"]["pairs"] == 0

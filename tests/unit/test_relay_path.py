@@ -14,6 +14,7 @@ from mesh_llm.mesh.relay import (
     Framer,
     frame,
     is_virtual,
+    parse_relay_limit,
     refusal,
     virtual_addr,
 )
@@ -57,3 +58,11 @@ def test_a_virtual_path_is_per_pair_and_never_an_address_of_ours() -> None:
     assert not is_virtual("198.51.100.2:5") and not is_virtual("nonsense")
     assert valid_observed(addr) is None
     assert path_kind({}, B, addr, None, True, relay=R) == f"relayed (via {R[:12]})"
+
+
+def test_relay_limit_flag() -> None:
+    assert parse_relay_limit("4,2") == (4, 2_000_000)
+    assert parse_relay_limit("3") == (3, 8_000_000)
+    for bad in ("0", "x", "4,0", "4,y", "2000"):
+        with pytest.raises(ValueError):
+            parse_relay_limit(bad)

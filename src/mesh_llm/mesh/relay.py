@@ -41,6 +41,8 @@ LENGTH = struct.Struct(">H")
 REQUEST_MAX = 1024
 REQUEST_TIMEOUT_S = 5.0
 VIRTUAL_NET = ipaddress.IPv6Network("100::/64")
+DEFAULT_PAIRS = 8
+DEFAULT_RATE = 8_000_000  # bytes per second, each way, per pair
 
 OpenStream = Callable[[str, int], Awaitable[Stream]]
 
@@ -62,6 +64,19 @@ def is_virtual(addr: str) -> bool:
         return ipaddress.ip_address(host) in VIRTUAL_NET
     except (TokenError, ValueError):
         return False
+
+
+def parse_relay_limit(text: str) -> tuple[int, int]:
+    """`--relay-limit PAIRS[,MB/S]` → (pairs, bytes per second per pair); ValueError."""
+    pairs_text, _, rate_text = text.partition(",")
+    try:
+        pairs = int(pairs_text)
+        rate = float(rate_text) if rate_text else DEFAULT_RATE / 1e6
+    except ValueError:
+        raise ValueError(f"{text!r}: expected PAIRS or PAIRS,MB/S (e.g. 4,2)") from None
+    if not 1 <= pairs <= 1024 or not 0.01 <= rate <= 10_000:
+        raise ValueError(f"{text!r}: 1 to 1024 pairs, 0.01 to 10000 MB/s each")
+    return pairs, int(rate * 1e6)
 
 
 def frame(datagram: bytes) -> bytes:

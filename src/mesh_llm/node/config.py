@@ -26,6 +26,8 @@ class NodeConfig:
     bind_host: str = "0.0.0.0"
     bind_port: int = 0
     advertise: tuple[str, ...] = ()
+    no_relay: bool = False  # carry no other members' packets
+    relay_limit: tuple[int, int] = (8, 8_000_000)  # pairs, bytes/s per pair
     split: bool = False
     max_vram_gb: float | None = None
     draft: str | None = None

@@ -54,6 +54,7 @@ from ..mesh.mesh import Mesh, MeshJoinError
 from ..mesh.peers import PeerEvent, PeerInfo
 from ..mesh.protocol import StreamType
 from ..mesh.quic import Stream
+from ..mesh.settings import MeshSettings
 from ..mesh.tunnel import stream_connect
 from ..models.split import model_stem
 from .config import NodeConfig
@@ -303,7 +304,9 @@ class Node:
         secret = self.home.mesh_secret(fresh=cfg.new_mesh)
         self.mesh = Mesh(self.identity, secret, self._announcement(),
                          bind_host=cfg.bind_host, bind_port=cfg.bind_port,
-                         advertise=list(cfg.advertise))
+                         advertise=list(cfg.advertise), settings=MeshSettings(
+                             relay_enabled=not cfg.no_relay, relay_max_pairs=cfg.relay_limit[0],
+                             relay_rate=cfg.relay_limit[1]))
         self.mesh.on_secret = self.home.save_secret  # joined another mesh: keep its secret
         try:
             await self.mesh.start()
