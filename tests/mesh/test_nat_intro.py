@@ -15,7 +15,7 @@ import pytest
 
 from mesh_llm.mesh import Announcement, Mesh, MeshSettings
 from mesh_llm.mesh.identity import Identity
-from mesh_llm.mesh.invites import InviteToken, encode_token, new_secret
+from mesh_llm.mesh.invites import InviteToken, encode_token, mint_invite, new_secret
 from natlab import LabLoop, NatLab, lab_available, leftover_namespaces
 from waiting import wait_until
 
@@ -41,10 +41,13 @@ class Machine:
         self.loop = LabLoop(lab, name)
         self.mesh: Mesh | None = None
 
-    def start(self, home: Path, secret: bytes, settings: MeshSettings = SETTINGS) -> Mesh:
+    def start(self, home: Path, secret: bytes | None,
+              settings: MeshSettings = SETTINGS) -> Mesh:
+        """A member (with the secret) or a lite client (without: it joins by invite)."""
         identity = Identity.load_or_create(home)
-        mesh = Mesh(identity, secret, Announcement(identity.node_id, models=("m",)),
-                    bind_host="0.0.0.0", settings=settings)
+        ann = Announcement(identity.node_id, models=("m",)) if secret is not None else \
+            Announcement(identity.node_id, role="client")
+        mesh = Mesh(identity, secret, ann, bind_host="0.0.0.0", settings=settings)
         self.loop.run(mesh.start())
         self.mesh = mesh
         return mesh
@@ -150,6 +153,31 @@ def test_where_punching_fails_the_introducer_relays_end_to_end(
         wait_until(lambda: machines["C"].link(a.node_id) == via, "C–A relayed", 5)
         stats = machines["P"].loop.call(p.relay_stats)
         assert stats["pairs"] == 1 and stats["forwarded_bytes"] > 0, stats
+    finally:
+        for machine in machines.values():
+            machine.close()
+
+
+def test_a_lite_client_behind_a_port_randomising_nat_reaches_a_member_through_a_relay(
+        lab: NatLab, tmp_path: Path) -> None:
+    lab.internet()
+    lab.public("P")
+    lab.home("A", 1)
+    lab.home("C", 3, fully_random=True)
+    machines = {name: Machine(lab, name) for name in ("P", "A", "C")}
+    try:
+        secret = new_secret()
+        p = machines["P"].start(tmp_path / "p", secret)
+        token = encode_token(InviteToken(p.node_id, p.addrs, secret))
+        client_invite = encode_token(mint_invite(p.node_id, p.addrs, secret, "client"))
+        a = machines["A"].start(tmp_path / "a", secret)
+        k = machines["C"].start(tmp_path / "k", None)
+        machines["A"].loop.run(a.join([token], timeout=10))
+        machines["C"].loop.run(k.join([client_invite], timeout=10))
+        via = f"relayed (via {p.node_id[:12]})"
+        wait_until(lambda: machines["C"].link(a.node_id) == via, "client–A relayed", 30)
+        wait_until(lambda: machines["A"].link(k.node_id) == via, "A–client relayed", 5)
+        assert machines["A"].loop.call(lambda: a.grant(k.node_id)) == "client"
     finally:
         for machine in machines.values():
             machine.close()

@@ -161,3 +161,9 @@ def test_a_later_link_on_a_punched_path_is_punched_too() -> None:
     assert path_kind(paths, A, "127.0.0.1:1", "intro", dialed=True) == "direct"
     remember_path(paths, B, "198.51.100.3:1", limit=1)
     assert paths == {B: "198.51.100.3:1"}
+
+
+def test_a_lite_client_always_dials() -> None:
+    to_b, to_a = introductions(B, ["198.51.100.3:2"], A, ["198.51.100.2:1"], 300,
+                               asker_is_client=True)
+    assert to_b.dial and not to_a.dial, "the client B dials though its id is larger"

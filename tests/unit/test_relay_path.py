@@ -47,7 +47,7 @@ def test_bucket_allows_a_second_of_burst_then_the_rate() -> None:
 def test_refusal_reasons() -> None:
     assert refusal(True, 0, 8, True, True) is None
     assert "--no-relay" in str(refusal(False, 0, 8, True, True))
-    assert "members" in str(refusal(True, 0, 8, True, False))
+    assert "to members" in str(refusal(True, 0, 8, True, False))
     assert "limit of 8 pairs" in str(refusal(True, 8, 8, True, True))
 
 

@@ -92,7 +92,7 @@ class Mesh:
         self._dialler = Dialler(self._state, register=self._register, adopt=self._adopt,
                                 forget=self._forget_peer)
         self._relays = Relays(self._state, self.open_stream)
-        self._inbound.add_handler(StreamType.RELAY, self._relays.serve, False)
+        self._inbound.add_handler(StreamType.RELAY, self._relays.serve, True)  # it checks
         self._puncher = Puncher(self._state, self._dialler.dial, self._relays.open_path)
         self._dialler.on_unreachable = self._puncher.unreachable
         self._membership = Membership(self._state, self._dialler, lambda: self._announcement,

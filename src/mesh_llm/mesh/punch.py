@@ -47,11 +47,13 @@ OpenPath = Callable[[str, str, float], Awaitable[str]]  # (relay, peer, timeout)
 
 
 def introductions(asker: str, asker_addrs: list[str], target: str, target_addrs: list[str],
-                  delay_ms: int) -> tuple[Intro, Intro]:
+                  delay_ms: int, asker_is_client: bool = False) -> tuple[Intro, Intro]:
     """(what the asker is told, what the target is told): each the other's addresses, the
-    one the introducer sees first; the smaller id dials."""
-    to_asker = Intro(target, target_addrs[:MAX_INTRO_ADDRS], asker < target, delay_ms)
-    to_target = Intro(asker, asker_addrs[:MAX_INTRO_ADDRS], target < asker, delay_ms)
+    one the introducer sees first; the smaller id dials, or a lite client (which accepts
+    no connection) always."""
+    asker_dials = asker_is_client or asker < target
+    to_asker = Intro(target, target_addrs[:MAX_INTRO_ADDRS], asker_dials, delay_ms)
+    to_target = Intro(asker, asker_addrs[:MAX_INTRO_ADDRS], not asker_dials, delay_ms)
     return to_asker, to_target
 
 
@@ -135,11 +137,12 @@ class Puncher:
                 log.info("asking %s to introduce us to %s", member[:12], peer[:12])
 
     def on_message(self, link: Link, msg: IntroRequest | Intro) -> None:
-        if link.grant != "member" or link.peer_id is None:
+        """A lite client may ask to be introduced to a member; only members introduce."""
+        if link.peer_id is None or link.grant not in ("member", "client"):
             return
         if isinstance(msg, IntroRequest):
             self._introduce(link, msg.target)
-        else:
+        elif link.grant == "member":
             self._on_intro(link.peer_id, msg)
 
     def _introduce(self, asker_link: Link, target: str) -> None:
@@ -162,7 +165,8 @@ class Puncher:
                         if not is_virtual(a)] or ["0.0.0.0:1"]
         to_asker, to_target = introductions(asker, list(dict.fromkeys(asker_addrs)), target,
                                             list(dict.fromkeys(target_addrs)),
-                                            state.settings.punch_delay_ms)
+                                            state.settings.punch_delay_ms,
+                                            asker_link.grant == "client")
         if self._send(asker, intro_message(to_asker)) and \
                 self._send(target, intro_message(to_target)):
             self.introductions += 1

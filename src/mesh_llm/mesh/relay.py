@@ -11,9 +11,10 @@ sends along and receives from (never the socket), so the end-to-end connection i
 ordinary one: encrypted and mutually authenticated between the two ends, the relay sees
 only ciphertext.
 
-A relay forwards only between members it is linked to, for at most `relay_max_pairs` pairs,
-within `relay_rate` bytes per second per pair, and none with `relay_enabled` off; it drops
-(never queues without bound) what its links cannot take, as a UDP path would.
+A relay forwards only to members it is linked to (from a member or a lite client), for at
+most `relay_max_pairs` pairs, within `relay_rate` bytes per second per pair, and none with
+`relay_enabled` off; it drops (never queues without bound) what its links cannot take, as
+a UDP path would.
 """
 
 from __future__ import annotations
@@ -121,13 +122,14 @@ class Bucket:
         return True
 
 
-def refusal(enabled: bool, pairs: int, max_pairs: int, src_member: bool,
+def refusal(enabled: bool, pairs: int, max_pairs: int, src_admitted: bool,
             dst_member: bool) -> str | None:
-    """Why a relay refuses a pair, or None when it relays it."""
+    """Why a relay refuses a pair, or None when it relays it. The asker may be a member or
+    a lite client; the other end must be a member (a client accepts no connection)."""
     if not enabled:
         return "this node does not relay (--no-relay)"
-    if not (src_member and dst_member):
-        return "a relay carries packets between members it is linked to only"
+    if not (src_admitted and dst_member):
+        return "a relay carries packets only to members it is linked to"
     if pairs >= max_pairs:
         return f"this relay carries its limit of {max_pairs} pairs"
     return None
@@ -206,7 +208,7 @@ class Relays:
         src_link, dst_link = state.active_link(src), state.active_link(dst)
         pair = frozenset((src, dst))
         why = refusal(settings.relay_enabled, len(self._pairs), settings.relay_max_pairs,
-                      src_link is not None and src_link.grant == "member",
+                      src_link is not None and src_link.grant in ("member", "client"),
                       dst != src and dst != state.node_id and dst_link is not None
                       and dst_link.grant == "member")
         if why is None and pair in self._pairs:
