@@ -260,8 +260,10 @@ class Dialler:
         failed_at = self._failed_at.get(peer)
         if failed_at is not None and loop.time() - failed_at < state.settings.redial_backoff_s:
             return
-        # Both ends often learn of each other at once; let the smaller id dial first.
-        delay = 0.0 if state.node_id < peer else state.settings.gossip_dial_delay_s
+        # Both ends often learn of each other at once; let the smaller id dial first. A
+        # lite client (no secret) is never dialled: it dials at once.
+        delay = 0.0 if state.node_id < peer or state.secret is None \
+            else state.settings.gossip_dial_delay_s
         self._dialing[peer] = state.spawn(self._dial_hint(hint, delay), "mesh-dial")
 
     def connected(self, peer: str) -> None:
