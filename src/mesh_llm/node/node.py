@@ -54,7 +54,6 @@ from ..mesh.mesh import Mesh, MeshJoinError
 from ..mesh.peers import PeerEvent, PeerInfo
 from ..mesh.protocol import StreamType
 from ..mesh.quic import Stream
-from ..mesh.settings import MeshSettings
 from ..mesh.tunnel import stream_connect
 from ..models.split import model_stem
 from .config import NodeConfig
@@ -304,17 +303,14 @@ class Node:
         secret = self.home.mesh_secret(fresh=cfg.new_mesh)
         self.mesh = Mesh(self.identity, secret, self._announcement(),
                          bind_host=cfg.bind_host, bind_port=cfg.bind_port,
-                         advertise=list(cfg.advertise), settings=MeshSettings(
-                             relay_enabled=not cfg.no_relay, relay_max_pairs=cfg.relay_limit[0],
-                             relay_rate=cfg.relay_limit[1]))
+                         advertise=list(cfg.advertise), settings=cfg.mesh_settings())
         self.mesh.on_secret = self.home.save_secret  # joined another mesh: keep its secret
         try:
             await self.mesh.start()
         except OSError as err:
             raise UserError(_bind_problem(err, cfg.bind_host, cfg.bind_port)) from None
-        self.mesh.on_addrs = lambda addrs: self.home.save_node_info(  # for `mesh-llm invite`
-            {"node_id": self.node_id, "addrs": addrs})
-        self.mesh.on_addrs(self.mesh.addrs)
+        self.mesh.on_addrs = functools.partial(self.home.save_addrs, self.node_id)
+        self.mesh.on_addrs(self.mesh.addrs)  # and observed ones later, for `mesh-llm invite`
         self.mesh.peers.add_listener(self._on_peer_event)
         # A lite client needs the API tunnel and nothing else; serving is for members.
         self.mesh.add_stream_handler(StreamType.HTTP_TUNNEL, self.router.serve_http_tunnel,
