@@ -15,7 +15,13 @@ import pytest
 
 from mesh_llm.mesh import Announcement, Mesh, MeshSettings
 from mesh_llm.mesh.identity import Identity
-from mesh_llm.mesh.invites import InviteToken, encode_token, mint_invite, new_secret
+from mesh_llm.mesh.invites import (
+    InviteToken,
+    decode_token,
+    encode_token,
+    mint_invite,
+    new_secret,
+)
 from natlab import LabLoop, NatLab, lab_available, leftover_namespaces
 from waiting import wait_until
 
@@ -178,6 +184,31 @@ def test_a_lite_client_behind_a_port_randomising_nat_reaches_a_member_through_a_
         wait_until(lambda: machines["C"].link(a.node_id) == via, "client–A relayed", 30)
         wait_until(lambda: machines["A"].link(k.node_id) == via, "A–client relayed", 5)
         assert machines["A"].loop.call(lambda: a.grant(k.node_id)) == "client"
+    finally:
+        for machine in machines.values():
+            machine.close()
+
+
+def test_an_invite_printed_behind_a_nat_lets_a_stranger_in_through_a_reachable_member(
+        lab: NatLab, tmp_path: Path) -> None:
+    lab.internet()
+    lab.public("P")
+    lab.home("A", 1)
+    lab.home("D", 4)
+    machines = {name: Machine(lab, name) for name in ("P", "A", "D")}
+    try:
+        secret = new_secret()
+        p = machines["P"].start(tmp_path / "p", secret)
+        a = machines["A"].start(tmp_path / "a", secret)
+        machines["A"].loop.run(a.join([encode_token(InviteToken(p.node_id, p.addrs, secret))],
+                                      timeout=10))
+        wait_until(lambda: machines["A"].loop.call(a.addresses)["observed"], "A observed", 10)
+        token = machines["A"].loop.call(a.token)
+        assert decode_token(token).via == ((p.node_id, tuple(p.addrs)),)
+        d = machines["D"].start(tmp_path / "d", new_secret())  # a stranger: another mesh
+        joined = machines["D"].loop.run(d.join([token], timeout=10))
+        assert joined == p.node_id, "A cannot be dialled from outside its home; P can"
+        wait_until(lambda: machines["D"].link(a.node_id) == "punched", "D–A punched", 20)
     finally:
         for machine in machines.values():
             machine.close()

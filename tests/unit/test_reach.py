@@ -3,6 +3,9 @@ seeing it at, and the decisions of hole punching."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 
 from mesh_llm.mesh.addresses import (
@@ -21,6 +24,13 @@ from mesh_llm.mesh.gossip import (
     intro_request,
     parse_gossip,
     state_message,
+)
+from mesh_llm.mesh.invites import (
+    InviteToken,
+    TokenError,
+    decode_token,
+    encode_token,
+    mint_invite,
 )
 from mesh_llm.mesh.observed import ObservedAddrs, valid_observed
 from mesh_llm.mesh.punch import (
@@ -167,3 +177,21 @@ def test_a_lite_client_always_dials() -> None:
     to_b, to_a = introductions(B, ["198.51.100.3:2"], A, ["198.51.100.2:1"], 300,
                                asker_is_client=True)
     assert to_b.dial and not to_a.dial, "the client B dials though its id is larger"
+
+
+def test_a_token_may_name_a_few_other_members_to_join_through() -> None:
+    via = ((B, ("198.51.100.10:7842",)),)
+    text = encode_token(InviteToken(A, ["198.51.100.11:5"], b"s" * 32, via=via))
+    assert decode_token(text).via == via
+    invite = decode_token(encode_token(mint_invite(A, ["198.51.100.11:5"], b"s" * 32, "client",
+                                                   via=via)))
+    assert invite.via == via and invite.kind == "client"
+    body = {"v": 1, "id": A, "addrs": ["198.51.100.11:5"],
+            "secret": base64.urlsafe_b64encode(b"s" * 32).decode().rstrip("=")}
+    for bad in ([{"id": A, "addrs": ["198.51.100.10:1"]}],  # the token's own node
+                [{"id": B, "addrs": []}], [{"id": "x", "addrs": ["198.51.100.10:1"]}],
+                [{"id": B, "addrs": ["nope"]}], [{"id": B, "addrs": ["198.51.100.10:1"]}] * 4,
+                "x"):
+        raw = base64.urlsafe_b64encode(json.dumps({**body, "via": bad}).encode()).decode()
+        with pytest.raises(TokenError):
+            decode_token(raw)

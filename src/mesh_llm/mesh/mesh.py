@@ -39,6 +39,7 @@ from .addresses import (
     local_ips,
     own_addrs,
     remote,
+    shareable,
     token_addrs,
 )
 from .announcement import Announcement
@@ -46,14 +47,14 @@ from .auth import AuthResult, Grant
 from .dialler import DialFailed, Dialler
 from .identity import Identity
 from .inbound import Inbound, StreamHandler
-from .invites import InviteKind, InviteToken, encode_token, mint_invite
+from .invites import MAX_VIA, InviteKind, InviteToken, encode_token, mint_invite
 from .join import join_through
 from .membership import Membership
 from .peers import PeerTable, Subscription
 from .protocol import StreamType
 from .punch import Puncher, path_kind, remember_path
 from .quic import CLOSE_GOODBYE, CLOSE_SHUTDOWN, Connection, QuicTransport, Stream
-from .relay import Relays
+from .relay import Relays, is_virtual
 from .settings import MeshSettings
 from .state import Link, MeshState
 
@@ -181,7 +182,7 @@ class Mesh:
             raise MeshError("start the mesh before asking for its token")
         secret = self._state.secret
         return "" if secret is None else encode_token(InviteToken(self.node_id, self._addrs,
-                                                                  secret))
+                                                                  secret, via=self._via()))
 
     def invite(self, kind: InviteKind, expires: int = 0) -> str:
         """A version-2 invite of `kind` through this node ("" without a secret)."""
@@ -189,7 +190,7 @@ class Mesh:
             raise MeshError("start the mesh before asking for an invite")
         secret = self._state.secret
         return "" if secret is None else encode_token(
-            mint_invite(self.node_id, self._addrs, secret, kind, expires))
+            mint_invite(self.node_id, self._addrs, secret, kind, expires, self._via()))
 
     async def join(self, tokens: list[str], timeout: float = 15.0) -> str | None:
         """Join via the first token that works (its mesh secret becomes ours).
@@ -307,6 +308,24 @@ class Mesh:
         self._announcement = replace(self._announcement, addrs=tuple(addrs))
         if self._started:
             self._membership.schedule_broadcast()
+
+    def _via(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Behind a NAT, our invites also name members we reached by dialling them (a
+        stranger can join through one of them); a reachable node's invites stay as they
+        were."""
+        state = self._state
+        if not state.observed.public(lan_addrs(self.bind_host, self.port, self._ips)):
+            return ()
+        via = []
+        for peer, links in state.peer_links.items():
+            link, info = links[-1], state.table.get(peer)
+            if not (link.dialed and link.kind == "direct" and link.grant == "member"
+                    and info is not None):
+                continue
+            addrs = tuple(a for a in shareable(info.addrs, False) if not is_virtual(a))[:4]
+            if addrs:
+                via.append((peer, addrs))
+        return tuple(via[:MAX_VIA])
 
     def _own(self, announcement: Announcement) -> Announcement:
         """Our announcement, stamped with our addresses and checked as a peer would."""
