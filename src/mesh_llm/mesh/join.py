@@ -64,7 +64,7 @@ async def join_through(state: MeshState, dialler: Dialler, tokens: list[str],
         elif tok.invite.kind == "client":  # a lite client: the invite, nothing more
             state.secret, state.invite = None, tok.invite
         try:
-            return await _first(dialler, tok, share(remaining, len(usable) - index))
+            return await _first(state, dialler, tok, share(remaining, len(usable) - index))
         except DialFailed as err:
             if tok.node_id in state.peer_links:  # it dialled us meanwhile
                 return tok.node_id
@@ -74,11 +74,11 @@ async def join_through(state: MeshState, dialler: Dialler, tokens: list[str],
     raise DialFailed(tried)
 
 
-async def _first(dialler: Dialler, tok: InviteToken, timeout: float) -> str:
-    """Dial the token's node and its via members at once; the first that answers wins."""
+async def _first(state: MeshState, dialler: Dialler, tok: InviteToken, timeout: float) -> str:
+    """Dial the token's node and its via members at once; the first that answers wins.
+    While we dial them, a connection they open to us is a punched one (punch.py)."""
     targets = [(tok.node_id, list(tok.addrs)), *((node, list(addrs)) for node, addrs in tok.via)]
-    if len(targets) == 1:
-        return await dialler.dial(tok.node_id, tok.addrs, timeout, tok.invite)
+    marked = [node for node, _ in targets if state.punching.setdefault(node, "dial") == "dial"]
     tasks = [asyncio.ensure_future(dialler.dial(node, addrs, timeout, tok.invite))
              for node, addrs in targets]
     attempts: list[str] = []
@@ -92,4 +92,7 @@ async def _first(dialler: Dialler, tok: InviteToken, timeout: float) -> str:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for node in marked:
+            if state.punching.get(node) == "dial":
+                del state.punching[node]
     raise DialFailed(attempts)
