@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from mesh_llm.changes import ChangeFeed
 from mesh_llm.inference.election import Plan
@@ -122,6 +123,10 @@ class FakeNode:
 
     def invites(self) -> tuple[str, str]:
         return "worker-token", "client-invite"
+
+    def reach(self) -> dict[str, Any]:
+        return {"addresses": {"bound": ["0.0.0.0:4000"], "lan": [], "observed": []},
+                "relay": None}
 
     def counters(self) -> Counters:
         return Counters(api_in_flight=1, api_queued=0, console_streams=2,

@@ -41,12 +41,13 @@ class NodeProcess:
             self.args += ["--console", str(self.console_port)]
         self.log_path = home.parent / f"{home.name}.out"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.command_prefix: list[str] = []  # e.g. `ip netns exec NAME` (tests/natlab.py)
 
     def start(self) -> NodeProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh_llm", *self.args],
+            [*self.command_prefix, sys.executable, "-m", "mesh_llm", *self.args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

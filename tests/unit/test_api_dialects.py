@@ -71,8 +71,7 @@ async def api() -> AsyncIterator[tuple[str, ApiProxy]]:
     for path in POST_PATHS:
         app.router.add_post(path, fake_llama)
     llama = await serve_on_loopback(app)
-    proxy = ApiProxy(lambda: Upstream(None, "no host is ready: test"), api_key=KEY,
-                     router=TwoModels(tcp_upstream("127.0.0.1", llama.addresses[0][1])))
+    proxy = ApiProxy(TwoModels(tcp_upstream("127.0.0.1", llama.addresses[0][1])), api_key=KEY)
     runner = await serve_on_loopback(proxy.app())
     yield f"http://127.0.0.1:{runner.addresses[0][1]}", proxy
     await runner.cleanup()

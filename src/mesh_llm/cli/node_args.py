@@ -15,6 +15,7 @@ from ..errors import UserError
 from ..inference.llama import SPLIT_PARALLEL, owned_flag
 from ..mesh.identity import is_node_id
 from ..mesh.invites import TokenError, decode_token
+from ..mesh.relay import parse_relay_limit
 from ..models.catalog import DEFAULT_MODEL
 from ..node.config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, NodeConfig, default_home
 from .args import Parser, port, positive_float, slots
@@ -107,6 +108,12 @@ def node_parser() -> argparse.ArgumentParser:
                         "mesh on this machine)")
     p.add_argument("--advertise", action="append", default=[], metavar="HOST:PORT",
                    help="an address other nodes can reach this one at (repeatable)")
+    p.add_argument("--no-relay", action="store_true",
+                   help="never relay other members' packets (members that cannot reach each "
+                        "other directly or by hole punching then stay apart)")
+    p.add_argument("--relay-limit", default="8", metavar="PAIRS[,MB/S]",
+                   help="relay for at most PAIRS pairs of members, each at most MB/S "
+                        "megabytes per second each way (default 8,8)")
     p.add_argument("--port", type=port, default=DEFAULT_API_PORT,
                    help=f"OpenAI API port (default {DEFAULT_API_PORT})")
     p.add_argument("--console", type=port, nargs="?", const=DEFAULT_CONSOLE_PORT, default=None,
@@ -171,6 +178,10 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     if model is None and args.draft and not args.client:
         logging.getLogger("mesh_llm").warning(
             "--draft %s ignored: without --model this node never hosts", args.draft)
+    try:
+        relay_limit = parse_relay_limit(args.relay_limit)
+    except ValueError as err:
+        raise UserError(f"--relay-limit {err}", 2) from None
     device_args = ("--device", args.device) if args.device else ()
     extra_args = llama_args(args.llama_arg)
     home = args.home or default_home()
@@ -178,7 +189,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         model=model, models=tuple(models), home=home, join=tuple(args.join),
         client=args.client, api_port=args.port, console_port=args.console,
         bind_host=args.bind_host, bind_port=args.bind_port, advertise=tuple(args.advertise),
-        split=args.split,
+        no_relay=args.no_relay, relay_limit=relay_limit, split=args.split,
         max_vram_gb=args.max_vram, draft=args.draft, no_draft=args.no_draft,
         draft_max=args.draft_max, parallel=args.parallel, bin_dir=args.bin_dir,
         device=args.device,

@@ -3,7 +3,8 @@
 `Mesh` (mesh.py) is the facade the node uses; the other modules are its parts:
 protocol.py (stream types, frames), quic/ (QUIC seam), auth.py, announcement.py,
 gossip.py, session.py and membership.py, peers.py, dialler.py and join.py, inbound.py,
-link_rule.py and adoption.py, addresses.py, settings.py, state.py.
+link_rule.py and adoption.py, addresses.py, observed.py (where peers see us), punch.py
+(introductions and hole punching), settings.py, state.py.
 """
 
 from .announcement import Announcement

@@ -2,7 +2,11 @@
 
 QUIC handshakes go to every address of a peer at once; authentication runs on the first to
 answer (then the next, if that one fails). Never two authentications in flight to the same
-peer, so the acceptor never adopts a connection we are about to drop.
+peer, so the acceptor never adopts a connection we are about to drop. An address of our
+own is not dialled, and a server that shows our own certificate is this node itself: both
+are said in one line instead of a failed authentication. A peer learned by gossip that
+does not answer within `punch_after_s` is handed to `on_unreachable` (hole punching),
+with the members that told us of it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from .gossip import MAX_GOSSIPED_PEERS, PeerHint
 from .invites import MAX_ADDRS, Invite, TokenError, parse_addr
 from .protocol import StreamType
 from .quic import CLOSE_AUTH_FAILED, CLOSE_SHUTDOWN, Connection, QuicTransport, TransportError
+from .relay import is_virtual
 from .state import Link, MeshState
 
 log = logging.getLogger("mesh_llm.mesh")
@@ -50,6 +55,8 @@ class Dialler:
         self._dialing: dict[str, asyncio.Task[None]] = {}
         self._reconnecting: dict[str, asyncio.Task[None]] = {}
         self._failed_at: dict[str, float] = {}
+        self._told_by: dict[str, list[str]] = {}  # peer → members whose gossip named it
+        self.on_unreachable: Callable[[str, list[str]], None] | None = None
 
     # ---------------------------------------------------------------- an address list
 
@@ -69,6 +76,8 @@ class Dialler:
         try:
             if expected in self._state.peer_links:
                 return expected
+            if expected == self._state.node_id:
+                raise DialFailed([f"node {expected[:12]} is this node itself"])
             return await self._dial_locked(expected, addrs, timeout,
                                            invite or self._state.invite)
         finally:
@@ -81,9 +90,15 @@ class Dialler:
         transport = self._state.transport
         if transport is None or self._state.stopping:
             raise DialFailed(["mesh is stopping"])
-        unique = list(dict.fromkeys(addrs))
+        attempts: list[str] = []
+        unique = []
+        for addr in dict.fromkeys(addrs):
+            if addr in self._state.own_addrs:
+                attempts.append(f"{addr} (an address of this node itself)")
+            else:
+                unique.append(addr)
         if not unique:
-            raise DialFailed([f"node {expected[:12]}: no address known"])
+            raise DialFailed(attempts or [f"node {expected[:12]}: no address known"])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         tasks = {
@@ -91,7 +106,6 @@ class Dialler:
             for addr in unique
         }
         used: set[Connection] = set()
-        attempts: list[str] = []
         try:
             pending: set[asyncio.Future[Connection]] = set(tasks)
             while pending:
@@ -138,6 +152,8 @@ class Dialler:
         try:
             if invite is None and state.secret is None:
                 raise AuthError("this node holds neither a mesh secret nor an invite")
+            if conn.server_cert_fingerprint == state.transport_fingerprint():
+                raise AuthError("that address reaches this node itself")
             stream = await conn.open_stream(max(0.1, deadline - loop.time()))
             stream.write_nowait(bytes((StreamType.AUTH,)))
             result = await run_dialer(stream, state.identity, state.secret or b"",
@@ -219,10 +235,18 @@ class Dialler:
                 self.maybe_dial(PeerHint(node_id,
                                          [a for a in addrs[:MAX_ADDRS] if parse_addr(a)]))
 
-    def maybe_dial(self, hint: PeerHint) -> None:
-        """Dial a peer someone told us of, unless we have it, dial it, or failed lately."""
+    def maybe_dial(self, hint: PeerHint, via: str | None = None) -> None:
+        """Dial a peer someone (`via`) told us of, unless we have it, dial it, or failed
+        lately."""
         state = self._state
         peer = hint.node_id
+        if via is not None and peer != state.node_id:
+            told = self._told_by.setdefault(peer, [])
+            if via not in told:
+                told.insert(0, via)
+                del told[4:]
+            while len(self._told_by) > MAX_GOSSIPED_PEERS:
+                self._told_by.pop(next(iter(self._told_by)))
         if (
             state.stopping
             or peer == state.node_id
@@ -236,8 +260,10 @@ class Dialler:
         failed_at = self._failed_at.get(peer)
         if failed_at is not None and loop.time() - failed_at < state.settings.redial_backoff_s:
             return
-        # Both ends often learn of each other at once; let the smaller id dial first.
-        delay = 0.0 if state.node_id < peer else state.settings.gossip_dial_delay_s
+        # Both ends often learn of each other at once; let the smaller id dial first. A
+        # lite client (no secret) is never dialled: it dials at once.
+        delay = 0.0 if state.node_id < peer or state.secret is None \
+            else state.settings.gossip_dial_delay_s
         self._dialing[peer] = state.spawn(self._dial_hint(hint, delay), "mesh-dial")
 
     def connected(self, peer: str) -> None:
@@ -252,16 +278,27 @@ class Dialler:
                 await state.wait_active(peer, delay)
             if peer in state.peer_links or state.stopping:
                 return
-            await self.dial(peer, hint.addrs, state.settings.dial_timeout_s)
+            timeout = state.settings.dial_timeout_s
+            if self.on_unreachable is not None and self._told_by.get(peer):
+                timeout = min(timeout, state.settings.punch_after_s)
+            state.punching.setdefault(peer, "dial")
+            await self.dial(peer, hint.addrs, timeout)
         except DialFailed as err:
             if peer not in state.peer_links:
                 log.info("could not reach %s (learned by gossip): %s", peer[:12], err)
                 self._failed_at[peer] = asyncio.get_running_loop().time()
+                told = [p for p in self._told_by.get(peer, []) if p in state.peer_links]
+                if told and self.on_unreachable is not None and not state.stopping:
+                    self.on_unreachable(peer, told)
         finally:
+            if state.punching.get(peer) == "dial":
+                del state.punching[peer]
             self._dialing.pop(peer, None)
 
 
 async def _handshake(transport: QuicTransport, addr: str, timeout: float) -> Connection:
+    if is_virtual(addr):
+        return await transport.connect_virtual(parse_addr(addr), timeout)
     try:
         host, port = parse_addr(addr)
     except TokenError as err:

@@ -1,7 +1,9 @@
 """Invite tokens: URL-safe base64 (no padding) of a small versioned JSON.
 
-A token names a node (its id) and where to reach it (host:port list), and carries a
-credential; holding one is the right to join:
+A token names a node (its id) and where to reach it (host:port list), optionally a few
+other members that others have reached ("via": so an invite printed behind a NAT still
+lets a stranger in through a reachable member), and carries a credential; holding one is
+the right to join:
 
 * version 1 carries the mesh secret itself: a full member (what `token` prints; such a
   token never expires and is how a node restarted with the same home rejoins);
@@ -24,7 +26,7 @@ import ipaddress
 import json
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..errors import UserError
@@ -39,6 +41,7 @@ MAX_EXPIRY = 2**40  # unix seconds; far beyond any real date, small enough for J
 _CAP_DOMAIN = b"mesh-llm/1 invite\x00"
 MAX_TOKEN_LEN = 4096
 MAX_ADDRS = 16
+MAX_VIA = 3  # other members a token names
 MAX_ADDR_LEN = 262  # "[" + 253-char host + "]:" + 5 digits, rounded
 
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -77,6 +80,7 @@ class InviteToken:
     secret: bytes = b""
     version: int = TOKEN_VERSION
     invite: Invite | None = None
+    via: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (member id, its addresses)
 
     @property
     def kind(self) -> InviteKind:
@@ -95,10 +99,12 @@ def capability(secret: bytes, kind: str, expires: int) -> bytes:
 
 
 def mint_invite(node_id: str, addrs: list[str], secret: bytes, kind: InviteKind,
-                expires: int = 0) -> InviteToken:
-    """A version-2 invite to the mesh whose secret is `secret`, reached through `node_id`."""
+                expires: int = 0,
+                via: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> InviteToken:
+    """A version-2 invite to the mesh whose secret is `secret`, reached through `node_id`
+    (or one of the `via` members)."""
     invite = Invite(kind, expires, capability(secret, kind, expires))
-    return InviteToken(node_id, list(addrs), version=INVITE_VERSION, invite=invite)
+    return InviteToken(node_id, list(addrs), version=INVITE_VERSION, invite=invite, via=via)
 
 
 _DURATION_RE = re.compile(r"(\d{1,9})\s*([smhdw]?)")
@@ -159,6 +165,9 @@ def encode_token(token: InviteToken) -> str:
     """Serialize a token; validates it first so a bad token is never printed."""
     body: dict[str, object] = {"v": token.version, "id": token.node_id,
                                "addrs": list(token.addrs)}
+    if token.via:
+        _check_via(token.via, token.node_id)
+        body["via"] = [{"id": node, "addrs": list(addrs)} for node, addrs in token.via]
     if token.invite is None:
         _check_fields(token.node_id, token.addrs, token.secret)
         body["secret"] = _b64encode(token.secret)
@@ -208,8 +217,9 @@ def decode_token(text: str) -> InviteToken:
         raise TokenError("token has no addresses")
     if not isinstance(addrs, list) or not all(isinstance(a, str) for a in addrs):
         raise TokenError("token addresses must be a list of strings")
+    via = _parse_via(body.get("via", []), node_id)
     if version == INVITE_VERSION:
-        return _decode_invite(body, node_id, addrs)
+        return replace(_decode_invite(body, node_id, addrs), via=via)
     secret_text = body.get("secret")
     if secret_text is None:
         raise TokenError("token has no mesh secret")
@@ -219,7 +229,27 @@ def decode_token(text: str) -> InviteToken:
         raise TokenError(f"token mesh secret must be {SECRET_LEN} bytes")
     secret = _b64decode(secret_text, what="token mesh secret")
     _check_fields(node_id, addrs, secret)
-    return InviteToken(node_id=node_id, addrs=list(addrs), secret=secret, version=version)
+    return InviteToken(node_id=node_id, addrs=list(addrs), secret=secret, version=version,
+                       via=via)
+
+
+def _parse_via(raw: object, node_id: object) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The token's other members: at most MAX_VIA {"id", "addrs"} objects, all checked."""
+    if not isinstance(raw, list) or len(raw) > MAX_VIA or not all(
+            isinstance(item, dict) for item in raw):
+        raise TokenError(f"token via must list at most {MAX_VIA} members")
+    via = tuple((item.get("id"), item.get("addrs")) for item in raw)
+    _check_via(via, node_id)
+    return tuple((str(node), tuple(addrs)) for node, addrs in via)  # type: ignore[arg-type]
+
+
+def _check_via(via: tuple[tuple[object, object], ...], node_id: object) -> None:
+    if len(via) > MAX_VIA:
+        raise TokenError(f"token via must list at most {MAX_VIA} members")
+    for node, addrs in via:
+        if node == node_id:
+            raise TokenError("token via names the token's own node")
+        _check_fields(node, list(addrs) if isinstance(addrs, list | tuple) else addrs, None)
 
 
 def _decode_invite(body: dict[str, object], node_id: str, addrs: list[str]) -> InviteToken:

@@ -1,4 +1,6 @@
-"""Joining through invite tokens: try each usable token in turn, within one time budget.
+"""Joining through invite tokens: try each usable token in turn, within one time budget;
+within a token, its node and the members it names ("via") are dialled at once and the
+first to answer wins.
 
 A member's token carries the mesh secret, which becomes ours; a client invite carries a
 credential for the API tunnel only (no secret). A token that fails leaves our credential
@@ -62,8 +64,7 @@ async def join_through(state: MeshState, dialler: Dialler, tokens: list[str],
         elif tok.invite.kind == "client":  # a lite client: the invite, nothing more
             state.secret, state.invite = None, tok.invite
         try:
-            return await dialler.dial(tok.node_id, tok.addrs,
-                                      share(remaining, len(usable) - index), tok.invite)
+            return await _first(state, dialler, tok, share(remaining, len(usable) - index))
         except DialFailed as err:
             if tok.node_id in state.peer_links:  # it dialled us meanwhile
                 return tok.node_id
@@ -71,3 +72,27 @@ async def join_through(state: MeshState, dialler: Dialler, tokens: list[str],
             state.secret, state.invite = original
     state.secret, state.invite = original
     raise DialFailed(tried)
+
+
+async def _first(state: MeshState, dialler: Dialler, tok: InviteToken, timeout: float) -> str:
+    """Dial the token's node and its via members at once; the first that answers wins.
+    While we dial them, a connection they open to us is a punched one (punch.py)."""
+    targets = [(tok.node_id, list(tok.addrs)), *((node, list(addrs)) for node, addrs in tok.via)]
+    marked = [node for node, _ in targets if state.punching.setdefault(node, "dial") == "dial"]
+    tasks = [asyncio.ensure_future(dialler.dial(node, addrs, timeout, tok.invite))
+             for node, addrs in targets]
+    attempts: list[str] = []
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            try:
+                return await next_done
+            except DialFailed as err:
+                attempts.extend(err.attempts)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for node in marked:
+            if state.punching.get(node) == "dial":
+                del state.punching[node]
+    raise DialFailed(attempts)

@@ -16,6 +16,9 @@ Life of a connection, and the module that does each step:
   5. End: a goodbye (or a GOODBYE close) removes the peer at once; an unexpected loss marks
      it "reconnecting" and the dialler redials its addresses for `reconnect_timeout_s`;
      success → gossip again, failure → the peer is removed.
+  6. Reach: each peer's gossip says where it sees us (observed.py), which puts a NAT's
+     public address first in our token; two members that cannot dial each other are
+     introduced by one linked to both and punch through their NATs (punch.py).
 Our addresses (token, announcement): addresses.py. Shared state: state.py.
 """
 
@@ -29,17 +32,29 @@ from dataclasses import replace
 
 from ..errors import UserError
 from . import adoption
-from .addresses import advertised, remote, token_addrs
+from .addresses import (
+    WILDCARDS,
+    advertised,
+    lan_addrs,
+    local_ips,
+    own_addrs,
+    remote,
+    shareable,
+    token_addrs,
+)
 from .announcement import Announcement
 from .auth import AuthResult, Grant
 from .dialler import DialFailed, Dialler
 from .identity import Identity
 from .inbound import Inbound, StreamHandler
-from .invites import InviteKind, InviteToken, encode_token, mint_invite
+from .invites import MAX_VIA, InviteKind, InviteToken, encode_token, mint_invite
 from .join import join_through
 from .membership import Membership
 from .peers import PeerTable, Subscription
+from .protocol import StreamType
+from .punch import Puncher, path_kind, remember_path
 from .quic import CLOSE_GOODBYE, CLOSE_SHUTDOWN, Connection, QuicTransport, Stream
+from .relay import Relays, is_virtual
 from .settings import MeshSettings
 from .state import Link, MeshState
 
@@ -67,15 +82,23 @@ class Mesh:
                                 settings or MeshSettings())
         self.settings = self._state.settings
         self.on_secret: Callable[[bytes], None] | None = None  # the mesh secret changed
+        self.on_addrs: Callable[[list[str]], None] | None = None  # our addresses changed
         self.bind_host = bind_host
         self.bind_port = bind_port
         self.advertise = advertised(advertise)
         self._addrs: list[str] = []
+        self._ips: list[str] = []  # this machine's interface addresses (wildcard bind)
         self._announcement = self._own(announcement)
         self._inbound = Inbound(self._state, register=self._register, adopt=self._adopt)
         self._dialler = Dialler(self._state, register=self._register, adopt=self._adopt,
                                 forget=self._forget_peer)
-        self._membership = Membership(self._state, self._dialler, lambda: self._announcement)
+        self._relays = Relays(self._state, self.open_stream)
+        self._inbound.add_handler(StreamType.RELAY, self._relays.serve, True)  # it checks
+        self._puncher = Puncher(self._state, self._dialler.dial, self._relays.open_path)
+        self._dialler.on_unreachable = self._puncher.unreachable
+        self._membership = Membership(self._state, self._dialler, lambda: self._announcement,
+                                      on_observed=self._refresh_addrs,
+                                      on_intro=self._puncher.on_message)
         self._started = False
 
     # ------------------------------------------------------------------ public API
@@ -94,6 +117,23 @@ class Mesh:
     def addrs(self) -> list[str]:
         """The addresses this node puts in its token and announcement."""
         return list(self._addrs)
+
+    def addresses(self) -> dict[str, object]:
+        """Where this node is: the bound socket, this machine's own addresses for it, and
+        where peers see it (most recent first): the status's `addresses`."""
+        return {"bound": f"{self.bind_host}:{self.port}",
+                "lan": lan_addrs(self.bind_host, self.port, self._ips),
+                "observed": self._state.observed.addrs()}
+
+    def relay_stats(self) -> dict[str, object]:
+        """What this node relays for others (pairs, bytes) and the pairs it could reach
+        neither by punching nor through a relay, with why."""
+        return {**self._relays.stats(), "unreachable": dict(self._puncher.unrelayed)}
+
+    @property
+    def introductions(self) -> int:
+        """Introductions this node made for others (hole punching)."""
+        return self._puncher.introductions
 
     @property
     def secret(self) -> bytes | None:
@@ -127,8 +167,11 @@ class Mesh:
         port = await transport.listen(self.bind_host, self.bind_port)
         self._state.transport = transport
         self._started = True
-        self._addrs = token_addrs(self.bind_host, port, self.advertise)
-        self._announcement = replace(self._announcement, addrs=tuple(self._addrs))
+        self._ips = local_ips() if self.bind_host in WILDCARDS else []
+        self._refresh_addrs()
+        if self.bind_host in WILDCARDS and not self._ips:
+            log.warning("this machine has no address but loopback: invites work on this "
+                        "machine only (--advertise HOST:PORT names one others can reach)")
         log.info("mesh listening on UDP %s:%d as %s (batched UDP I/O: %s)",
                  self.bind_host, port, self.node_id[:12], transport.batched_io)
 
@@ -139,7 +182,7 @@ class Mesh:
             raise MeshError("start the mesh before asking for its token")
         secret = self._state.secret
         return "" if secret is None else encode_token(InviteToken(self.node_id, self._addrs,
-                                                                  secret))
+                                                                  secret, via=self._via()))
 
     def invite(self, kind: InviteKind, expires: int = 0) -> str:
         """A version-2 invite of `kind` through this node ("" without a secret)."""
@@ -147,7 +190,7 @@ class Mesh:
             raise MeshError("start the mesh before asking for an invite")
         secret = self._state.secret
         return "" if secret is None else encode_token(
-            mint_invite(self.node_id, self._addrs, secret, kind, expires))
+            mint_invite(self.node_id, self._addrs, secret, kind, expires, self._via()))
 
     async def join(self, tokens: list[str], timeout: float = 15.0) -> str | None:
         """Join via the first token that works (its mesh secret becomes ours).
@@ -245,6 +288,45 @@ class Mesh:
 
     # ------------------------------------------------------------------ wiring
 
+    def _refresh_addrs(self) -> None:
+        """Recompute our addresses (start, and when peers see us somewhere new): a NAT's
+        public address goes first in the invites printed from then on, and is gossiped."""
+        port, observed = self.port, self._state.observed
+        lan = lan_addrs(self.bind_host, port, self._ips)
+        public = observed.public(lan)
+        addrs = token_addrs(self.bind_host, port, self.advertise, self._ips, public)
+        self._state.own_addrs = own_addrs(self.bind_host, port, self._ips, observed.addrs())
+        if addrs == self._addrs:
+            return
+        new_public = [a for a in public if a not in self._addrs]
+        self._addrs = addrs
+        if self._started and new_public:
+            log.info("peers see this node at %s: invites list it first from now on",
+                     ", ".join(new_public))
+        if self._started and self.on_addrs is not None:
+            self.on_addrs(list(addrs))
+        self._announcement = replace(self._announcement, addrs=tuple(addrs))
+        if self._started:
+            self._membership.schedule_broadcast()
+
+    def _via(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Behind a NAT, our invites also name members we reached by dialling them (a
+        stranger can join through one of them); a reachable node's invites stay as they
+        were."""
+        state = self._state
+        if not state.observed.public(lan_addrs(self.bind_host, self.port, self._ips)):
+            return ()
+        via = []
+        for peer, links in state.peer_links.items():
+            link, info = links[-1], state.table.get(peer)
+            if not (link.dialed and link.kind == "direct" and link.grant == "member"
+                    and info is not None):
+                continue
+            addrs = tuple(a for a in shareable(info.addrs, False) if not is_virtual(a))[:4]
+            if addrs:
+                via.append((peer, addrs))
+        return tuple(via[:MAX_VIA])
+
     def _own(self, announcement: Announcement) -> Announcement:
         """Our announcement, stamped with our addresses and checked as a peer would."""
         if announcement.node_id != self.node_id:
@@ -268,12 +350,17 @@ class Mesh:
         if state.stopping:
             state.close_link(link, CLOSE_SHUTDOWN, "shutting down")
             return False
+        link.kind = path_kind(state.punched_paths, peer, remote(conn),
+                              state.punching.get(peer), link.dialed,
+                              self._relays.paths.get(remote(conn)))
+        if link.kind == "punched":
+            remember_path(state.punched_paths, peer, remote(conn))
         adoption.adopt(state, link)
         self._dialler.connected(peer)
         if peer in state.table:
-            state.table.set_connection(peer, conn, result.grant)
+            state.table.set_connection(peer, conn, result.grant, link.kind)
         state.notify_active(peer)
-        log.info("connected to %s (%s, %s%s)", peer[:12], remote(conn),
+        log.info("connected to %s (%s, %s, %s%s)", peer[:12], remote(conn), link.kind,
                  "dialled" if link.dialed else "accepted",
                  ", client invite" if result.grant == "client" else "")
         link.session = self._membership.session(link)

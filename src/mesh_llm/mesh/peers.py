@@ -35,6 +35,7 @@ class PeerInfo:
     addrs: list[str] = field(default_factory=list)  # where to redial it, best first
     ping_rtt_ms: float | None = None  # measured over the gossip stream (app-level)
     grant: str = "member"  # what it proved: "member", or "client" for a client invite
+    link: str = "direct"  # how our connection's path was found: "direct" or "punched"
 
     @property
     def rtt_ms(self) -> float | None:
@@ -80,6 +81,7 @@ class PeerInfo:
             "state": self.state,
             "addrs": list(self.addrs),
             "grant": self.grant,
+            "link": self.link,
         }
 
 
@@ -211,20 +213,23 @@ class PeerTable(Mapping[str, PeerInfo]):
         connection: Connection,
         addrs: list[str],
         grant: str = "member",
+        link: str = "direct",
     ) -> PeerInfo:
         """Record a (new or fresh) announcement from a connected peer."""
         peer = self._peers.get(node_id)
         if peer is None:
-            peer = PeerInfo(node_id, announcement, connection, "connected", addrs, grant=grant)
+            peer = PeerInfo(node_id, announcement, connection, "connected", addrs, grant=grant,
+                            link=link)
             self._peers[node_id] = peer
             self._emit("added", node_id, peer)
             return peer
         changed = (peer.announcement != announcement or peer.addrs != addrs
-                   or peer.grant != grant)
+                   or peer.grant != grant or peer.link != link)
         was_reconnecting = peer.state != "connected"
         peer.announcement = announcement
         peer.addrs = addrs
         peer.grant = grant
+        peer.link = link
         peer.connection = connection
         peer.state = "connected"
         if was_reconnecting:
@@ -234,7 +239,7 @@ class PeerTable(Mapping[str, PeerInfo]):
         return peer
 
     def set_connection(self, node_id: str, connection: Connection,
-                       grant: str | None = None) -> None:
+                       grant: str | None = None, link: str | None = None) -> None:
         """A peer's connection was replaced (duplicate resolution, reconnect); a new
         connection brings what the peer proved on it."""
         peer = self._peers.get(node_id)
@@ -243,6 +248,10 @@ class PeerTable(Mapping[str, PeerInfo]):
         peer.connection = connection
         if grant is not None:
             peer.grant = grant
+        if link is not None and link != peer.link:
+            peer.link = link
+            if peer.state == "connected":
+                self._emit("updated", node_id, peer)
         if peer.state != "connected":
             peer.state = "connected"
             self._emit("reconnected", node_id, peer)

@@ -28,6 +28,7 @@ class StreamType(IntEnum):
     GOSSIP = 2
     RPC_TUNNEL = 3
     HTTP_TUNNEL = 4
+    RELAY = 5  # a member carrying two others' QUIC packets (relay.py)
 
 
 class FrameError(Exception):

@@ -18,6 +18,8 @@ from typing import Any
 from .gossip import (
     GoodbyeMsg,
     GossipError,
+    Intro,
+    IntroRequest,
     PingMsg,
     StateMsg,
     goodbye_message,
@@ -35,14 +37,16 @@ MAX_PINGS_IN_FLIGHT = 8
 
 class GossipSession:
     """Gossip over `conn` with `peer_id`. `state()` builds our state message; the peer's
-    messages go to `on_state`, `on_goodbye`, `on_rtt` (ms) and `on_bad` (a reason)."""
+    messages go to `on_state`, `on_goodbye`, `on_rtt` (ms), `on_intro` (introductions
+    asked for or given) and `on_bad` (a reason)."""
 
     def __init__(self, conn: Connection, peer_id: str, settings: MeshSettings, *,
                  state: Callable[[], dict[str, Any]],
                  on_state: Callable[[StateMsg], None],
                  on_goodbye: Callable[[], None],
                  on_rtt: Callable[[float], None],
-                 on_bad: Callable[[str], None]) -> None:
+                 on_bad: Callable[[str], None],
+                 on_intro: Callable[[IntroRequest | Intro], None] | None = None) -> None:
         self.conn = conn
         self.peer_id = peer_id
         self.settings = settings
@@ -51,6 +55,7 @@ class GossipSession:
         self._on_goodbye = on_goodbye
         self._on_rtt = on_rtt
         self._on_bad = on_bad
+        self._on_intro = on_intro
         self._out: Stream | None = None
         self._ping_n = 0
         self._pings: dict[int, float] = {}
@@ -90,6 +95,10 @@ class GossipSession:
         if self._out is not None:
             with contextlib.suppress(ConnectionError):
                 self._out.write_nowait(encode_frame(goodbye_message()))
+
+    def send(self, message: dict[str, Any]) -> None:
+        """One more message on our GOSSIP stream (dropped if the link is gone)."""
+        self._send(message)
 
     def _send(self, message: dict[str, Any]) -> None:
         stream = self._out
@@ -134,6 +143,8 @@ class GossipSession:
                 elif isinstance(parsed, GoodbyeMsg):
                     self._on_goodbye()
                     return
+                elif isinstance(parsed, IntroRequest | Intro) and self._on_intro is not None:
+                    self._on_intro(parsed)
         except (FrameError, GossipError) as err:
             log.warning("bad gossip from %s: %s; dropping the connection", self.peer_id[:12],
                         err)

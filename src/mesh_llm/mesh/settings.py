@@ -19,6 +19,12 @@ class MeshSettings:
     dial_timeout_s: float = 10.0  # dialling a peer learned by gossip
     gossip_dial_delay_s: float = 1.0  # the larger id waits this long: fewer duplicate dials
     redial_backoff_s: float = 5.0  # after a failed gossip dial of a peer
+    punch_after_s: float = 3.0  # a gossiped peer not dialled by then: ask for an introduction
+    punch_window_s: float = 6.0  # how long an introduced pair tries to reach each other
+    punch_delay_ms: int = 300  # an introduction's start, from when it is sent
+    relay_enabled: bool = True  # carry other members' packets where they cannot punch
+    relay_max_pairs: int = 8  # relay.DEFAULT_PAIRS
+    relay_rate: int = 8_000_000  # bytes per second, each way, per pair (relay.DEFAULT_RATE)
     ping_interval_s: float = 2.0  # app-level ping on the gossip stream: RTT and liveness
     silence_timeout_s: float = 8.0  # nothing heard for this long: the connection is lost
     max_pending_streams: int = 8

@@ -17,6 +17,7 @@ from ..logutil import RateLimitedLog
 from .auth import AuthResult, Grant
 from .identity import Identity
 from .invites import Invite
+from .observed import ObservedAddrs
 from .peers import PeerTable
 from .quic import Connection, QuicTransport, Stream
 from .settings import MeshSettings
@@ -41,6 +42,7 @@ class Link:
     goodbye: bool = False
     deliberate: bool = False  # we closed it on purpose: no reconnect
     replaced: bool = False  # lost the duplicate tie-break
+    kind: str = "direct"  # how the path was found: "direct" or "punched"
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
     def cancel_timers(self) -> None:
@@ -76,8 +78,19 @@ class MeshState:
         self.refusals = RateLimitedLog(log)  # what outsiders and unprivileged peers trigger
         self.refused = 0  # connections refused so far (tests wait on it, not on the log)
         self.stopping = False
+        self.own_addrs: set[str] = set()  # addresses that reach this very node
+        self.observed = ObservedAddrs()  # where peers see us
+        # Peers we send to right now: "intro" (an introduction), "dial" (a gossip hint).
+        self.punching: dict[str, str] = {}
+        # Peer → the address of its punched path: a later link on that path (a duplicate,
+        # a reconnect) is punched too.
+        self.punched_paths: dict[str, str] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def transport_fingerprint(self) -> bytes:
+        """Our own certificate's fingerprint (b"" before the transport exists)."""
+        return b"" if self.transport is None else self.transport.cert_fingerprint
 
     # links
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..mesh.settings import MeshSettings
+
 DEFAULT_API_PORT = 9337
 DEFAULT_CONSOLE_PORT = 3131
 
@@ -26,6 +28,8 @@ class NodeConfig:
     bind_host: str = "0.0.0.0"
     bind_port: int = 0
     advertise: tuple[str, ...] = ()
+    no_relay: bool = False  # carry no other members' packets
+    relay_limit: tuple[int, int] = (8, 8_000_000)  # pairs, bytes/s per pair
     split: bool = False
     max_vram_gb: float | None = None
     draft: str | None = None
@@ -51,3 +55,8 @@ class NodeConfig:
     @property
     def listen_host(self) -> str:
         return "0.0.0.0" if self.listen_all else "127.0.0.1"
+
+    def mesh_settings(self) -> MeshSettings:
+        """The mesh's timers and limits: the defaults, with this node's relay limits."""
+        return MeshSettings(relay_enabled=not self.no_relay,
+                            relay_max_pairs=self.relay_limit[0], relay_rate=self.relay_limit[1])

@@ -68,6 +68,10 @@ class HomeDir:
     def save_node_info(self, info: dict[str, Any]) -> None:
         _write_private(self.path / ADDRS_NAME, json.dumps(info) + "\n")
 
+    def save_addrs(self, node_id: str, addrs: list[str]) -> None:
+        """Our id and addresses as invites list them (`mesh-llm invite` reads them)."""
+        self.save_node_info({"node_id": node_id, "addrs": addrs})
+
     def save_peers(self, peers: list[tuple[str, list[str]]]) -> None:
         _write_private(self.path / PEERS_NAME, json.dumps(
             [{"id": node_id, "addrs": addrs} for node_id, addrs in peers]) + "\n")

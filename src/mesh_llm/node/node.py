@@ -12,6 +12,7 @@ each request to its model's ready host, here or through the API tunnel.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
@@ -173,6 +174,11 @@ class Node:
             return "", ""
         return self.mesh.token(), self.mesh.invite("client")
 
+    def reach(self) -> dict[str, Any]:
+        mesh = self.mesh
+        return {"addresses": mesh.addresses() if mesh is not None else None,
+                "relay": mesh.relay_stats() if mesh is not None else None}
+
     def counters(self) -> Counters:
         return Counters(self.api.in_flight, self.api.queued, self.console.open_streams,
                         self.worker.status_json(), self.api.requests.to_json())
@@ -236,13 +242,14 @@ class Node:
         secret = self.home.mesh_secret(fresh=cfg.new_mesh)
         self.mesh = Mesh(self.identity, secret, self._announcement(),
                          bind_host=cfg.bind_host, bind_port=cfg.bind_port,
-                         advertise=list(cfg.advertise))
+                         advertise=list(cfg.advertise), settings=cfg.mesh_settings())
         self.mesh.on_secret = self.home.save_secret  # joined another mesh: keep its secret
         try:
             await self.mesh.start()
         except OSError as err:
             raise UserError(bind_problem(err, cfg.bind_host, cfg.bind_port)) from None
-        self.home.save_node_info({"node_id": self.node_id, "addrs": self.mesh.addrs})
+        self.mesh.on_addrs = functools.partial(self.home.save_addrs, self.node_id)
+        self.mesh.on_addrs(self.mesh.addrs)  # and observed ones later, for `mesh-llm invite`
         self.mesh.peers.add_listener(self._on_peer_event)
         # A lite client needs the API tunnel and nothing else; serving is for members.
         self.mesh.add_stream_handler(StreamType.HTTP_TUNNEL, self.router.serve_http_tunnel,

@@ -118,6 +118,7 @@ def node_status(node: RunningNode) -> dict[str, Any]:
             "model_files": [str(p) for p in model.paths] if model else [],
             "reason": reason,
             "invites": {"worker": token or None, "client": client_invite or None},
+            **node.reach(),
             "trusted_hosts": sorted(cfg.trust_hosts) if cfg.trust_hosts is not None else None,
             "engine": {"backend": node.setup.backend, "devices": [
                 {"name": d.name, "description": d.description,

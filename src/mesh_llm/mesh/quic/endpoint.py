@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import socket
 from collections.abc import Callable
@@ -38,6 +39,8 @@ class _Router(qh3_adapter.BatchedDatagramProtocol):
         self._accept = accept
         self._by_cid: dict[bytes, QuicConnection] = {}
         self.connections: set[QuicConnection] = set()
+        # Virtual paths (a relay): address → how to send datagrams along it.
+        self.virtual: dict[Any, Callable[[list[bytes]], None]] = {}
         self.lost = asyncio.get_running_loop().create_future()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -83,6 +86,13 @@ class _Router(qh3_adapter.BatchedDatagramProtocol):
             return self._accept(header.destination_cid, addr)
         return None
 
+    def send_many(self, datagrams: list[bytes], addr: Any) -> None:
+        send = self.virtual.get(tuple(addr[:2])) if self.virtual else None
+        if send is not None:  # qh3 hands an IPv6 path back as (host, port, flow, scope)
+            send(datagrams)
+        else:
+            super().send_many(datagrams, addr)
+
     def add(self, conn: QuicConnection, *cids: bytes) -> None:
         self.connections.add(conn)
         for cid in cids:
@@ -120,6 +130,18 @@ class QuicTransport:
         self._family = socket.AF_INET
         self.port = 0
         self.batched_io = False
+
+    @property
+    def cert_fingerprint(self) -> bytes:
+        """SHA-256 of our own certificate: a dial whose server shows it reached us."""
+        return hashlib.sha256(self._cert_der).digest()
+
+    def send_raw(self, data: bytes, addr: tuple[str, int]) -> None:
+        """One datagram from the mesh socket that no QUIC endpoint reads (hole punching:
+        it opens our NAT's mapping towards `addr`)."""
+        router = self._router
+        if router is not None and router.transport is not None:
+            router.transport.sendto(data, addr)
 
     @property
     def connections(self) -> list[Connection]:
@@ -183,6 +205,31 @@ class QuicTransport:
                 conn.close(CLOSE_PROTOCOL_ERROR, "internal error")
         return conn
 
+    def add_virtual(self, addr: tuple[str, int], send: Callable[[list[bytes]], None]) -> None:
+        """A virtual path: datagrams to `addr` go to `send` (a relay), and `inject` delivers
+        what comes back as if from `addr`. QUIC runs over it as over the socket."""
+        if self._router is not None:
+            self._router.virtual[addr] = send
+
+    def remove_virtual(self, addr: tuple[str, int]) -> None:
+        """The path is gone: what its connections still send is dropped (they die by their
+        own timers), never sent to the socket. Paths are named per pair, so few exist."""
+        if self._router is not None and addr in self._router.virtual:
+            self._router.virtual[addr] = _drop
+
+    def inject(self, datagrams: list[bytes], addr: tuple[str, int]) -> None:
+        """Datagrams that arrived along virtual path `addr`."""
+        router = self._router
+        if router is not None and router.virtual.get(addr, _drop) is not _drop:
+            router.datagrams_received(datagrams, addr)
+
+    async def connect_virtual(self, addr: tuple[str, int], timeout: float = 10.0) -> Connection:
+        """Dial the far end of virtual path `addr` (see `add_virtual`)."""
+        router = self._router
+        if router is None or router.virtual.get(addr, _drop) is _drop:
+            raise TransportError(f"no path {addr[0]}")
+        return await self._handshake(router, addr, addr[0], timeout)
+
     async def connect(self, host: str, port: int, timeout: float = 10.0) -> Connection:
         """Dial host:port and finish the QUIC handshake within `timeout` seconds."""
         if self._router is None:
@@ -201,6 +248,10 @@ class QuicTransport:
         addr: Any = infos[0][4]
         if self._family == socket.AF_INET6 and len(addr) == 2:  # pragma: no cover
             addr = ("::ffff:" + addr[0], addr[1], 0, 0)
+        return await self._handshake(router, addr, f"{host}:{port}", timeout)
+
+    async def _handshake(self, router: _Router, addr: Any, label: str,
+                         timeout: float) -> Connection:
         quic = Qh3Connection(configuration=base_config(self.settings, is_client=True))
         conn = QuicConnection(router, self.settings, quic, addr, is_client=True,
                               server_cert_der=None)
@@ -211,11 +262,11 @@ class QuicTransport:
                 await conn.wait_connected()
         except TimeoutError:
             conn.close(CLOSE_PROTOCOL_ERROR, "handshake timeout")
-            raise TransportError(f"no QUIC answer from {host}:{port} within {timeout:.1f} s") \
+            raise TransportError(f"no QUIC answer from {label} within {timeout:.1f} s") \
                 from None
         except ConnectionError as err:
             conn.close(CLOSE_PROTOCOL_ERROR, "handshake failed")
-            raise TransportError(f"QUIC handshake with {host}:{port} failed: {err}") from None
+            raise TransportError(f"QUIC handshake with {label} failed: {err}") from None
         except BaseException:
             conn.close(CLOSE_PROTOCOL_ERROR, "dial cancelled")
             raise
@@ -251,6 +302,10 @@ class QuicTransport:
         if router.transport is not None:
             router.transport.close()
         self._router = None
+
+
+def _drop(datagrams: list[bytes]) -> None:
+    """Where a closed virtual path's datagrams go."""
 
 
 def _is_loopback(host: str) -> bool:
