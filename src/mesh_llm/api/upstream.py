@@ -14,8 +14,14 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-from .http1 import HttpProtocolError, ResponseHead, frame_chunk
-from .llhttp import ResponseReader
+from .http1 import (
+    MAX_HEAD_BYTES,
+    ChunkedDecoder,
+    HttpProtocolError,
+    ResponseHead,
+    frame_chunk,
+    parse_head,
+)
 
 CONNECT_TIMEOUT_S = 10.0
 # The head of a non-streamed answer comes only when generation ends, hence the long wait.
@@ -41,7 +47,9 @@ class Exchange(asyncio.Protocol):
         self._max_body = max_body
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._reader = ResponseReader(self._got_head, self._deliver, self._finish)
+        self._buf = b""
+        self._decoder: ChunkedDecoder | None = None
+        self._remaining: int | None = None  # Content-Length left; None: chunked or to close
         self._received = 0
         self._answered = False  # any byte at all came back
         self._pending: list[bytes] = []
@@ -58,25 +66,55 @@ class Exchange(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = self._loop.time()
         self._answered = True
-        if self.done.done():
-            return
         try:
-            self._reader.feed(data)
+            if not self.head.done():
+                data = self._read_head(data)
+            if data and not self.done.done():
+                self._read_body(data)
         except HttpProtocolError as err:
             self._fail(UpstreamClosed(f"bad answer from upstream: {err}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        head = self._reader.head
-        if head is not None and not head.chunked and head.content_length is None:
+        if self.head.done() and not self.head.cancelled() and self._decoder is None \
+                and self._remaining is None:
             self._finish()  # a body delimited by the close
         closed = UpstreamClosed if self._answered else UpstreamSilent
         self._fail(closed(f"upstream closed the connection{f': {exc}' if exc else ''}"))
 
-    # --- parsing (llhttp calls these) ---
-    def _got_head(self, head: ResponseHead) -> None:
-        if not self.head.done():
-            self.head.set_result(head)
+    # --- parsing ---
+    def _read_head(self, data: bytes) -> bytes:
+        self._buf += data
+        end = self._buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buf) > MAX_HEAD_BYTES:
+                raise HttpProtocolError("response head too large")
+            return b""
+        head = parse_head(self._buf[:end])
+        rest, self._buf = self._buf[end + 4:], b""
+        if head.chunked:
+            self._decoder = ChunkedDecoder()
+        else:
+            self._remaining = head.content_length
+            if self._remaining == 0:
+                self._finish()
+        self.head.set_result(head)
+        return rest
+
+    def _read_body(self, data: bytes) -> None:
+        if self._decoder is not None:
+            pieces = self._decoder.feed(data)
+            for piece in pieces:
+                self._deliver(piece)
+            if self._decoder.done:
+                self._finish()
+            return
+        if self._remaining is not None:
+            data = data[:self._remaining]
+            self._remaining -= len(data)
+        self._deliver(data)
+        if self._remaining == 0:
+            self._finish()
 
     def _deliver(self, piece: bytes) -> None:
         self._received += len(piece)
