@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fakenode import GB, ME, FakeNode
 from mesh_llm.api.name_match import ApiError, ServedModel
+from mesh_llm.api.tunnel_gate import ApiRequestGate, TunnelledRequest
 from mesh_llm.inference.election import Plan
 from mesh_llm.inference.groups import OfferedModel
 from mesh_llm.mesh.announcement import Announcement, Hosted, Offer
@@ -156,11 +157,17 @@ async def test_a_node_that_hosts_nothing_refuses_the_api_tunnel(tmp_path: Path) 
     assert stream.aborted
 
 
-def request(body: dict[str, object], key: str | None = None) -> bytes:
-    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+def request(body: dict[str, object], key: str | None = None) -> TunnelledRequest:
+    """A tunnelled request as the gate lets it through (and parses it)."""
+    data = json.dumps(body).encode()
+    head = ("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Length: {len(data)}\r\n")
     if key is not None:
-        head += f"{MODEL_HEADER}: {key}\r\n"
-    return f"{head}\r\n".encode() + json.dumps(body).encode()
+        head += f"{MODEL_HEADER.lower()}:  {key} \r\n"
+    gate = ApiRequestGate()
+    preface = gate.feed(f"{head}\r\n".encode() + data)
+    assert gate.complete and gate.head is not None
+    return TunnelledRequest(gate.head, preface)
 
 
 def test_a_tunnelled_request_reaches_the_llama_server_of_its_model(tmp_path: Path) -> None:

@@ -6,8 +6,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from httpfuzz import API_PATHS, Case, requests
 from mesh_llm.api.http1 import request_bytes
-from mesh_llm.api.tunnel_gate import ApiRequestGate, GateRefusal, check_head
+from mesh_llm.api.tunnel_gate import (
+    MAX_HEAD_BYTES,
+    ROUTES,
+    ApiRequestGate,
+    GateRefusal,
+    RequestHead,
+    TunnelledRequest,
+    check_head,
+)
 
 
 def fed(data: bytes, cuts: list[int] | None = None) -> bytes:
@@ -78,6 +87,9 @@ def test_head_and_body_are_bounded() -> None:
     gate = ApiRequestGate()
     with pytest.raises(GateRefusal, match="too large"):
         gate.feed(b"GET /v1/models HTTP/1.1\r\nX: " + b"a" * 20000)
+    gate = ApiRequestGate()  # a head too large, even when its end comes in the same read
+    with pytest.raises(GateRefusal, match="too large"):
+        gate.feed(b"GET /v1/models HTTP/1.1\r\nX: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n")
     gate = ApiRequestGate()
     gate.feed(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")
     with pytest.raises(GateRefusal, match="ended before"):
@@ -109,3 +121,47 @@ def test_every_api_family_passes_one_request(path: str) -> None:
 def test_near_misses_of_the_new_routes_are_refused(head: bytes) -> None:
     with pytest.raises(GateRefusal):
         check_head(head)
+
+
+def test_the_parsed_head_is_kept_for_the_router() -> None:
+    body = b'{"model": "x"}'
+    raw = (b"POST /v1/chat/completions?a=1 HTTP/1.1\r\nHost: peer:9337\r\n"
+           b"X-Mesh-Model:  ab12 \r\nContent-Type: application/json\r\nx-mesh-model: second\r\n"
+           b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    gate = ApiRequestGate()
+    assert gate.head is None
+    preface = gate.feed(raw[:40]) + gate.feed(raw[40:])
+    head = gate.head
+    assert isinstance(head, RequestHead) and gate.complete
+    assert (head.method, head.target, head.path) == (
+        "POST", "/v1/chat/completions?a=1", "/v1/chat/completions")
+    assert head.content_length == len(body)
+    assert head.header("x-mesh-MODEL") == "ab12"  # any case, the first one, without OWS
+    assert head.header("host") == "peer:9337"  # what was sent, not what is forwarded
+    assert head.header("Authorization") is None
+    assert preface.startswith(head.forwarded) and b"peer:9337" not in head.forwarded
+    request = TunnelledRequest(head, preface)
+    assert request.body == body
+    got = check_head(request_bytes("GET", "h", "/health", {}, None))
+    assert (got.method, got.path, got.content_length, got.header("content-length")) == (
+        "GET", "/health", 0, None)
+    assert TunnelledRequest(got, got.forwarded).body == b""
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests(API_PATHS, "127.0.0.1:9337"))
+def test_fuzzed_requests_are_refused_or_forwarded_well_formed(case: Case) -> None:
+    """The live edge's fuzz cases (tests/httpfuzz.py) through the gate: a GateRefusal or a
+    request of the API whose forwarded head is the gate's own rewrite."""
+    gate = ApiRequestGate()
+    try:
+        out = gate.feed(case.raw)
+    except GateRefusal:
+        return
+    if gate.head is None:
+        return  # still waiting for the rest of a head (bounded above)
+    head = gate.head
+    assert (head.method, head.path) in ROUTES
+    assert out.startswith(head.forwarded)
+    assert head.forwarded.count(b"\r\n\r\n") == 1
+    assert len(out) - len(head.forwarded) <= head.content_length

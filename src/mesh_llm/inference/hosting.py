@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api.proxy import Upstream
-from ..api.tunnel_gate import ApiRequestGate
+from ..api.tunnel_gate import ApiRequestGate, TunnelledRequest
 from ..changes import ChangeFeed
 from ..logutil import RateLimitedLog
 from ..mesh.peers import PeerInfo
@@ -80,7 +80,7 @@ class EncoderFactory:
         return encoder
 
 
-async def read_tunnelled_request(stream: Stream, gate: ApiRequestGate) -> bytes:
+async def read_tunnelled_request(stream: Stream, gate: ApiRequestGate) -> TunnelledRequest:
     """A peer's whole tunnelled request (head and body) as the gate lets it through, read
     before it is relayed, so that the node can choose the model's llama-server."""
     out = bytearray()
@@ -89,7 +89,8 @@ async def read_tunnelled_request(stream: Stream, gate: ApiRequestGate) -> bytes:
         if not data:
             raise EOFError("the request ended before its body did")
         out += gate.feed(data)
-    return bytes(out)
+    assert gate.head is not None  # complete implies the head passed
+    return TunnelledRequest(gate.head, bytes(out))
 
 
 class Hosting:
@@ -332,17 +333,7 @@ class Hosting:
                          self.spec.api_port)
         self._announce()
 
-    # --- the API tunnel other nodes' requests arrive through ---
-    async def serve_http_tunnel(self, peer_id: str, stream: Stream) -> None:
-        """A peer's API request for our llama-server: only while we host, and only for the
-        API's routes (llama-server's other endpoints are not the mesh's to hand out)."""
-        if not self.active:
-            refusals.warning(f"http {peer_id}", "refused an API tunnel from %s: this node is "
-                             "not the host", peer_id[:12])
-            stream.abort()
-            return
-        await self.relay_tunnel(peer_id, stream, ApiRequestGate())
-
+    # --- the API tunnel other nodes' requests arrive through (node/router.py) ---
     async def relay_tunnel(self, peer_id: str, stream: Stream, gate: ApiRequestGate,
                            preface: bytes = b"") -> None:
         """Relay a peer's API request to our serving llama-server through `gate`;

@@ -19,7 +19,7 @@ from typing import Any
 from ..api.name_match import ApiError, ServedModel, models_listing, resolve, resolve_in_mesh
 from ..api.proxy import Upstream
 from ..api.request_counts import RequestCounter
-from ..api.tunnel_gate import ApiRequestGate
+from ..api.tunnel_gate import ApiRequestGate, TunnelledRequest
 from ..inference.hosting import read_tunnelled_request, refusals
 from ..inference.offers import ready_host, served_models
 from ..mesh.announcement import Hosted
@@ -111,29 +111,27 @@ class MeshRouter:
             return
         gate = ApiRequestGate()
         try:
-            preface = await asyncio.wait_for(read_tunnelled_request(stream, gate),
+            request = await asyncio.wait_for(read_tunnelled_request(stream, gate),
                                              TUNNEL_REQUEST_S)
         except (ValueError, OSError, TimeoutError, EOFError) as err:
             refusals.warning(f"gate {peer_id}", "refused a tunnelled request from %s: %s",
                              peer_id[:12], err or "timeout")
             stream.abort()
             return
-        slot = self._slot_for(preface, hosting)
+        slot = self._slot_for(request, hosting)
         if slot is None:  # sent for a model we no longer host: the relay tries again
             stream.abort()
             return
-        await slot.hosting.relay_tunnel(peer_id, stream, gate, preface)
+        await slot.hosting.relay_tunnel(peer_id, stream, gate, request.preface)
 
-    def _slot_for(self, request: bytes, hosting: Sequence[Slot]) -> Slot | None:
+    def _slot_for(self, request: TunnelledRequest, hosting: Sequence[Slot]) -> Slot | None:
         """The model a tunnelled request is for: by its key header (None when we do not
         host that one), else its `model` field among the models we host, else our first
         hosted model."""
-        head, _, body = request.partition(b"\r\n\r\n")
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == MODEL_HEADER.lower().encode():
-                key = value.strip().decode("latin-1")
-                return next((s for s in hosting if s.key == key), None)
+        key = request.head.header(MODEL_HEADER)
+        if key is not None:
+            return next((s for s in hosting if s.key == key), None)
+        body = request.body
         try:
             requested = json.loads(body).get("model") if body else None
         except (ValueError, AttributeError, RecursionError):
