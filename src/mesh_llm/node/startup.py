@@ -36,7 +36,7 @@ class Setup:
     model: ResolvedModel | None = None
     draft: Path | None = None
     weights: ModelWeights | None = None  # our model file, indexed for RPC dedupe
-    # The second and later --model (issue #15): each the same machine with another model
+    # The second and later --model: each the same machine with another model
     # (no draft: --draft belongs to the first).
     extras: tuple[Setup, ...] = ()
 
