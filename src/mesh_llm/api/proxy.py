@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ..changes import ChangeFeed
-from .errors import dialect_errors, json_error, json_errors
+from .errors import dialect_errors, json_error
 from .guard import LOOPBACK, AllowedHosts
 from .http1 import ResponseHead, request_bytes
 from .jsonbody import BodyError, decode_json_object, read_json_object
@@ -97,7 +97,8 @@ class ApiProxy:
         self.requests = RouteCounts()  # per model and route, since start (status)
 
     def app(self) -> web.Application:
-        middlewares = [dialect_errors, json_errors, host_guard(self._allowed)]
+        # dialect_errors answers every HTTP error in JSON (Anthropic's shape on its routes)
+        middlewares = [dialect_errors, host_guard(self._allowed)]
         if self._api_key:
             middlewares.append(self._auth)
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
