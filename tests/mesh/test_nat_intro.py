@@ -6,6 +6,7 @@ dialling what gossip told it), so only an introduction by the public member link
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import replace
@@ -75,17 +76,32 @@ class Machine:
         self.loop.close()
 
 
+@contextlib.contextmanager
+def machines_of(lab: NatLab, *names: str) -> Iterator[dict[str, Machine]]:
+    """A Machine per named lab machine, each closed (its mesh stopped) however the test ends."""
+    machines = {name: Machine(lab, name) for name in names}
+    try:
+        yield machines
+    finally:
+        for machine in machines.values():
+            machine.close()
+
+
+def member_token(mesh: Mesh, secret: bytes) -> str:
+    """A member's token for `mesh` (what `mesh-llm` prints), naming its addresses."""
+    return encode_token(InviteToken(mesh.node_id, mesh.addrs, secret))
+
+
 def test_two_homes_that_cannot_dial_each_other_are_introduced_and_punch(
         lab: NatLab, tmp_path: Path) -> None:
     lab.internet()
     lab.public("P")
     lab.home("A", 1)
     lab.home("B", 2)
-    machines = {name: Machine(lab, name) for name in ("P", "A", "B")}
-    try:
+    with machines_of(lab, "P", "A", "B") as machines:
         secret = new_secret()
         p = machines["P"].start(tmp_path / "p", secret)
-        token = encode_token(InviteToken(p.node_id, p.addrs, secret))
+        token = member_token(p, secret)
         a = machines["A"].start(tmp_path / "a", secret)
         b = machines["B"].start(tmp_path / "b", secret)
         machines["A"].loop.run(a.join([token], timeout=10))
@@ -95,9 +111,6 @@ def test_two_homes_that_cannot_dial_each_other_are_introduced_and_punch(
         assert machines["P"].loop.call(lambda: p.introductions) == 1
         observed = machines["A"].loop.call(a.addresses)["observed"]
         assert observed and observed[0].startswith("198.51.100."), observed
-    finally:
-        for machine in machines.values():
-            machine.close()
 
 
 def test_a_nat_that_randomises_ports_defeats_punching_and_without_a_relay_nothing_links(
@@ -109,11 +122,10 @@ def test_a_nat_that_randomises_ports_defeats_punching_and_without_a_relay_nothin
     lab.public("P")
     lab.home("A", 1)
     lab.home("C", 3, fully_random=True)
-    machines = {name: Machine(lab, name) for name in ("P", "A", "C")}
-    try:
+    with machines_of(lab, "P", "A", "C") as machines:
         secret = new_secret()
         p = machines["P"].start(tmp_path / "p", secret, replace(SETTINGS, relay_enabled=False))
-        token = encode_token(InviteToken(p.node_id, p.addrs, secret))
+        token = member_token(p, secret)
         a = machines["A"].start(tmp_path / "a", secret)
         c = machines["C"].start(tmp_path / "c", secret)
         machines["A"].loop.run(a.join([token], timeout=10))
@@ -134,9 +146,6 @@ def test_a_nat_that_randomises_ports_defeats_punching_and_without_a_relay_nothin
                              "the reason", 15)
         assert "does not relay" in next(iter(reasons.values())), reasons
         assert machines["P"].loop.call(p.relay_stats)["refused"] == 1
-    finally:
-        for machine in machines.values():
-            machine.close()
 
 
 def test_where_punching_fails_the_introducer_relays_end_to_end(
@@ -145,11 +154,10 @@ def test_where_punching_fails_the_introducer_relays_end_to_end(
     lab.public("P")
     lab.home("A", 1)
     lab.home("C", 3, fully_random=True)
-    machines = {name: Machine(lab, name) for name in ("P", "A", "C")}
-    try:
+    with machines_of(lab, "P", "A", "C") as machines:
         secret = new_secret()
         p = machines["P"].start(tmp_path / "p", secret)
-        token = encode_token(InviteToken(p.node_id, p.addrs, secret))
+        token = member_token(p, secret)
         a = machines["A"].start(tmp_path / "a", secret)
         c = machines["C"].start(tmp_path / "c", secret)
         machines["A"].loop.run(a.join([token], timeout=10))
@@ -159,9 +167,6 @@ def test_where_punching_fails_the_introducer_relays_end_to_end(
         wait_until(lambda: machines["C"].link(a.node_id) == via, "C–A relayed", 5)
         stats = machines["P"].loop.call(p.relay_stats)
         assert stats["pairs"] == 1 and stats["forwarded_bytes"] > 0, stats
-    finally:
-        for machine in machines.values():
-            machine.close()
 
 
 def test_a_lite_client_behind_a_port_randomising_nat_reaches_a_member_through_a_relay(
@@ -170,11 +175,10 @@ def test_a_lite_client_behind_a_port_randomising_nat_reaches_a_member_through_a_
     lab.public("P")
     lab.home("A", 1)
     lab.home("C", 3, fully_random=True)
-    machines = {name: Machine(lab, name) for name in ("P", "A", "C")}
-    try:
+    with machines_of(lab, "P", "A", "C") as machines:
         secret = new_secret()
         p = machines["P"].start(tmp_path / "p", secret)
-        token = encode_token(InviteToken(p.node_id, p.addrs, secret))
+        token = member_token(p, secret)
         client_invite = encode_token(mint_invite(p.node_id, p.addrs, secret, "client"))
         a = machines["A"].start(tmp_path / "a", secret)
         k = machines["C"].start(tmp_path / "k", None)
@@ -184,9 +188,6 @@ def test_a_lite_client_behind_a_port_randomising_nat_reaches_a_member_through_a_
         wait_until(lambda: machines["C"].link(a.node_id) == via, "client–A relayed", 30)
         wait_until(lambda: machines["A"].link(k.node_id) == via, "A–client relayed", 5)
         assert machines["A"].loop.call(lambda: a.grant(k.node_id)) == "client"
-    finally:
-        for machine in machines.values():
-            machine.close()
 
 
 def test_an_invite_printed_behind_a_nat_lets_a_stranger_in_through_a_reachable_member(
@@ -195,12 +196,11 @@ def test_an_invite_printed_behind_a_nat_lets_a_stranger_in_through_a_reachable_m
     lab.public("P")
     lab.home("A", 1)
     lab.home("D", 4)
-    machines = {name: Machine(lab, name) for name in ("P", "A", "D")}
-    try:
+    with machines_of(lab, "P", "A", "D") as machines:
         secret = new_secret()
         p = machines["P"].start(tmp_path / "p", secret)
         a = machines["A"].start(tmp_path / "a", secret)
-        machines["A"].loop.run(a.join([encode_token(InviteToken(p.node_id, p.addrs, secret))],
+        machines["A"].loop.run(a.join([member_token(p, secret)],
                                       timeout=10))
         wait_until(lambda: machines["A"].loop.call(a.addresses)["observed"], "A observed", 10)
         token = machines["A"].loop.call(a.token)
@@ -212,6 +212,3 @@ def test_an_invite_printed_behind_a_nat_lets_a_stranger_in_through_a_reachable_m
         # when A's dial meets the NAT mapping D's own join attempt left open (a simultaneous
         # open outside any dial D still tracks, which it labels "direct").
         wait_until(lambda: machines["D"].link(a.node_id) in ("punched", "direct"), "D–A", 20)
-    finally:
-        for machine in machines.values():
-            machine.close()
