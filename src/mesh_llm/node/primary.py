@@ -44,10 +44,9 @@ def primary(node: LocalNode) -> Primary:
                   plan=hosting.plan if hosting is not None else None,
                   model=slot.name if slot is not None else "",
                   file_less=slot is None and not client)
-    if we_host and hosting is not None:
-        plan, draft = hosting.plan_json(), hosting.draft_name()
-        llama = hosting.llama
-        ready = bool(llama and llama.ready and not hosting.held)
+    if we_host and slot is not None:
+        plan, draft = slot.hosting.plan_json(), slot.hosting.draft_name()
+        ready = slot.answers()
     else:
         announced = host.announcement.plan if host is not None else None
         plan = announced if isinstance(announced, dict) else None

@@ -45,12 +45,15 @@ class Slot:
 
     def hosted(self) -> Hosted | None:
         """What we announce while we host this model: its plan and whether it answers."""
-        hosting = self.hosting
-        if not hosting.active:
+        if not self.hosting.active:
             return None
-        llama = hosting.llama
-        return Hosted(self.key, hosting.plan_json(),
-                      bool(llama and llama.ready and not hosting.held))
+        return Hosted(self.key, self.hosting.plan_json(), self.answers())
+
+    def answers(self) -> bool:
+        """Whether our llama-server for it takes requests now (ready, and not held while
+        an old one finishes on a CPU host)."""
+        llama = self.hosting.llama
+        return bool(llama and llama.ready and not self.hosting.held)
 
     def route_here(self) -> Route:
         """Where a request for this model goes while we host it."""
