@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -62,12 +63,18 @@ async def turn(session: aiohttp.ClientSession, base: str, body: dict[str, Any]
     usage: dict[str, int] = {}
     text = []
     async with session.post(base + "/v1/messages", json=body) as resp:
-        resp.raise_for_status()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:500]}")
         buffer = b""
         async for chunk in resp.content.iter_any():
             events, buffer = sse_data(buffer + chunk)
             for data in events:
-                found = (data.get("message") or {}).get("usage") or data.get("usage") or {}
+                if data.get("type") == "error" or "error" in data:
+                    raise RuntimeError(f"the server answered with an error event: {data}")
+                message = data.get("message")
+                if not isinstance(message, dict):
+                    message = {}
+                found = message.get("usage") or data.get("usage") or {}
                 usage.update({k: v for k, v in found.items() if isinstance(v, int) and v})
                 delta = data.get("delta") or {}
                 if data.get("type") == "content_block_delta" and delta.get("text"):
@@ -79,13 +86,16 @@ async def turn(session: aiohttp.ClientSession, base: str, body: dict[str, Any]
 
 
 async def agent(session: aiohttp.ClientSession, base: str, seed: int, turns: int,
-                system_tokens: int) -> list[tuple[float, int, int]]:
-    """One session: (TTFT, re-processed, new tokens) per turn."""
+                system_tokens: int, barrier: asyncio.Barrier) -> list[tuple[float, int, int]]:
+    """One session: (TTFT, re-processed, new tokens) per turn. Sessions start each turn
+    together (`barrier`), so a turn's TTFT is not another session's first 6,000-token
+    prompt still being processed."""
     messages: list[dict[str, Any]] = [{"role": "user", "content": "Read the README."}]
     body = {"model": MODEL, "max_tokens": 16, "temperature": 0, "stream": True,
             "system": system_prompt(system_tokens, seed), "tools": TOOLS}
     rows, before = [], 0
     for n in range(turns):
+        await barrier.wait()
         ttft, fresh, total, text = await turn(session, base, {**body, "messages": messages})
         rows.append((ttft, fresh, total - before))
         before = total
@@ -111,7 +121,8 @@ async def measure(base: str, sessions: int, turns: int, system_tokens: int) -> N
     timeout = aiohttp.ClientTimeout(total=1800)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         small = await fresh_ttft(session, base)
-        runs = await asyncio.gather(*(agent(session, base, s, turns, system_tokens)
+        barrier = asyncio.Barrier(sessions)
+        runs = await asyncio.gather(*(agent(session, base, s, turns, system_tokens, barrier)
                                       for s in range(sessions)))
     print(f"fresh 100-token prompt TTFT: {small:.0f} ms (target for turns 2+: ≤ "
           f"{1.5 * small:.0f} ms)")
@@ -133,13 +144,17 @@ def main() -> None:
     ap.add_argument("--system-tokens", type=int, default=6000)
     ap.add_argument("--split", action="store_true", help="two nodes splitting the model")
     ap.add_argument("--rtt", type=float, default=20.0, help="with --split: link RTT in ms")
+    ap.add_argument("--node-args", default="",
+                    help="extra node arguments for the host, as one shell-quoted string "
+                         "(e.g. \"--llama-arg '-c 32768'\")")
     args = ap.parse_args()
+    extra = shlex.split(args.node_args)
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         if args.split:
             from splitmesh import split_pair
-            node = stack.enter_context(split_pair(Path(tmp), args.rtt)).a
+            node = stack.enter_context(split_pair(Path(tmp), args.rtt, a_args=extra)).a
         else:
-            node = NodeProcess(Path(tmp) / "home").start()
+            node = NodeProcess(Path(tmp) / "home", *extra).start()
             stack.callback(node.stop)
             node.wait_ready()
         print(f"{'split, ' + str(args.rtt) + ' ms RTT' if args.split else 'solo'}: "

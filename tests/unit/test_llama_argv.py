@@ -12,7 +12,14 @@ import pytest
 from mesh_llm.cli.node_args import config_from_args, node_parser
 from mesh_llm.errors import UserError
 from mesh_llm.inference.engine import Engine
-from mesh_llm.inference.llama import SPLIT_PARALLEL, LlamaPlan, llama_server_argv
+from mesh_llm.inference.llama import (
+    POOL_TOKENS,
+    SPLIT_PARALLEL,
+    LlamaPlan,
+    context_pool,
+    llama_server_argv,
+)
+from mesh_llm.models.gguf_info import trained_context
 
 ENGINE = Engine(Path("/bin"), Path("/bin/llama-server"), None)
 MODEL = Path("/models/m.gguf")
@@ -89,3 +96,33 @@ def test_a_refused_llama_arg_is_one_line_and_exit_2(value: str, tmp_path: Path) 
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "--llama-arg" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("trained", "pool"), [
+    (None, None),  # the header says nothing: llama-server's own default
+    (2048, 8192),  # room for four contexts of a short-trained model
+    (8192, 32768),  # SmolLM2: four ~6,000-token agent sessions fit (bench/agent_session.py)
+    (16384, 32768),  # capped at POOL_TOKENS
+    (131072, 131072),  # a long-trained model keeps its own, never less
+])
+def test_the_slots_share_room_for_several_agent_sessions(trained: int | None,
+                                                          pool: int | None) -> None:
+    assert context_pool(trained) == pool
+    if pool is not None:
+        assert pool >= trained and pool <= max(trained, POOL_TOKENS)
+
+
+def test_the_pool_is_passed_before_llama_args_so_a_user_c_wins() -> None:
+    plan = LlamaPlan(MODEL, "m", ctx_size=32768, extra=("-c", "4096"))
+    argv = llama_server_argv(ENGINE, plan, 8080)
+    assert argv.count("-c") == 2 and argv[-1] == "4096"  # llama.cpp keeps the last
+    assert "-c" not in llama_server_argv(ENGINE, LlamaPlan(MODEL, "m"), 8080)
+
+
+def test_the_trained_context_is_read_from_the_real_model_header(tmp_path: Path) -> None:
+    from modelgen import smollm2_path, tiny_gguf
+    assert trained_context(smollm2_path()) == 8192
+    assert trained_context(tiny_gguf(tmp_path / "t.gguf")[0]) is None  # not stated
+    with pytest.raises(UserError, match="cannot read the GGUF metadata"):
+        (tmp_path / "bad.gguf").write_bytes(b"GGUF")
+        trained_context(tmp_path / "bad.gguf")

@@ -21,12 +21,13 @@ from typing import Any
 from ..api.proxy import Upstream
 from ..api.tunnel_gate import ApiRequestGate, TunnelledRequest
 from ..changes import ChangeFeed
+from ..errors import UserError
 from ..logutil import RateLimitedLog
 from ..mesh.peers import PeerInfo
 from ..mesh.protocol import StreamType
 from ..mesh.quic import Stream
 from ..mesh.tunnel import TunnelListener, relay_to_tcp
-from ..models.gguf_info import block_count
+from ..models.gguf_info import block_count, trained_context
 from ..models.split import model_stem
 from .dedupe import CodecStats, DedupeEncoder
 from .election import Candidate, Plan, make_plan, placement
@@ -38,7 +39,7 @@ from .generation import (
     counted_tcp_connect,
     overlap_refusal,
 )
-from .llama import LlamaPlan, LlamaServer
+from .llama import LlamaPlan, LlamaServer, context_pool
 from .rpc_wire import CommandCounts
 from .service import ServeSpec
 from .worker import LEAVE_WAIT_S, FileClaim
@@ -120,6 +121,8 @@ class Hosting:
         self.held = False  # CPU host switching: new requests wait while the old drains
         self.leaving_since: Mapping[str, float] = {}  # peer → when we saw it announce leaving
         self._layers: int | None = None  # the model's repeating layers, read once
+        self._pool: int | None = None  # the KV cells the slots share (-c), read once
+        self._pool_read = False
         self._replan_lock = asyncio.Lock()
 
     # --- what the API, the status and the announcement read ---
@@ -262,12 +265,16 @@ class Hosting:
             where = placement(plan.tensor_split, self._layers, self.spec.has_gpu)
             extra = {"gpu_layers": where.gpu_layers, "tensor_split": where.tensor_split,
                      "overrides": where.overrides}
+        if not self._pool_read:
+            self._pool = await asyncio.to_thread(_context_pool, model.path)
+            self._pool_read = True
         if gen.stopped:  # stopped while we set up: close what we opened meanwhile
             await gen.stop()
             return
         llama_plan = LlamaPlan(model=model.path, alias=model.name, rpc=tuple(endpoints),
                                draft=spec.draft, draft_max=spec.draft_max,
-                               parallel=spec.parallel, extra=spec.llama_args, **extra)
+                               parallel=spec.parallel, ctx_size=self._pool,
+                               extra=spec.llama_args, **extra)
         gen.llama = self._launch(engine, llama_plan, self.log_path,
                                  functools.partial(self.llama_changed, gen), gen.stats.clear)
         what = f"split over {len(plan.workers)} worker(s) {plan.tensor_split}" if plan.workers \
@@ -369,3 +376,12 @@ def tunnel_stats(stats: Sequence[CodecStats]) -> dict[str, Any]:
         "round_trips": counts.round_trips,
         "by_command": counts.as_dict(),
     }
+
+
+def _context_pool(path: Path) -> int | None:
+    """The `-c` for this model file; llama-server's own default when its header says nothing."""
+    try:
+        return context_pool(trained_context(path))
+    except UserError as err:
+        log.warning("%s; llama-server sizes its context itself", err)
+        return None

@@ -24,6 +24,22 @@ HEALTH_POLL_S = 0.05
 # step than one (bench/rpc_profile.py). The KV cache is unified: slots cost no memory.
 SPLIT_PARALLEL = 8
 MAX_PARALLEL = 256
+# The KV cache the slots share (`-c`). llama-server sizes it to the model's trained context
+# and caps each slot there, so with the unified cache four coding-agent sessions of ~6,000
+# tokens each (bench/agent_session.py) overflow a model trained on 8,192 ("Context size has
+# been exceeded"). A model trained on less than POOL_TOKENS gets room for POOL_SESSIONS such
+# contexts, up to POOL_TOKENS; a longer-trained model keeps llama-server's own size.
+# `--llama-arg '-c N'` overrides it.
+POOL_SESSIONS = 4
+POOL_TOKENS = 32768
+
+
+def context_pool(trained: int | None) -> int | None:
+    """The KV cells all slots share, for a model trained on `trained` tokens (None: leave
+    llama-server's default)."""
+    if trained is None:
+        return None
+    return max(trained, min(POOL_SESSIONS * trained, POOL_TOKENS))
 
 
 # llama-server options the node sets itself (or that would stop llama-server from serving
@@ -73,6 +89,7 @@ class LlamaPlan:
     draft: Path | None = None
     draft_max: int = 8
     parallel: int | None = None  # slots (--parallel); None: SPLIT_PARALLEL
+    ctx_size: int | None = None  # -c: the KV cells the slots share; None: llama's default
     extra: tuple[str, ...] = field(default_factory=tuple)  # last: they override ours
 
 
@@ -108,6 +125,8 @@ def llama_server_argv(engine: Engine, plan: LlamaPlan, port: int) -> list[str]:
     for override in plan.overrides:
         argv += ["-ot", override]
     argv += serving_args(bool(plan.rpc), plan.parallel)
+    if plan.ctx_size is not None:
+        argv += ["-c", str(plan.ctx_size)]
     if plan.draft is not None:
         argv += [
             "-md", str(plan.draft),

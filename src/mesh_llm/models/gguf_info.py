@@ -57,16 +57,31 @@ def read_metadata(path: Path, keys: Collection[str]) -> dict[str, MetaValue]:
     return found
 
 
-def block_count(path: Path) -> int:
-    """The number of repeating layers, from the GGUF metadata (`<arch>.block_count`)."""
+def _arch_value(path: Path, name: str) -> MetaValue | None:
+    """`<arch>.<name>` from the GGUF metadata (None when absent; UserError when unreadable)."""
     try:
         arch = read_metadata(path, ["general.architecture"]).get("general.architecture")
         if not isinstance(arch, bytes):
             raise UserError(f"{path}: GGUF metadata has no general.architecture")
-        key = f"{arch.decode(errors='replace')}.block_count"
-        count = read_metadata(path, [key]).get(key)
+        key = f"{arch.decode(errors='replace')}.{name}"
+        return read_metadata(path, [key]).get(key)
     except (OSError, GgufError) as err:
         raise UserError(f"{path}: cannot read the GGUF metadata: {err}") from None
-    if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
-        raise UserError(f"{path}: GGUF metadata has no {key}")
+
+
+def _positive(value: MetaValue | None) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+        else None
+
+
+def block_count(path: Path) -> int:
+    """The number of repeating layers, from the GGUF metadata (`<arch>.block_count`)."""
+    count = _positive(_arch_value(path, "block_count"))
+    if count is None:
+        raise UserError(f"{path}: GGUF metadata has no block_count")
     return count
+
+
+def trained_context(path: Path) -> int | None:
+    """The context the model was trained for (`<arch>.context_length`); None if unstated."""
+    return _positive(_arch_value(path, "context_length"))
