@@ -147,6 +147,10 @@ def node_parser() -> argparse.ArgumentParser:
                    help="serve the API on 0.0.0.0 (requires --api-key)")
     p.add_argument("--api-key", metavar="KEY", help="Bearer key required by the API")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="the node's log on stderr: human-readable lines (default), or one "
+                        "JSON object per line (time, level, node, event, fields, logger, "
+                        "message)")
     return p
 
 

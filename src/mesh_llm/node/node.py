@@ -32,6 +32,7 @@ from ..inference.groups import Group, NodeOffer, local_allocation
 from ..inference.hosting import Hosting
 from ..inference.offers import offer_of
 from ..inference.worker import FileClaim, Worker
+from ..logutil import set_log_node
 from ..mesh.announcement import Announcement, Offer
 from ..mesh.identity import Identity, is_node_id
 from ..mesh.mesh import Mesh, MeshJoinError
@@ -121,6 +122,7 @@ class Node:
         """Take the home (one node per home) and our identity in it."""
         self.home.acquire()
         self.identity = Identity.load_or_create(self.home.path)
+        set_log_node(self.identity.node_id)
         log.info("node id: %s", self.identity.node_id)
 
     # --- what the API, the console and the roles read (view.RunningNode) ---
@@ -302,7 +304,7 @@ class Node:
             try:
                 self.home.save_peers(members)
             except UserError as err:
-                log.warning("%s", err)
+                log.warning("%s", err, extra={"event": "peers not saved"})
 
     def _local_changed(self) -> None:
         """Our ggml-rpc-server came up or went down, or our file proved different: tell the
@@ -362,7 +364,7 @@ class Node:
         self.excluded = dict(first.excluded)
         if first.host_id != before:
             if first.host_id is None and self.file_less:
-                log.warning("%s", WAITING_FOR_A_HOST)
+                log.warning("%s", WAITING_FOR_A_HOST, extra={"event": "waiting for a host"})
             else:
                 log.info("host: %s", "this node" if first.host_id == self.node_id else
                          (first.host_id[:12] if first.host_id else "none"))
