@@ -89,3 +89,29 @@ def test_a_refused_llama_arg_is_one_line_and_exit_2(value: str, tmp_path: Path) 
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "--llama-arg" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    # a value of its own occurrence is one argument, spaces, quotes and backslashes included
+    (["--chat-template-file", "/my templates/t.jinja"],
+     ("--chat-template-file", "/my templates/t.jinja")),
+    (["--override-kv", "tokenizer.ggml.pre=str:it's \"x\" \\d"],
+     ("--override-kv", "tokenizer.ggml.pre=str:it's \"x\" \\d")),
+    # an option with its value in one occurrence is split like a shell, quotes kept together
+    (["--chat-template-file '/my templates/t.jinja'"],
+     ("--chat-template-file", "/my templates/t.jinja")),
+    (["-fa on -c 4096", "--temp", "-1"], ("-fa", "on", "-c", "4096", "--temp", "-1")),
+])
+def test_a_value_with_spaces_survives_as_one_argument(values: list[str],
+                                                      expected: tuple[str, ...]) -> None:
+    argv = [a for v in values for a in ("--llama-arg", v)]
+    assert config_from_args(node_parser().parse_args(argv)).llama_args == expected
+    glued = [f"--llama-arg={v}" for v in values]  # the = form reads the same
+    assert config_from_args(node_parser().parse_args(glued)).llama_args == expected
+
+
+def test_a_value_of_its_own_cannot_smuggle_an_owned_option() -> None:
+    # one argument for llama-server, never split: "--port 1" here is a value, not an option
+    args = config_from_args(node_parser().parse_args(
+        ["--llama-arg", "--chat-template-file", "--llama-arg", "x --port 1"])).llama_args
+    assert args == ("--chat-template-file", "x --port 1")
