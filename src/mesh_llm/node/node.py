@@ -12,7 +12,6 @@ each request to its model's ready host, here or through the API tunnel.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
 import time
@@ -250,8 +249,8 @@ class Node:
             await self.mesh.start()
         except OSError as err:
             raise UserError(bind_problem(err, cfg.bind_host, cfg.bind_port)) from None
-        self.mesh.on_addrs = functools.partial(self.home.save_addrs, self.node_id)
-        self.mesh.on_addrs(self.mesh.addrs)  # and observed ones later, for `mesh-llm invite`
+        self.mesh.on_addrs = lambda _addrs: self._remember_reach()
+        self._remember_reach()  # and observed addresses later, for `mesh-llm invite`
         self.mesh.peers.add_listener(self._on_peer_event)
         # A lite client needs the API tunnel and nothing else; serving is for members.
         self.mesh.add_stream_handler(StreamType.HTTP_TUNNEL, self.router.serve_http_tunnel,
@@ -292,6 +291,7 @@ class Node:
     def _on_peer_event(self, event: PeerEvent) -> None:
         log.info("peer %s %s", event.node_id[:12], event.kind)
         self._remember_peers()
+        self._remember_reach()
         self._reconcile()
 
     def _remember_peers(self) -> None:
@@ -305,6 +305,11 @@ class Node:
                 self.home.save_peers(members)
             except UserError as err:
                 log.warning("%s", err, extra={"event": "peers not saved"})
+
+    def _remember_reach(self) -> None:
+        """Our addresses and via members as our invites list them, for `mesh-llm invite`."""
+        if self.mesh is not None and not self._stopping:
+            self.home.save_reach(self.node_id, self.mesh.addrs, self.mesh.invite_via())
 
     def _local_changed(self) -> None:
         """Our ggml-rpc-server came up or went down, or our file proved different: tell the
