@@ -182,7 +182,8 @@ class Node:
 
     def counters(self) -> Counters:
         return Counters(self.api.in_flight, self.api.queued, self.console.open_streams,
-                        self.worker.status_json(), self.api.requests.to_json())
+                        self.worker.status_json(), self.api.requests.to_json(),
+                        self.router.tunnelled.to_json())
 
     def status(self) -> dict[str, Any]:
         return node_status(self)
