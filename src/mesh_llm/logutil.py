@@ -3,6 +3,7 @@
 A flood of refused handshakes or forbidden streams must not become a flood of log lines
 (they hide real failures and fill disks): the first line for a key is written, repeats within
 the window are counted, and the next line written for that key says how many were left out.
+It also holds the node id that structured log lines (`--log-format json`) name.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ class RateLimitedLog:
         self._seen.move_to_end(key)
         while len(self._seen) > self._max_keys:
             self._seen.popitem(last=False)
+        event = msg  # a structured line's event stays the same with or without the count
         if skipped:
-            msg += f" ({skipped} more like this in the last {self._window_s:g} s)"
-        self._log.log(level, msg, *args)
+            msg += " (%d more like this in the last %g s)"
+            args = (*args, skipped, self._window_s)
+        self._log.log(level, msg, *args, extra={"event": event})
         return True
 
     def warning(self, key: str, msg: str, *args: object) -> bool:
@@ -49,3 +52,19 @@ class RateLimitedLog:
 
     def info(self, key: str, msg: str, *args: object) -> bool:
         return self.log(logging.INFO, key, msg, *args)
+
+
+# Which node writes this process's log lines: the structured log format (`--log-format json`)
+# puts it in every line. Set once the node knows its identity; "" before that.
+_node_id = ""
+
+
+def set_log_node(node_id: str) -> None:
+    """Name the node in every structured log line from now on."""
+    global _node_id
+    _node_id = node_id
+
+
+def log_node() -> str:
+    """The node id structured log lines carry ("" until the node has its identity)."""
+    return _node_id

@@ -140,15 +140,30 @@ def test_rerank_on_a_chat_model_is_llama_servers_own_error(mesh: dict[str, str])
         assert caught.value.status_code == 501 and "--reranking" in caught.value.message
 
 
+def counts(mesh: dict[str, str], node: str, which: str = "api_requests") -> dict[str, int]:
+    return http_json(mesh[f"{node}_console"] + "/api/status")[1][which].get(MODEL, {})
+
+
 def test_requests_are_counted_per_model_and_route(mesh: dict[str, str]) -> None:
     for via in VIA:
-        before = http_json(mesh[f"{via}_console"] + "/api/status")[1]["api_requests"]
+        was = counts(mesh, via)
+        host_was = {"api_requests": counts(mesh, "host"),
+                    "api_requests_tunnelled": counts(mesh, "host", "api_requests_tunnelled")}
         message(mesh[via])
         response(mesh[via])
-        after = http_json(mesh[f"{via}_console"] + "/api/status")[1]["api_requests"][MODEL]
-        was = before.get(MODEL, {})
+        oai(mesh[via]).models.list()  # answered by the node itself: not a relayed request
+        after = counts(mesh, via)
+        # the host counts what a client tunnelled to it apart from what its own API got,
+        # so adding every node's api_requests counts each request once
+        tunnelled = counts(mesh, "host", "api_requests_tunnelled")
+        host_now = counts(mesh, "host")
         for route in ("/v1/messages", "/v1/responses"):
             assert after[route] == was.get(route, 0) + 1, (via, route)
+            grew = tunnelled.get(route, 0) - host_was["api_requests_tunnelled"].get(route, 0)
+            assert grew == (1 if via == "client" else 0), (via, route)
+            if via == "client":
+                assert host_now.get(route, 0) == host_was["api_requests"].get(route, 0)
+        assert "/v1/models" not in after and "/v1/models" not in tunnelled
 
 
 def test_a_keyed_client_takes_x_api_key_and_refuses_in_anthropics_shape(

@@ -8,11 +8,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from mesh_llm.mesh.invites import decode_token
+from mesh_llm.node.home import read_reach
 from natlab import LabNode, NatLab, lab_available, leftover_namespaces
 
 WHY_NOT = lab_available()
@@ -133,3 +137,25 @@ def test_a_member_with_no_relay_refuses_and_the_pair_says_why(lab: NatLab,
     why = a.wait_for(reason, "a reason", 60)
     assert "does not relay (--no-relay)" in why, why
     assert p.status()["relay"]["refused"] >= 1 and p.status()["relay"]["pairs"] == 0
+
+
+def test_the_invite_command_names_the_via_members_the_node_s_invites_name(
+        lab: NatLab, tmp_path: Path) -> None:
+    lab.internet()
+    lab.public("P")
+    lab.home("A", 1)
+    p = lab.node("P", tmp_path / "p").wait_ready()
+    id_p = p.status()["node_id"]
+    a = lab.node("A", tmp_path / "a", "--join", p.status()["token"])
+    # behind its NAT, A's invites name P, which it reached by dialling it
+    via = a.wait_for(lambda: decode_token(a.status()["token"]).via, "via in A's invites", 30)
+    assert [member for member, _ in via] == [id_p]
+    assert decode_token(a.status()["invites"]["client"]).via == via
+    a.wait_for(lambda: (read_reach(a.home) or ([], ()))[1] == via, "A's home names P", 10)
+    for kind in ("--client", "--worker"):
+        minted = subprocess.run([sys.executable, "-m", "mesh_llm", "invite", kind, "--home",
+                                 str(a.home)], capture_output=True, text=True, timeout=60)
+        assert minted.returncode == 0, minted.stderr
+        token = decode_token(minted.stdout.strip())
+        assert token.via == via and token.addrs == token_addrs(a.status()["token"])
+        assert f" or {id_p[:12]}" in minted.stderr

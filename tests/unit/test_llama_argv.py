@@ -126,3 +126,29 @@ def test_the_trained_context_is_read_from_the_real_model_header(tmp_path: Path) 
     with pytest.raises(UserError, match="cannot read the GGUF metadata"):
         (tmp_path / "bad.gguf").write_bytes(b"GGUF")
         trained_context(tmp_path / "bad.gguf")
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    # a value of its own occurrence is one argument, spaces, quotes and backslashes included
+    (["--chat-template-file", "/my templates/t.jinja"],
+     ("--chat-template-file", "/my templates/t.jinja")),
+    (["--override-kv", "tokenizer.ggml.pre=str:it's \"x\" \\d"],
+     ("--override-kv", "tokenizer.ggml.pre=str:it's \"x\" \\d")),
+    # an option with its value in one occurrence is split like a shell, quotes kept together
+    (["--chat-template-file '/my templates/t.jinja'"],
+     ("--chat-template-file", "/my templates/t.jinja")),
+    (["-fa on -c 4096", "--temp", "-1"], ("-fa", "on", "-c", "4096", "--temp", "-1")),
+])
+def test_a_value_with_spaces_survives_as_one_argument(values: list[str],
+                                                      expected: tuple[str, ...]) -> None:
+    argv = [a for v in values for a in ("--llama-arg", v)]
+    assert config_from_args(node_parser().parse_args(argv)).llama_args == expected
+    glued = [f"--llama-arg={v}" for v in values]  # the = form reads the same
+    assert config_from_args(node_parser().parse_args(glued)).llama_args == expected
+
+
+def test_a_value_of_its_own_cannot_smuggle_an_owned_option() -> None:
+    # one argument for llama-server, never split: "--port 1" here is a value, not an option
+    args = config_from_args(node_parser().parse_args(
+        ["--llama-arg", "--chat-template-file", "--llama-arg", "x --port 1"])).llama_args
+    assert args == ("--chat-template-file", "x --port 1")

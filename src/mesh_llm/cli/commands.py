@@ -71,7 +71,7 @@ def cmd_invite(argv: Sequence[str]) -> int:
 
     from ..mesh.identity import Identity
     from ..mesh.invites import encode_token, mint_invite, parse_duration
-    from ..node.home import read_node_info, read_secret
+    from ..node.home import read_reach, read_secret
 
     p = Parser(prog="mesh-llm invite",
                description="print a new invite to this node's mesh: a client invite grants "
@@ -93,20 +93,21 @@ def cmd_invite(argv: Sequence[str]) -> int:
         except TokenError as err:
             raise UserError(f"--expires: {err}", 2) from None
     secret = read_secret(home)
-    info = read_node_info(home)
-    addrs = info.get("addrs") if info is not None else None
-    if secret is None or not isinstance(addrs, list) or not addrs:
+    reach = read_reach(home)
+    if secret is None or reach is None or not reach[0]:
         raise UserError(f"no mesh in {home}: start a node with this home first (mesh-llm "
                         "--home DIR ...), then mint invites for its mesh")
     identity = Identity.load_or_create(home)
-    token = mint_invite(identity.node_id, [str(a) for a in addrs], secret, args.kind, expires)
+    addrs, via = reach  # as the node's own invites list them, via members included
+    token = mint_invite(identity.node_id, addrs, secret, args.kind, expires, via)
     try:
         print(encode_token(token))
     except TokenError as err:
         raise UserError(f"cannot mint an invite from {home}: {err}") from None
     until = time.strftime(" until %Y-%m-%d %H:%M UTC", time.gmtime(expires)) if expires else ""
-    print(f"({args.kind} invite through node {identity.node_id[:12]}{until}; use it with "
-          f"mesh-llm {'--client ' if args.kind == 'client' else ''}--join TOKEN)",
+    through = "".join(f" or {member[:12]}" for member, _ in via)
+    print(f"({args.kind} invite through node {identity.node_id[:12]}{through}{until}; use it "
+          f"with mesh-llm {'--client ' if args.kind == 'client' else ''}--join TOKEN)",
           file=sys.stderr)
     return 0
 

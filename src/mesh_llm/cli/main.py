@@ -15,32 +15,8 @@ from typing import Any
 
 from ..errors import UserError
 from .commands import COMMANDS
+from .logs import setup_logging
 from .node_args import config_from_args, node_parser
-
-
-def setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("mesh_llm")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
-    # aiohttp's own reports (bad requests from the network are routine for a server): one
-    # line each in our format; their tracebacks only with --verbose.
-    class OneLine(logging.Formatter):
-        def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]
-            return ""
-
-        def formatStack(self, stack_info: str) -> str:
-            return ""
-
-    quiet = logging.StreamHandler(sys.stderr)
-    quiet.setFormatter(OneLine("%(asctime)s  %(name)s: %(message)s", "%H:%M:%S")
-                       if not verbose else handler.formatter)
-    web_logs = logging.getLogger("aiohttp")
-    web_logs.handlers[:] = [quiet]
-    web_logs.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    web_logs.propagate = False
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -56,16 +32,23 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging("-v" in argv or "--verbose" in argv)
+    structured = False
     try:
         if argv and argv[0] in COMMANDS:
             return COMMANDS[argv[0]](argv[1:])
-        config = config_from_args(node_parser().parse_args(argv))
+        args = node_parser().parse_args(argv)
+        structured = args.log_format == "json"
+        setup_logging(args.verbose, args.log_format)
+        config = config_from_args(args)
         from ..node.node import run_node
 
         run_event_loop(run_node(config))
         return 0
     except UserError as err:
-        print(f"mesh-llm: {err}", file=sys.stderr)
+        if structured:  # the node's last line, in the format of the others
+            logging.getLogger("mesh_llm").error("mesh-llm: %s", err)
+        else:
+            print(f"mesh-llm: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return 130

@@ -48,19 +48,25 @@ def glue_llama_args(argv: list[str]) -> list[str]:
     return out
 
 
+def llama_arg_words(value: str) -> list[str]:
+    """One --llama-arg as llama-server arguments (pure). An option with its value
+    (`-fa on`, `--chat-template-file '/my templates/t.jinja'`) is split as a shell would;
+    anything else is one value as given, spaces, quotes and backslashes included."""
+    if not value.strip():
+        raise UserError("--llama-arg needs an argument for llama-server, e.g. "
+                        "--llama-arg '-fa on'", 2)
+    if not value.lstrip().startswith("-"):
+        return [value]
+    try:
+        return shlex.split(value)
+    except ValueError as err:
+        raise UserError(f"--llama-arg {value!r}: {err}", 2) from None
+
+
 def llama_args(values: list[str]) -> tuple[str, ...]:
-    """Every --llama-arg, each split as a shell would; one that names an option the node sets
-    itself is refused in one line (exit 2)."""
-    args: list[str] = []
-    for value in values:
-        try:
-            words = shlex.split(value)
-        except ValueError as err:
-            raise UserError(f"--llama-arg {value!r}: {err}", 2) from None
-        if not words:
-            raise UserError("--llama-arg needs an argument for llama-server, e.g. "
-                            "--llama-arg '-fa on'", 2)
-        args += words
+    """Every --llama-arg in order; one that names an option the node sets itself is refused
+    in one line (exit 2)."""
+    args = [word for value in values for word in llama_arg_words(value)]
     owned = owned_flag(tuple(args))
     if owned is not None:
         flag, why = owned
@@ -133,8 +139,10 @@ def node_parser() -> argparse.ArgumentParser:
                         f"{SPLIT_PARALLEL} for a split, llama.cpp's own choice solo)")
     p.add_argument(LLAMA_ARG, action="append", default=[], metavar="ARG",
                    help="pass ARG to llama-server when this node hosts, after the node's own "
-                        "options so it overrides them (repeatable; each is split like a "
-                        "shell: --llama-arg '-fa on' or --llama-arg -fa --llama-arg on). "
+                        "options so it overrides them (repeatable). An ARG that starts with "
+                        "- is split like a shell (--llama-arg '-fa on'); any other is one "
+                        "argument as given, spaces included (--llama-arg --chat-template-file "
+                        "--llama-arg '/my templates/t.jinja'). "
                         "Options the node sets itself are refused: the model, alias, host, "
                         "port, API key, TLS, RPC and layer placement (--rpc, -ngl, -ts, -ot, "
                         "-sm), --device, --parallel, the draft model, and options that exit")
@@ -147,6 +155,10 @@ def node_parser() -> argparse.ArgumentParser:
                    help="serve the API on 0.0.0.0 (requires --api-key)")
     p.add_argument("--api-key", metavar="KEY", help="Bearer key required by the API")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="the node's log on stderr: human-readable lines (default), or one "
+                        "JSON object per line (time, level, node, event, fields, logger, "
+                        "message)")
     return p
 
 

@@ -191,7 +191,7 @@ class Hosting:
             return
         self.plan = plan
         if plan.mode == "waiting":
-            log.warning("%s", plan.reason)
+            log.warning("%s", plan.reason, extra={"event": "plan: waiting"})
             self.state = "waiting"
             self._spawn(self.stop_serving())
             return

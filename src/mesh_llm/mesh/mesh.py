@@ -182,7 +182,7 @@ class Mesh:
             raise MeshError("start the mesh before asking for its token")
         secret = self._state.secret
         return "" if secret is None else encode_token(InviteToken(self.node_id, self._addrs,
-                                                                  secret, via=self._via()))
+                                                                  secret, via=self.invite_via()))
 
     def invite(self, kind: InviteKind, expires: int = 0) -> str:
         """A version-2 invite of `kind` through this node ("" without a secret)."""
@@ -190,7 +190,7 @@ class Mesh:
             raise MeshError("start the mesh before asking for an invite")
         secret = self._state.secret
         return "" if secret is None else encode_token(
-            mint_invite(self.node_id, self._addrs, secret, kind, expires, self._via()))
+            mint_invite(self.node_id, self._addrs, secret, kind, expires, self.invite_via()))
 
     async def join(self, tokens: list[str], timeout: float = 15.0) -> str | None:
         """Join via the first token that works (its mesh secret becomes ours).
@@ -309,10 +309,10 @@ class Mesh:
         if self._started:
             self._membership.schedule_broadcast()
 
-    def _via(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    def invite_via(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """Behind a NAT, our invites also name members we reached by dialling them (a
         stranger can join through one of them); a reachable node's invites stay as they
-        were."""
+        were. (member id, its addresses), at most MAX_VIA."""
         state = self._state
         if not state.observed.public(lan_addrs(self.bind_host, self.port, self._ips)):
             return ()

@@ -2,15 +2,24 @@
 
 A bar (bytes, rate, ETA) redrawn in place is unreadable in a log file or a CI run, so when
 stderr is not a TTY each file gets a start line, a line every few seconds, and an end line.
+With structured logs (`--log-format json`) those lines are log records of a logger instead.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import IO
 
 LINE_EVERY_S = 5.0
+_to_log: logging.Logger | None = None
+
+
+def log_lines(logger: logging.Logger | None) -> None:
+    """Progress on stderr as `logger`'s INFO records (None: printed lines or a bar again)."""
+    global _to_log
+    _to_log = logger
 
 
 def human(n: float) -> str:
@@ -37,7 +46,8 @@ class Progress:
                  tty: bool | None = None) -> None:
         self.name, self.total, self.done = name, total, done
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty() if tty is None else tty
+        self._log = _to_log if stream is None else None
+        self.tty = (self._log is None and self.stream.isatty()) if tty is None else tty
         self._start = time.monotonic()
         self._start_done = done
         self._last_line = self._start
@@ -50,10 +60,13 @@ class Progress:
                              dynamic_ncols=True)
         else:
             resumed = f", resuming at {human(done)}" if done else ""
-            self._line(f"{name}: downloading {human(total)}{resumed}")
+            self._line("%s: downloading %s%s", name, human(total), resumed)
 
-    def _line(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+    def _line(self, template: str, *args: object) -> None:
+        if self._log is not None:
+            self._log.info(template, *args)
+        else:
+            print(template % args, file=self.stream, flush=True)
 
     def update(self, n: int) -> None:
         self.done += n
@@ -66,8 +79,8 @@ class Progress:
             rate = (self.done - self._start_done) / max(now - self._start, 1e-6)
             eta = _eta((self.total - self.done) / rate) if rate > 0 else "?"
             pct = 100 * self.done / self.total if self.total else 100
-            self._line(f"{self.name}: {pct:.0f}% {human(self.done)} of {human(self.total)}, "
-                       f"{human(rate)}/s, ETA {eta}")
+            self._line("%s: %.0f%% %s of %s, %s/s, ETA %s", self.name, pct, human(self.done),
+                       human(self.total), human(rate), eta)
 
     def rewind(self, to: int) -> None:
         """The server ignored our range request: the file starts again from `to`."""
@@ -82,4 +95,5 @@ class Progress:
             return
         took = time.monotonic() - self._start
         rate = (self.done - self._start_done) / max(took, 1e-6)
-        self._line(f"{self.name}: done, {human(self.done)} in {took:.1f} s ({human(rate)}/s)")
+        self._line("%s: done, %s in %.1f s (%s/s)", self.name, human(self.done), took,
+                   human(rate))

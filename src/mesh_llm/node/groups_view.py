@@ -47,7 +47,7 @@ class MeshModels:
         if file_less:
             key, why = choose_group(offers[0], self.groups, current=self.joined)
             if (key or "") != self.joined:
-                log.info("%s", why)
+                log.info("%s", why, extra={"event": "file-less worker joins a model"})
                 self.joined = key or ""
                 offers[0] = replace(offers[0], joined=self.joined)
                 self.groups = model_groups(offers, self._trusted_hosts)

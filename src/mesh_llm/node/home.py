@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..mesh.identity import is_node_id
+from ..mesh.invites import MAX_VIA
+
+Via = tuple[tuple[str, tuple[str, ...]], ...]  # members an invite names besides us
 
 LOCK_NAME = "mesh-llm.lock"
 SECRET_NAME = "mesh.secret"
@@ -31,6 +35,7 @@ class HomeDir:
         self.path = path.expanduser()
         self.logs = self.path / "logs"
         self._lock_fd: int | None = None
+        self._reach: dict[str, Any] | None = None  # what node.json says now
 
     def acquire(self) -> None:
         try:
@@ -68,9 +73,14 @@ class HomeDir:
     def save_node_info(self, info: dict[str, Any]) -> None:
         _write_private(self.path / ADDRS_NAME, json.dumps(info) + "\n")
 
-    def save_addrs(self, node_id: str, addrs: list[str]) -> None:
-        """Our id and addresses as invites list them (`mesh-llm invite` reads them)."""
-        self.save_node_info({"node_id": node_id, "addrs": addrs})
+    def save_reach(self, node_id: str, addrs: list[str], via: Via = ()) -> None:
+        """Our id, addresses and `via` members as our invites list them (`mesh-llm invite`
+        reads them); written only when they change."""
+        info = {"node_id": node_id, "addrs": list(addrs),
+                "via": [{"id": member, "addrs": list(at)} for member, at in via]}
+        if info != self._reach:
+            self.save_node_info(info)
+            self._reach = info
 
     def save_peers(self, peers: list[tuple[str, list[str]]]) -> None:
         _write_private(self.path / PEERS_NAME, json.dumps(
@@ -144,6 +154,21 @@ def read_node_info(home: Path) -> dict[str, Any] | None:
     except ValueError:
         return None
     return info if isinstance(info, dict) else None
+
+
+def read_reach(home: Path) -> tuple[list[str], Via] | None:
+    """The addresses and via members of the last node run with `home`, as its invites list
+    them, or None when it never ran; entries that are not what a node writes are left out."""
+    info = read_node_info(home)
+    addrs = info.get("addrs") if info is not None else None
+    if info is None or not isinstance(addrs, list):
+        return None
+    raw = info.get("via")
+    via = [(item["id"], tuple(item["addrs"])) for item in raw if isinstance(item, dict)
+           and is_node_id(item.get("id")) and item["id"] != info.get("node_id")
+           and isinstance(item.get("addrs"), list) and item["addrs"]
+           and all(isinstance(a, str) for a in item["addrs"])] if isinstance(raw, list) else []
+    return [a for a in addrs if isinstance(a, str)], tuple(via[:MAX_VIA])
 
 
 def read_trusted_hosts(home: Path) -> list[str] | None:

@@ -12,7 +12,6 @@ each request to its model's ready host, here or through the API tunnel.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
 import time
@@ -32,6 +31,7 @@ from ..inference.groups import Group, NodeOffer, local_allocation
 from ..inference.hosting import Hosting
 from ..inference.offers import offer_of
 from ..inference.worker import FileClaim, Worker
+from ..logutil import set_log_node
 from ..mesh.announcement import Announcement, Offer
 from ..mesh.identity import Identity, is_node_id
 from ..mesh.mesh import Mesh, MeshJoinError
@@ -121,6 +121,7 @@ class Node:
         """Take the home (one node per home) and our identity in it."""
         self.home.acquire()
         self.identity = Identity.load_or_create(self.home.path)
+        set_log_node(self.identity.node_id)
         log.info("node id: %s", self.identity.node_id)
 
     # --- what the API, the console and the roles read (view.RunningNode) ---
@@ -181,7 +182,8 @@ class Node:
 
     def counters(self) -> Counters:
         return Counters(self.api.in_flight, self.api.queued, self.console.open_streams,
-                        self.worker.status_json(), self.api.requests.to_json())
+                        self.worker.status_json(), self.api.requests.to_json(),
+                        self.router.tunnelled.to_json())
 
     def status(self) -> dict[str, Any]:
         return node_status(self)
@@ -248,8 +250,8 @@ class Node:
             await self.mesh.start()
         except OSError as err:
             raise UserError(bind_problem(err, cfg.bind_host, cfg.bind_port)) from None
-        self.mesh.on_addrs = functools.partial(self.home.save_addrs, self.node_id)
-        self.mesh.on_addrs(self.mesh.addrs)  # and observed ones later, for `mesh-llm invite`
+        self.mesh.on_addrs = lambda _addrs: self._remember_reach()
+        self._remember_reach()  # and observed addresses later, for `mesh-llm invite`
         self.mesh.peers.add_listener(self._on_peer_event)
         # A lite client needs the API tunnel and nothing else; serving is for members.
         self.mesh.add_stream_handler(StreamType.HTTP_TUNNEL, self.router.serve_http_tunnel,
@@ -290,6 +292,7 @@ class Node:
     def _on_peer_event(self, event: PeerEvent) -> None:
         log.info("peer %s %s", event.node_id[:12], event.kind)
         self._remember_peers()
+        self._remember_reach()
         self._reconcile()
 
     def _remember_peers(self) -> None:
@@ -302,7 +305,12 @@ class Node:
             try:
                 self.home.save_peers(members)
             except UserError as err:
-                log.warning("%s", err)
+                log.warning("%s", err, extra={"event": "peers not saved"})
+
+    def _remember_reach(self) -> None:
+        """Our addresses and via members as our invites list them, for `mesh-llm invite`."""
+        if self.mesh is not None and not self._stopping:
+            self.home.save_reach(self.node_id, self.mesh.addrs, self.mesh.invite_via())
 
     def _local_changed(self) -> None:
         """Our ggml-rpc-server came up or went down, or our file proved different: tell the
@@ -362,7 +370,7 @@ class Node:
         self.excluded = dict(first.excluded)
         if first.host_id != before:
             if first.host_id is None and self.file_less:
-                log.warning("%s", WAITING_FOR_A_HOST)
+                log.warning("%s", WAITING_FOR_A_HOST, extra={"event": "waiting for a host"})
             else:
                 log.info("host: %s", "this node" if first.host_id == self.node_id else
                          (first.host_id[:12] if first.host_id else "none"))

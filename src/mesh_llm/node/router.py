@@ -18,7 +18,7 @@ from typing import Any
 
 from ..api.name_match import ApiError, ServedModel, models_listing, resolve, resolve_in_mesh
 from ..api.proxy import Upstream
-from ..api.request_counts import RequestCounter
+from ..api.request_counts import RequestCounter, RouteCounts
 from ..api.tunnel_gate import ApiRequestGate, TunnelledRequest
 from ..inference.hosting import read_tunnelled_request, refusals
 from ..inference.offers import ready_host, served_models
@@ -53,6 +53,7 @@ class MeshRouter:
     def __init__(self, node: LocalNode) -> None:
         self._node = node
         self.requests = RequestCounter()  # requests per model that reached this node's API
+        self.tunnelled = RouteCounts()  # requests peers' API tunnels brought us, as host
 
     def served(self) -> list[ServedModel]:
         return served(self._node)
@@ -122,7 +123,13 @@ class MeshRouter:
         if slot is None:  # sent for a model we no longer host: the relay tries again
             stream.abort()
             return
+        if request.head.method == "POST":  # the routes the API counts (it answers the GETs)
+            self.tunnelled.add(self._name_of(slot), request.head.path)
         await slot.hosting.relay_tunnel(peer_id, stream, gate, request.preface)
+
+    def _name_of(self, slot: Slot) -> str:
+        """A hosted model's name as the API shows it (and counts the requests for it)."""
+        return next((m.name for m in self.served() if m.key == slot.key), slot.name)
 
     def _slot_for(self, request: TunnelledRequest, hosting: Sequence[Slot]) -> Slot | None:
         """The model a tunnelled request is for: by its key header (None when we do not

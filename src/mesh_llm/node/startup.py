@@ -54,7 +54,7 @@ def check_setup(cfg: NodeConfig) -> Setup:
     offered, source, warning = offered_memory(detected, source, devices,
                                               hardware.available_ram())
     if warning is not None:
-        log.warning("%s", warning)
+        log.warning("%s", warning, extra={"event": "memory offered: warning"})
     vram_bytes = hardware.capped(offered, cfg.max_vram_gb)
     capped = " (capped by --max-vram)" if vram_bytes < offered else ""
     log.info("memory for models: %.1f GB from %s%s", vram_bytes / 1e9, source, capped)

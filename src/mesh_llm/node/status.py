@@ -133,6 +133,7 @@ def node_status(node: RunningNode) -> dict[str, Any]:
             "api_in_flight": counters.api_in_flight,
             "api_queued": counters.api_queued,
             "api_requests": counters.api_requests,
+            "api_requests_tunnelled": counters.api_requests_tunnelled,
             "llama_servers": hosting.generations_json() if hosting is not None else [],
             "leaving": node.leaving,
             "console_streams": counters.console_streams,

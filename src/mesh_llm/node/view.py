@@ -4,7 +4,7 @@ so that neither depends on the node's wiring (node.py builds both and satisfies 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..mesh.peers import PeerInfo
@@ -25,6 +25,8 @@ class Counters:
     console_streams: int  # open console event streams
     rpc_server: dict[str, Any]  # our ggml-rpc-server's status
     api_requests: dict[str, dict[str, int]]  # requests since start, per model and route
+    # requests peers' API tunnels brought us as host since start, per model and route
+    api_requests_tunnelled: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class LocalNode(Protocol):
