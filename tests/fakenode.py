@@ -23,6 +23,7 @@ from mesh_llm.mesh.quic import Stream
 from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.node.config import NodeConfig
 from mesh_llm.node.groups_view import MeshModels
+from mesh_llm.node.shares import SharedServers
 from mesh_llm.node.slots import Slot
 from mesh_llm.node.startup import Setup
 from mesh_llm.node.view import Counters
@@ -67,6 +68,7 @@ class FakeNode:
         self.join_error: str | None = None
         self.excluded: dict[str, str] = {}
         self.left_out: dict[str, str] = {}
+        self.shares = SharedServers((), on_change=lambda: None)  # --share: none
         self.regroup()
 
     def _slot(self, offer: OfferedModel, home: Path) -> Slot:

@@ -182,7 +182,8 @@ def test_models_listing_has_openai_shape_owned_by_mesh_llm_with_meta() -> None:
         assert isinstance(entry["created"], int)
     f16, q4, coder, _ = listing["data"]
     assert f16["meta"] == {"mode": "split", "host": "bb", "nodes": ["bb", "cc"], "ready": True,
-                           "fingerprint": "fp-f16", "aliases": [], "default": True}
+                           "fingerprint": "fp-f16", "aliases": [], "default": True,
+                           "kind": "gguf"}
     assert (q4["meta"]["default"], q4["meta"]["mode"], q4["meta"]["host"]) == (
         False, "solo", "aa")
     assert coder["meta"]["ready"] is False

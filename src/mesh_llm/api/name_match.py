@@ -59,6 +59,7 @@ class ServedModel:
     mode: str = ""  # "solo" | "split" | "waiting"
     host: str | None = None
     nodes: tuple[str, ...] = ()
+    kind: str = "gguf"  # "gguf": weights the mesh holds; "shared": a node's server's (shared.py)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -105,16 +106,22 @@ def match_rank(requested: str, served: str) -> int | None:
 def find_model(requested: str, models: Sequence[ServedModel]) -> ServedModel | None:
     """The served model `requested` names: the best match by `match_rank` over all its
     names; between equal matches, the first by name (case-insensitively, then by
-    group key), so every node picks the same whatever order it lists models in."""
+    group key), so every node picks the same whatever order it lists models in. Shared
+    models (api/shared.py) answer only to their exact names, and only when no GGUF model
+    answers."""
     best: tuple[int, str, str, str] | None = None
     found: ServedModel | None = None
-    for model in models:
+    for model in (m for m in models if m.kind != "shared"):
         ranks = [r for n in model.names if (r := match_rank(requested, n)) is not None]
         if not ranks:
             continue
         key = (min(ranks), model.name.casefold(), model.name, model.key)
         if best is None or key < best:
             best, found = key, model
+    if found is None:  # a shared model answers only to its exact names, after every GGUF
+        want = requested.strip().casefold()
+        found = next((m for m in models if m.kind == "shared"
+                      and any(n.casefold() == want for n in m.names)), None)
     return found
 
 
@@ -179,6 +186,7 @@ def models_listing(models: Sequence[ServedModel], default: str | None = None,
     return {"object": "list", "data": [{
         "id": m.name, "object": "model", "created": created, "owned_by": OWNED_BY,
         "meta": {"mode": m.mode, "host": m.host, "nodes": list(m.nodes), "ready": m.ready,
-                 "fingerprint": m.key, "aliases": list(m.names[1:]),
-                 "default": m.key == default},
+                 "fingerprint": m.key if m.kind != "shared" else None,
+                 "aliases": list(m.names[1:]), "default": m.key == default,
+                 "kind": m.kind},
     } for m in ordered]}

@@ -55,6 +55,9 @@ class Upstream:
     reason: str = "no host is ready"
     key: str = ""  # names the target, so a retry can tell a new upstream from the same one
     headers: Mapping[str, str] = field(default_factory=dict)  # added to the request
+    # The request's bytes from (path, headers, body), where the upstream is not a
+    # llama-server (a shared server: its own path, key and model name; api/shared.py).
+    build: Callable[[str, dict[str, str], bytes], bytes] | None = None
 
 
 class ModelRouter(Protocol):
@@ -215,7 +218,7 @@ class ApiProxy:
                 seen = self._changes.version if self._changes is not None else 0
                 try:
                     return await self._forward(request, upstream.connect, path, body,
-                                               {**headers, **upstream.headers})
+                                               {**headers, **upstream.headers}, upstream.build)
                 except OSError as err:
                     if _client_gone(request):
                         log.debug("client hung up (%s)", err)
@@ -269,9 +272,12 @@ class ApiProxy:
         return upstream
 
     async def _forward(self, request: web.Request, connect: Connect, path: str,
-                       body: bytes, headers: dict[str, str]) -> web.StreamResponse:
-        exchange = await open_exchange(
-            connect, request_bytes("POST", "127.0.0.1", path, headers, body), MAX_RESPONSE_BYTES)
+                       body: bytes, headers: dict[str, str],
+                       build: Callable[[str, dict[str, str], bytes], bytes] | None = None,
+                       ) -> web.StreamResponse:
+        raw = build(path, headers, body) if build is not None else \
+            request_bytes("POST", "127.0.0.1", path, headers, body)
+        exchange = await open_exchange(connect, raw, MAX_RESPONSE_BYTES)
         try:
             try:
                 head = await asyncio.wait_for(exchange.head, READ_TIMEOUT_S)

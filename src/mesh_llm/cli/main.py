@@ -17,6 +17,7 @@ from ..errors import UserError
 from .commands import COMMANDS
 from .logs import setup_logging
 from .node_args import config_from_args, node_parser
+from .share_args import share_argv
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -36,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] in COMMANDS:
             return COMMANDS[argv[0]](argv[1:])
+        if argv and argv[0] == "share":  # a node that only shares: `--share URL ...`
+            argv = share_argv(argv[1:])
         args = node_parser().parse_args(argv)
         structured = args.log_format == "json"
         setup_logging(args.verbose, args.log_format)

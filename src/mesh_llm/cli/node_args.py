@@ -20,6 +20,7 @@ from ..models.catalog import DEFAULT_MODEL
 from ..node.config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, NodeConfig, default_home
 from .args import Parser, port, positive_float, slots
 from .commands import COMMANDS
+from .share_args import add_share_args, share_targets
 
 LLAMA_ARG = "--llama-arg"
 
@@ -91,6 +92,7 @@ def node_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_MODEL}; "
                         "with --join and no --model: a worker without a model file that "
                         "serves the host's model, whose weights then come over the mesh)")
+    add_share_args(p)
     p.add_argument("--join", metavar="TOKEN", action="append", default=[],
                    help="invite token of a running node (repeatable: the first that works "
                         "wins); without --model this node needs no model file. If none "
@@ -168,11 +170,15 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     if args.listen_all and not args.api_key:
         raise UserError("--listen-all exposes the API to the network: also give --api-key KEY",
                         2)
+    shares = share_targets(args)
     for token in args.join:
         try:
             kind = decode_token(token).kind
         except TokenError as err:
             raise UserError(f"--join: {err}", 2) from None
+        if kind == "client" and shares:
+            raise UserError("--share needs a worker invite: a client invite grants only the "
+                            "API", 2)
         if kind == "client" and not args.client:
             raise UserError("--join: that is a client invite, which grants only the API: "
                             "use it with --client, or ask for a worker invite", 2)
@@ -183,11 +189,13 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         logging.getLogger("mesh_llm").warning("--model %s ignored: a client serves no model",
                                               " ".join(models))
         models = []
-    if not args.client and not models and not args.join:
+    # --share without --model: a node that only shares (no llama.cpp, like a lite client)
+    client = args.client or (bool(shares) and not models)
+    if not client and not models and not args.join:
         models = [DEFAULT_MODEL]  # alone: serve the default model solo
     model = models[0] if models else None
     # --join without --model: a worker without a model file; it serves the host's model
-    if model is None and args.draft and not args.client:
+    if model is None and args.draft and not client:
         logging.getLogger("mesh_llm").warning(
             "--draft %s ignored: without --model this node never hosts", args.draft)
     try:
@@ -199,7 +207,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     home = args.home or default_home()
     return NodeConfig(
         model=model, models=tuple(models), home=home, join=tuple(args.join),
-        client=args.client, api_port=args.port, console_port=args.console,
+        client=client, api_port=args.port, console_port=args.console,
         bind_host=args.bind_host, bind_port=args.bind_port, advertise=tuple(args.advertise),
         no_relay=args.no_relay, relay_limit=relay_limit, split=args.split,
         max_vram_gb=args.max_vram, draft=args.draft, no_draft=args.no_draft,
@@ -207,7 +215,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         device=args.device,
         listen_all=args.listen_all, api_key=args.api_key, llama_args=(*device_args, *extra_args),
         standalone=args.standalone, new_mesh=args.new_mesh,
-        trust_hosts=trusted_hosts(args.trust_hosts, home),
+        trust_hosts=trusted_hosts(args.trust_hosts, home), shares=shares,
     )
 
 

@@ -30,6 +30,7 @@ MAX_KEY_LEN = MAX_NAME_LEN + 8  # a group key: a fingerprint, or "name:" and a m
 # More memory than one machine can have is a lie that would win every election: refused.
 MAX_VRAM_BYTES = 2 * 1024**4
 _HEX = re.compile(r"[0-9a-f]*")
+_SHARED_NAME = re.compile(rf"[!-~](?:[ -~]{{0,{MAX_NAME_LEN - 2}}}[!-~])?")
 
 
 class AnnouncementError(ValueError):
@@ -79,6 +80,9 @@ class Announcement:
     joined: str = ""  # a file-less worker's chosen group (its key), "" when none
     requests_per_min: tuple[tuple[str, int], ...] = ()  # group key → requests, last minute
     started_at: float = 0.0  # unix seconds: the oldest node's first model is the default
+    # Models of an OpenAI-compatible server this node shares (--share): names only, no
+    # fingerprint; sent only when there are some (peers that predate it ignore the key).
+    shared: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object gossiped in a state message."""
@@ -97,6 +101,7 @@ class Announcement:
             "joined": self.joined,
             "requests_per_min": dict(self.requests_per_min),
             "started_at": self.started_at,
+            **({"shared": list(self.shared)} if self.shared else {}),
         }
 
     @classmethod
@@ -151,6 +156,7 @@ class Announcement:
             joined=_key(get("joined", ""), "joined"),
             requests_per_min=_counts(get("requests_per_min", {})),
             started_at=_time(get("started_at", 0.0)),
+            shared=_shared(get("shared", [])),
         )
 
     def checked(self) -> Announcement:
@@ -165,7 +171,7 @@ def clamp_client(ann: Announcement) -> Announcement:
     return replace(ann, role="client", vram_bytes=0, models=(), ready=False,
                    model_file=False, rpc_ready=False, rpc_version="", plan=None,
                    model_fingerprint="", draft=None, addrs=(), offers=(), hosted=(),
-                   joined="")
+                   joined="", shared=())
 
 
 def addr_list(value: object, what: str) -> list[str]:
@@ -270,6 +276,17 @@ def _hosted(raw: object) -> tuple[Hosted, ...]:
                           None if plan is None else _plan(plan),
                           _flag(item, "ready", False)))
     return tuple(out)
+
+
+def _shared(raw: object) -> tuple[str, ...]:
+    """Shared model names: at most MAX_MODELS, each printable ASCII of at most
+    MAX_NAME_LEN characters, no duplicates (the API carries them in headers and logs)."""
+    if not isinstance(raw, list) or len(raw) > MAX_MODELS or not all(
+            isinstance(n, str) and _SHARED_NAME.fullmatch(n) for n in raw) \
+            or len(set(raw)) != len(raw):
+        raise AnnouncementError(f"announcement shared must be a list of at most {MAX_MODELS} "
+                                f"distinct printable model names")
+    return tuple(raw)
 
 
 def _counts(raw: object) -> tuple[tuple[str, int], ...]:

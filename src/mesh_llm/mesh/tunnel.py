@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -224,22 +225,26 @@ async def relay_to_tcp(stream: Stream, host: str, port: int, *,
                        encoder: Encoder | None = None,
                        on_decode_error: Callable[[ValueError], None] | None = None,
                        on_closed: Callable[[], None] | None = None,
-                       preface: bytes = b"") -> asyncio.Transport | None:
+                       preface: bytes = b"",
+                       ssl: ssl_module.SSLContext | None = None,
+                       server_hostname: str | None = None) -> asyncio.Transport | None:
     """The accepting end: connect `stream` to a local TCP service and relay until both close.
 
     `decoder` restores what the stream carries, `encoder` rewrites (or only follows) what
     the service answers. A `decoder` failure (its ValueError) drops the connection and is
     reported to `on_decode_error`; `on_closed` hears once that the relay is over (or never
-    began). Returns the TCP side's transport (None if the service could not be reached)."""
+    began). `ssl` makes it a TLS connection (a shared server on https). Returns the TCP
+    side's transport (None if the service could not be reached)."""
     loop = asyncio.get_running_loop()
     bridge = _Bridge(encoder=encoder, decoder=decoder)
     bridge.on_decode_error = on_decode_error
     bridge.on_closed = on_closed
     try:
-        await asyncio.wait_for(loop.create_connection(lambda: bridge, host, port),
+        await asyncio.wait_for(loop.create_connection(lambda: bridge, host, port, ssl=ssl,
+                                                      server_hostname=server_hostname),
                                CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as err:
-        log.warning("tunnel: cannot reach 127.0.0.1:%d: %s", port, err)
+        log.warning("tunnel: cannot reach %s:%d: %s", host, port, err)
         stream.abort()
         closed, bridge.on_closed = bridge.on_closed, None
         if closed is not None:

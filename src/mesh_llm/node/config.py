@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..api.shared import ShareTarget
 from ..mesh.settings import MeshSettings
 
 DEFAULT_API_PORT = 9337
@@ -44,6 +45,7 @@ class NodeConfig:
     standalone: bool = False  # serve alone when every --join fails (else exit non-zero)
     new_mesh: bool = False  # a fresh mesh secret instead of the one kept in the home
     trust_hosts: frozenset[str] | None = None  # only these node ids may host (None: any)
+    shares: tuple[ShareTarget, ...] = ()  # --share: servers whose models this node shares
 
     @property
     def all_models(self) -> tuple[str, ...]:

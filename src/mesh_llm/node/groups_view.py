@@ -6,9 +6,10 @@ stays a 404 rather than reaching whatever model is left)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 
+from ..api.shared import shared_key
 from ..inference.groups import (
     Group,
     NodeOffer,
@@ -34,6 +35,7 @@ class MeshModels:
         self.joined = ""  # a file-less worker's group key
         self.joined_reason = ""
         self.departed: dict[str, str] = {}  # group key → name
+        self.shared: set[str] = set()  # names of the shared models in the mesh now
 
     def group(self, key: str | None) -> Group | None:
         return next((g for g in self.groups if g.key == key), None) if key else None
@@ -60,6 +62,19 @@ class MeshModels:
                 self.departed[key] = name
         for key in now:
             self.departed.pop(key, None)
+        while len(self.departed) > MAX_DEPARTED:
+            del self.departed[next(iter(self.departed))]
+
+    def reshare(self, names: Collection[str]) -> None:
+        """The mesh's shared models now: one that has gone is remembered as departed
+        (a request naming it stays a 404), one that is back is forgotten there."""
+        now = set(names)
+        for name in sorted(self.shared - now):
+            log.info("shared model %s left the mesh", name)
+            self.departed[shared_key(name)] = name
+        for name in now:
+            self.departed.pop(shared_key(name), None)
+        self.shared = now
         while len(self.departed) > MAX_DEPARTED:
             del self.departed[next(iter(self.departed))]
 

@@ -46,7 +46,8 @@ from .listen import bind_problem, serve_http
 from .primary import primary
 from .reconcile import Decision, SlotFacts, decide
 from .route import WAITING_FOR_A_HOST
-from .router import MeshRouter
+from .router import MeshRouter, shared_by
+from .shares import SharedServers
 from .slots import Slot, offered
 from .startup import Setup, check_setup, serve_spec
 from .status import node_status
@@ -89,6 +90,7 @@ class Node:
         self.started_at = time.time()
         self._gossiped_counts: dict[str, int] = {}
         allowed = served_hosts(listen_all=config.listen_all, advertise=config.advertise)
+        self.shares = SharedServers(config.shares, on_change=self._announce)  # --share
         self.router = MeshRouter(self)
         self.api = ApiProxy(self.router, api_key=config.api_key, allowed=allowed,
                             changes=self.changes)
@@ -210,10 +212,12 @@ class Node:
             joined=self.mesh_models.joined,
             requests_per_min=tuple(self._gossiped_counts.items()),
             started_at=self.started_at,
+            shared=self.shares.names(),
         )
 
     def _announce(self) -> None:
         """Tell the mesh what we are now, and wake whatever waits for a change."""
+        self.mesh_models.reshare(shared_by(self))  # the mesh's shared models (their 404s)
         if self.mesh is not None:
             self.mesh.update_announcement(self._announcement())
         self.changes.bump()
@@ -228,6 +232,7 @@ class Node:
             if cfg.console_port is not None:
                 await serve_http(self.console.app(), cfg.listen_host, cfg.console_port,
                                  "console", "--console PORT", self._runners)
+            self.shares.start()
             await self._start_mesh()
             self._reconcile()
             self._counts_task = asyncio.get_running_loop().create_task(self._gossip_counts())
@@ -423,6 +428,7 @@ class Node:
             slot.hosting.stopping = True
         if self._counts_task is not None:
             self._counts_task.cancel()
+        await self.shares.stop()
         if self.mesh is not None:
             await self.mesh.stop()
         for slot in reversed(self.slots):

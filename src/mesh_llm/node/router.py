@@ -19,6 +19,7 @@ from typing import Any
 from ..api.name_match import ApiError, ServedModel, models_listing, resolve, resolve_in_mesh
 from ..api.proxy import Upstream
 from ..api.request_counts import RequestCounter, RouteCounts
+from ..api.shared import SHARED_KEY_PREFIX, merge_served, shared_name
 from ..api.tunnel_gate import ApiRequestGate, TunnelledRequest
 from ..inference.hosting import read_tunnelled_request, refusals
 from ..inference.offers import ready_host, served_models
@@ -42,9 +43,26 @@ def hosted_by(node: LocalNode) -> dict[str, dict[str, Hosted]]:
     return out
 
 
+def shared_by(node: LocalNode) -> dict[str, list[str]]:
+    """Shared model name → the nodes that share it now (ourselves included). With
+    --trust-hosts only trusted peers count: every prompt for a shared model passes
+    through the node that shares it, as it does through a host."""
+    trusted = node.config.trust_hosts
+    out: dict[str, list[str]] = {}
+    for peer in node.connected_peers():
+        if trusted is None or peer.node_id in trusted:
+            for name in peer.announcement.shared:
+                out.setdefault(name, []).append(peer.node_id)
+    for name in node.shares.names():
+        out.setdefault(name, []).append(node.node_id)
+    return out
+
+
 def served(node: LocalNode) -> list[ServedModel]:
-    """Every model of the mesh as the API sees it now."""
-    return served_models(node.mesh_models.groups, hosted_by(node), node.config.split)
+    """Every model of the mesh as the API sees it now: the GGUF groups, then the shared
+    models (api/shared.merge_served)."""
+    gguf = served_models(node.mesh_models.groups, hosted_by(node), node.config.split)
+    return merge_served(gguf, shared_by(node), node.node_id)
 
 
 class MeshRouter:
@@ -68,6 +86,8 @@ class MeshRouter:
         """Our llama-server when we host the model, else its ready host over the mesh."""
         node = self._node
         key = model.key
+        if model.kind == "shared":
+            return self._shared_upstream(model)
         slot = next((s for s in node.slots if s.key == key and s.hosting.active), None)
         if slot is not None:
             where = slot.route_here()
@@ -84,6 +104,21 @@ class MeshRouter:
         return Upstream(stream_connect(opener), key=f"mesh {peer} {key}",
                         headers={MODEL_HEADER: key})
 
+    def _shared_upstream(self, model: ServedModel) -> Upstream:
+        """A shared model: its server when we share it, else the first node (by id) that
+        shares it now, through the API tunnel."""
+        node = self._node
+        name = shared_name(model)
+        sharing = shared_by(node).get(name, [])
+        if node.node_id in sharing:
+            return node.shares.upstream(name)
+        peer = next((p for p in sorted(sharing) if node.peer(p) is not None), None)
+        if peer is None:
+            return Upstream(None, f"model {model.name} left the mesh: no node shares it now")
+        opener = functools.partial(node.open_stream, peer, StreamType.HTTP_TUNNEL)
+        return Upstream(stream_connect(opener), key=f"mesh {peer} {model.key}",
+                        headers={MODEL_HEADER: model.key})
+
     def listing(self) -> dict[str, Any]:
         return models_listing(self.served(), self._node.mesh_models.default_key,
                               int(self._node.started_at))
@@ -99,13 +134,15 @@ class MeshRouter:
         return ApiError(503, self.upstream_for(default).reason)
 
     def count(self, model: ServedModel) -> None:
-        self.requests.add(model.key)
+        if model.kind != "shared":  # gossiped for the groups' choices; shared ones have none
+            self.requests.add(model.key)
 
     async def serve_http_tunnel(self, peer_id: str, stream: Stream) -> None:
         """A peer's API request: read it (through the gate), then relay it to the
         llama-server of the model it names (its X-Mesh-Model key, else its `model`)."""
         hosting = [s for s in self._node.slots if s.hosting.active]
-        if not hosting:
+        shares = self._node.shares
+        if not hosting and not shares.names():
             refusals.warning(f"http {peer_id}", "refused an API tunnel from %s: this node is "
                              "not the host", peer_id[:12])
             stream.abort()
@@ -117,6 +154,15 @@ class MeshRouter:
         except (ValueError, OSError, TimeoutError, EOFError) as err:
             refusals.warning(f"gate {peer_id}", "refused a tunnelled request from %s: %s",
                              peer_id[:12], err or "timeout")
+            stream.abort()
+            return
+        key = request.head.header(MODEL_HEADER)
+        if key is not None and key.startswith(SHARED_KEY_PREFIX):
+            if request.head.method == "POST":
+                self.tunnelled.add(key[len(SHARED_KEY_PREFIX):], request.head.path)
+            await shares.relay_tunnel(peer_id, stream, gate, request, key)
+            return
+        if not hosting:
             stream.abort()
             return
         slot = self._slot_for(request, hosting)

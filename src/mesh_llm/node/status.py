@@ -8,7 +8,7 @@ from typing import Any
 from .. import __version__
 from ..inference.hosting import tunnel_stats
 from .primary import primary
-from .router import hosted_by, served
+from .router import hosted_by, served, shared_by
 from .view import LocalNode, RunningNode
 
 
@@ -139,5 +139,8 @@ def node_status(node: RunningNode) -> dict[str, Any]:
             "console_streams": counters.console_streams,
             **models_status(node),
             "models_left_out": dict(node.left_out),
+            "shared": node.shares.status_json(),  # our --share servers (never their keys)
+            "mesh_shared": [{"name": name, "nodes": sorted(nodes)}
+                            for name, nodes in sorted(shared_by(node).items())],
         },
     )

@@ -12,6 +12,7 @@ from ..mesh.protocol import StreamType
 from ..mesh.quic import Stream
 from .config import NodeConfig
 from .groups_view import MeshModels
+from .shares import SharedServers
 from .slots import Slot
 from .startup import Setup
 
@@ -59,6 +60,11 @@ class LocalNode(Protocol):
 
     @property
     def started_at(self) -> float: ...
+
+    @property
+    def shares(self) -> SharedServers:
+        """The servers this node shares (--share) and the models they list now."""
+        ...
 
     def peer(self, peer_id: str | None) -> PeerInfo | None:
         """A connected peer by id, else None."""
