@@ -23,6 +23,7 @@ from mesh_llm.mesh.quic import Stream
 from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.node.config import NodeConfig
 from mesh_llm.node.groups_view import MeshModels
+from mesh_llm.node.router import shared_by
 from mesh_llm.node.shares import SharedServers
 from mesh_llm.node.slots import Slot
 from mesh_llm.node.startup import Setup
@@ -90,6 +91,7 @@ class FakeNode:
                        client=self.config.client, joined=self.mesh_models.joined)
         offers = [me, *(offer_of(p.announcement) for p in self.peers.values())]
         self.mesh_models.regroup(offers, file_less)
+        self.mesh_models.reshare(shared_by(self))  # as the node does on every change
         for slot in self.slots:
             slot.group = self.mesh_models.group_of(slot.offer, self.node_id)
             slot.host_id = slot.group.host if slot.group is not None else None
