@@ -417,6 +417,20 @@ def test_a_multi_model_mesh_shows_a_group_per_model(page: Page, fake_console, sh
     expect(page.locator("#diagram").get_by_text(CODER)).to_have_count(0)
 
 
+def test_shared_models_are_boxes_of_their_own(page: Page, fake_console, shoot) -> None:
+    console = fake_console(status(mesh_shared=[{"name": "qwen2.5-coder:7b",
+                                                "nodes": [WORKER_A]}]))
+    page.goto(console.url)
+    shared = page.locator('#diagram .group.shared[data-model="qwen2.5-coder:7b"]')
+    expect(shared.locator(".group-name")).to_have_text("qwen2.5-coder:7b")
+    expect(shared.locator(".group-state")).to_have_text("shared")
+    expect(shared.locator(".group-plan")).to_contain_text(WORKER_A[:8])
+    expect(card(page, HOST).locator(".badge")).to_have_text("HOST")  # the diagram stays
+    shoot(page, "shared")
+    console.set(mesh_shared=[])
+    expect(page.locator("#diagram .group.shared")).to_have_count(0)
+
+
 def test_the_model_picker_follows_the_mesh_and_names_the_model(page: Page,
                                                                fake_console) -> None:
     console = fake_console(two_model_status(default=CODER.lower()))

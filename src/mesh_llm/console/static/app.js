@@ -373,6 +373,18 @@ function renderGroups(view) {
   ].filter(Boolean);
 }
 
+/** The mesh's shared models (status `mesh_shared`): a box each, naming who shares it. */
+function sharedEls(s) {
+  return list(s && s.mesh_shared).filter((m) => m && typeof m.name === "string" && m.name)
+    .map((m) => el("section", { class: "group shared", "data-model": m.name,
+                                "aria-label": `Shared model ${m.name}` },
+      el("div", { class: "group-head" },
+        el("h3", { class: "group-name" }, m.name),
+        el("span", { class: "group-state" }, "shared"),
+        el("span", { class: "group-plan" },
+           "its own server, through node " + idsOf(m.nodes).map(shortId).join(", ")))));
+}
+
 function diagramOf(s) {
   const view = groupsView(s);
   return view.groups.length ? renderGroups(view) : renderDiagram(meshView(s), modelName(s));
@@ -386,7 +398,7 @@ function render(s) {
   document.title = "mesh-llm · " + statusLine(s);
   document.body.dataset.state = s.state || "";
   document.body.dataset.role = s.role || "";
-  $("diagram").replaceChildren(...diagramOf(s));
+  $("diagram").replaceChildren(...diagramOf(s), ...sharedEls(s));
   $("diagram").dataset.groups = String(modelGroups(s).length);
   $("model").textContent = modelName(s) || "–";
   $("draft").textContent = s.draft || "none";
