@@ -189,3 +189,52 @@ def test_the_announcement_carries_shared_names_only_when_there_are_some() -> Non
         with pytest.raises(AnnouncementError, match="shared"):
             Announcement.from_wire({"shared": bad}, PEER)
 
+
+
+# --- reading a real server's list (aiohttp on loopback) ---
+async def serve(handler) -> tuple[str, object]:  # type: ignore[no-untyped-def]
+    from aiohttp import web
+
+    from upstreams import serve_on_loopback
+
+    app = web.Application()
+    app.router.add_get("/v1/models", handler)
+    runner = await serve_on_loopback(app)
+    return f"http://127.0.0.1:{runner.addresses[0][1]}/v1", runner
+
+
+async def test_a_servers_list_is_read_with_its_key_and_bounded() -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    from mesh_llm.api.share_client import ShareFetchError, fetch_models
+
+    seen: list[str | None] = []
+    mode = {"now": "ok"}
+
+    async def models(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Authorization"))
+        if mode["now"] == "big":
+            return web.Response(body=b'{"data": [' + b" " * (2 * MAX_LIST_BYTES) + b"]}")
+        if mode["now"] == "redirect":
+            raise web.HTTPFound("http://127.0.0.1:9/v1/models")
+        if mode["now"] == "slow":
+            await asyncio.sleep(1)
+        return web.json_response({"data": [{"id": "qwen:7b"}]})
+
+    url, runner = await serve(models)
+    try:
+        target = parse_share_url(url, "sk-secret")
+        assert await fetch_models(target) == ["qwen:7b"]
+        assert seen == ["Bearer sk-secret"]
+        for now, why in (("big", "larger than"), ("redirect", "answered 302"),
+                         ("slow", "no answer within")):
+            mode["now"] = now
+            with pytest.raises(ShareFetchError, match=why) as err:
+                await fetch_models(target, timeout=0.2)
+            assert "sk-secret" not in str(err.value)
+    finally:
+        await runner.cleanup()  # type: ignore[attr-defined]
+    with pytest.raises(ShareFetchError, match=url.split("//")[1].split("/")[0]):
+        await fetch_models(target)

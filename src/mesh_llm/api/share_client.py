@@ -34,16 +34,27 @@ async def fetch_models(target: ShareTarget, timeout: float = LIST_TIMEOUT_S) -> 
                 ssl=ssl_context(target) or False) as resp:
             if resp.status != 200:
                 raise ShareFetchError(f"GET {target.models_url} answered {resp.status}")
-            body = await resp.content.read(MAX_LIST_BYTES + 1)
-    except (aiohttp.ClientError, OSError) as err:
-        raise ShareFetchError(f"GET {target.models_url}: {_one_line(err)}") from None
-    except TimeoutError:
-        raise ShareFetchError(f"GET {target.models_url}: no answer within {timeout:.0f} s") \
+            body = await _read_bounded(resp.content, MAX_LIST_BYTES + 1)
+    except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
+        raise ShareFetchError(f"GET {target.models_url}: no answer within {timeout:g} s") \
             from None
+    except (aiohttp.ClientError, OSError, ValueError) as err:
+        raise ShareFetchError(f"GET {target.models_url}: {_one_line(err)}") from None
     try:
         return parse_model_list(body)
     except ValueError as err:
         raise ShareFetchError(f"GET {target.models_url}: {err}") from None
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body, or its first `limit` bytes when it is longer (the parser refuses those)."""
+    out = bytearray()
+    while len(out) < limit:
+        chunk = await content.read(limit - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
 
 
 async def connect(target: ShareTarget, protocol: asyncio.Protocol) -> None:

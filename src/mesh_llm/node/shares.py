@@ -94,7 +94,10 @@ class SharedServers:
     async def _keep_fresh(self, server: SharedServer) -> None:
         while True:
             server.wake.clear()
-            await self._read(server)
+            try:
+                await self._read(server)
+            except Exception as err:  # never let one odd answer end the polling for good
+                log.warning("shared server %s: %s", server.target.url, err)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wake.wait(), REFRESH_S if server.ok else RETRY_S)
 
