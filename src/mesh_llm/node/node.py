@@ -211,8 +211,7 @@ class Node:
             hosted=tuple(h for s in self.slots if (h := s.hosted()) is not None),
             joined=self.mesh_models.joined,
             requests_per_min=tuple(self._gossiped_counts.items()),
-            started_at=self.started_at,
-            shared=self.shares.names(),
+            started_at=self.started_at, shared=self.shares.names(),
         )
 
     def _announce(self) -> None:
@@ -341,8 +340,7 @@ class Node:
         return seen.group(seen.joined if self.file_less else seen.default_key)
 
     def _reconcile(self) -> None:
-        """Converge on the current truth: who hosts each model, what runs here, what we
-        announce."""
+        """Converge on the truth: who hosts each model, what runs here, what we announce."""
         if self._stopping:
             return  # peers leaving because we leave must not start a new plan
         self.mesh_models.regroup(self._offers(), self.file_less)
