@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import UserError
+from ..inference.candidates import DEFAULT_MAX_SPLIT_RTT_MS
 from ..inference.llama import SPLIT_PARALLEL, owned_flag
 from ..mesh.identity import is_node_id
 from ..mesh.invites import TokenError, decode_token
@@ -121,6 +122,9 @@ def node_parser() -> argparse.ArgumentParser:
                                         f"{DEFAULT_CONSOLE_PORT})")
     p.add_argument("--split", action="store_true",
                    help="always split the model over the workers, even if it fits the host")
+    p.add_argument("--max-split-rtt", type=float, default=DEFAULT_MAX_SPLIT_RTT_MS,
+                   metavar="MS", help="never split onto a worker whose link's measured RTT "
+                   f"is over MS milliseconds (default {DEFAULT_MAX_SPLIT_RTT_MS:g}; 0: no limit)")
     p.add_argument("--max-vram", type=positive_float, metavar="GB",
                    help="cap the memory this node offers for models")
     draft = p.add_mutually_exclusive_group()
@@ -182,6 +186,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         relay_limit = parse_relay_limit(args.relay_limit)
     except ValueError as err:
         raise UserError(f"--relay-limit {err}", 2) from None
+    if not 0 <= args.max_split_rtt < 1e6:
+        raise UserError("--max-split-rtt must be a number of milliseconds, 0 for no limit", 2)
     device_args = ("--device", args.device) if args.device else ()
     extra_args = llama_args(args.llama_arg)
     home = args.home or default_home()
@@ -190,6 +196,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         client=args.client, api_port=args.port, console_port=args.console,
         bind_host=args.bind_host, bind_port=args.bind_port, advertise=tuple(args.advertise),
         no_relay=args.no_relay, relay_limit=relay_limit, split=args.split,
+        max_split_rtt_ms=args.max_split_rtt or None,
         max_vram_gb=args.max_vram, draft=args.draft, no_draft=args.no_draft,
         draft_max=args.draft_max, parallel=args.parallel, bin_dir=args.bin_dir,
         device=args.device,

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..inference.candidates import DEFAULT_MAX_SPLIT_RTT_MS
 from ..mesh.settings import MeshSettings
 
 DEFAULT_API_PORT = 9337
@@ -31,6 +32,7 @@ class NodeConfig:
     no_relay: bool = False  # carry no other members' packets
     relay_limit: tuple[int, int] = (8, 8_000_000)  # pairs, bytes/s per pair
     split: bool = False
+    max_split_rtt_ms: float | None = DEFAULT_MAX_SPLIT_RTT_MS  # None: no limit
     max_vram_gb: float | None = None
     draft: str | None = None
     no_draft: bool = False

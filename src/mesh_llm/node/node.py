@@ -27,7 +27,7 @@ from ..api.proxy import ApiProxy
 from ..changes import ChangeFeed
 from ..console.server import Console
 from ..errors import UserError
-from ..inference.candidates import NodeView, leaving_since, view_of
+from ..inference.candidates import NodeView, far_peers, leaving_since, view_of
 from ..inference.groups import Group, NodeOffer, local_allocation
 from ..inference.hosting import Hosting
 from ..inference.offers import offer_of
@@ -76,6 +76,7 @@ class Node:
         self._following = "starting"  # our state while another node hosts (or none does)
         self._remembered: list[tuple[str, list[str]]] = []
         self._leaving_since: Mapping[str, float] = {}
+        self._far: frozenset[str] = frozenset()  # peers too far for a split (--max-split-rtt)
         # One slot per --model, the first first; none without a model file.
         models = ([setup] if setup.model is not None else []) + list(setup.extras)
         self.slots: list[Slot] = [self._slot(each, first=i == 0)
@@ -342,7 +343,9 @@ class Node:
                                             asyncio.get_running_loop().time())
         facts = [SlotFacts(s.name, s.file.fingerprint, s.group, s.hosting.active)
                  for s in self.slots]
-        self._apply(decide(me, views, facts, self._followed(), self.leaving))
+        self._far = far_peers(views, self.config.max_split_rtt_ms, self._far)
+        self._apply(decide(me, views, facts, self._followed(), self.leaving,
+                           self.config.max_split_rtt_ms, self._far))
         self._announce()
 
     def _apply(self, decision: Decision) -> None:
@@ -383,11 +386,14 @@ class Node:
 
     async def _gossip_counts(self) -> None:
         """Tell the mesh our request counts when they change (at most every few seconds:
-        a request must not cost a gossip round)."""
+        a request must not cost a gossip round); re-decide when a link's RTT crosses
+        --max-split-rtt (RTT samples are no peer events)."""
         while not self._stopping:
             await asyncio.sleep(COUNTS_EVERY_S)
             counts = self.router.requests.counts()
-            if counts != self._gossiped_counts and not self._stopping:
+            far = far_peers([view_of(p) for p in self.connected_peers()],
+                            self.config.max_split_rtt_ms, self._far)
+            if (counts != self._gossiped_counts or far != self._far) and not self._stopping:
                 self._gossiped_counts = counts
                 self._reconcile()  # our own counts count in our groups too; announces
 
