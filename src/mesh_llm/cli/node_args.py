@@ -115,6 +115,10 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--relay-limit", default="8", metavar="PAIRS[,MB/S]",
                    help="relay for at most PAIRS pairs of members, each at most MB/S "
                         "megabytes per second each way (default 8,8)")
+    p.add_argument("--mdns", action="store_true",
+                   help="LAN discovery: advertise this member on the local network (mDNS, a "
+                        "tag derived from the mesh secret) and find members there; off by "
+                        "default: without it nothing is sent to the LAN")
     p.add_argument("--port", type=port, default=DEFAULT_API_PORT,
                    help=f"OpenAI API port (default {DEFAULT_API_PORT})")
     p.add_argument("--console", type=port, nargs="?", const=DEFAULT_CONSOLE_PORT, default=None,
@@ -195,7 +199,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         model=model, models=tuple(models), home=home, join=tuple(args.join),
         client=args.client, api_port=args.port, console_port=args.console,
         bind_host=args.bind_host, bind_port=args.bind_port, advertise=tuple(args.advertise),
-        no_relay=args.no_relay, relay_limit=relay_limit, split=args.split,
+        no_relay=args.no_relay, relay_limit=relay_limit, split=args.split, mdns=args.mdns,
         max_split_rtt_ms=args.max_split_rtt or None,
         max_vram_gb=args.max_vram, draft=args.draft, no_draft=args.no_draft,
         draft_max=args.draft_max, parallel=args.parallel, bin_dir=args.bin_dir,

@@ -178,7 +178,8 @@ class Node:
     def reach(self) -> dict[str, Any]:
         mesh = self.mesh
         return {"addresses": mesh.addresses() if mesh is not None else None,
-                "relay": mesh.relay_stats() if mesh is not None else None}
+                "relay": mesh.relay_stats() if mesh is not None else None,
+                "mdns": mesh.lan_status() if mesh is not None else None}
 
     def counters(self) -> Counters:
         return Counters(self.api.in_flight, self.api.queued, self.console.open_streams,
