@@ -26,6 +26,7 @@ RECORD_VERSION = "1"
 TAG_BYTES = 8  # 16 hex characters: plenty to tell meshes on one LAN apart
 MAX_MODELS = 8  # model names a record carries (discover shows them)
 MAX_MODEL_NAME = 64
+MAX_TXT_VALUE = 240  # bytes of one property's value (a TXT string is at most 255)
 MAX_ADDRESSES = 8  # addresses taken from one record
 MAX_NODES = 100_000  # a record's mesh size is a claim from the network: bounded
 MAX_RECORDS = 256  # records one node keeps from the LAN
@@ -64,7 +65,12 @@ class LanRecord:
 
 def properties(record: LanRecord) -> dict[str, str]:
     """The TXT properties that advertise `record` (its addresses travel as A records)."""
-    models = [m[:MAX_MODEL_NAME].replace(",", " ") for m in record.models[:MAX_MODELS]]
+    models: list[str] = []
+    for name in record.models[:MAX_MODELS]:  # one TXT string holds at most 255 bytes
+        name = name.encode()[:MAX_MODEL_NAME].decode(errors="ignore").replace(",", " ")
+        if len(",".join([*models, name]).encode()) > MAX_TXT_VALUE:
+            break
+        models.append(name)
     return {"v": RECORD_VERSION, "tag": record.tag, "id": record.node_id,
             "nodes": str(max(1, min(record.nodes, MAX_NODES))), "models": ",".join(models)}
 
@@ -85,10 +91,10 @@ def parse(props: Mapping[bytes | str, object], ips: Iterable[str], port: object
     if _text(fields.get("v"), 8) != RECORD_VERSION:
         return None
     tag, node_id = _text(fields.get("tag"), 2 * TAG_BYTES), _text(fields.get("id"), 64)
-    nodes = _text(fields.get("nodes"), 6) or "1"
-    models = _text(fields.get("models"), MAX_MODELS * (MAX_MODEL_NAME + 1)) or ""
-    if (tag is None or len(tag) != 2 * TAG_BYTES or any(c not in "0123456789abcdef" for c in tag)
-            or node_id is None or not is_node_id(node_id) or not nodes.isdigit()
+    nodes = _text(fields.get("nodes", "1"), 6)
+    models = _text(fields.get("models", ""), MAX_MODELS * (MAX_MODEL_NAME + 1))
+    if (tag is None or nodes is None or models is None or len(tag) != 2 * TAG_BYTES
+            or any(c not in "0123456789abcdef" for c in tag) or node_id is None or not is_node_id(node_id) or not nodes.isdigit()
             or not isinstance(port, int) or not 0 < port < 65536):
         return None
     good = []

@@ -112,6 +112,7 @@ class LanReach:
 
     async def _dial(self, record: LanRecord, replace: bool) -> None:
         peer = record.node_id
+        before = self._state.peer_links.get(peer, [None])[-1]
         try:
             await self._dialler.dial(peer, record.addrs, self._state.settings.dial_timeout_s,
                                      replace=replace)
@@ -119,7 +120,7 @@ class LanReach:
             log.info("a member seen on the LAN (%s) did not answer: %s", peer[:12], err)
             return
         links = self._state.peer_links.get(peer)
-        if links and remote(links[-1].conn) in record.addrs:
+        if links and links[-1] is not before and remote(links[-1].conn) in record.addrs:
             self.found += 1
             log.info("found %s on the LAN at %s", peer[:12], remote(links[-1].conn))
 

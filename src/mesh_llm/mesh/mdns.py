@@ -60,8 +60,9 @@ class LanPresence:
         self.ips: list[str] = []
         self._zc: Any = None
         self._browser: Any = None
-        self._info: Any = None
         self._wanted: LanRecord | None = None  # what we advertise (None: nothing yet)
+        self._advertised: LanRecord | None = None  # what the LAN was told (None: nothing)
+        self._lock = asyncio.Lock()
         self._names: dict[str, str] = {}  # instance name → node id
         self._tasks: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
@@ -84,11 +85,11 @@ class LanPresence:
         self._zc = _zeroconf(ips)
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, [SERVICE_TYPE],
                                             handlers=[self._on_change])
-        if self._wanted is not None:
-            await self._register(self._wanted)
+        await self._register()
 
     async def _close_zc(self) -> None:
-        zc, browser, self._zc, self._browser, self._info = self._zc, self._browser, None, None, None
+        zc, browser, self._zc, self._browser = self._zc, self._browser, None, None
+        self._advertised = None
         if zc is None:
             return
         with contextlib.suppress(Exception):
@@ -105,9 +106,10 @@ class LanPresence:
             if ips != self.ips:
                 log.info("this machine's addresses changed (%s → %s): re-advertising on the "
                          "LAN", ", ".join(self.ips) or "none", ", ".join(ips) or "none")
-                await self._close_zc()
-                await self._open(ips)
                 self.on_ips(ips)
+                async with self._lock:
+                    await self._close_zc()
+                await self._open(ips)
 
     # ------------------------------------------------------------- advertising
 
@@ -116,26 +118,32 @@ class LanPresence:
         if record == self._wanted:
             return
         self._wanted = record
-        self._spawn(self._register(record))
+        self._spawn(self._register())
 
-    async def _register(self, record: LanRecord) -> None:
+    async def _register(self) -> None:
+        """Bring what the LAN knows of us up to `_wanted` (one registration at a time:
+        zeroconf refuses a name registered twice)."""
         from zeroconf.asyncio import AsyncServiceInfo
 
-        if self._zc is None or record is not self._wanted:
-            return
-        digest = hashlib.sha256(",".join(self.ips).encode()).hexdigest()[:6]
-        info = AsyncServiceInfo(
-            SERVICE_TYPE, instance_name(self.node_id), port=record.port,
-            properties=properties(record), server=f"mesh-llm-{self.node_id[:16]}-{digest}.local.",
-            addresses=[socket.inet_aton(ip) for ip in self.ips])
-        try:
-            if self._info is None:
-                await (await self._zc.async_register_service(info, cooperating_responders=True))
-            else:
-                await (await self._zc.async_update_service(info))
-            self._info = info
-        except Exception as err:  # the LAN is best effort: say why, carry on
-            log.warning("--mdns: could not advertise on the LAN: %s", err)
+        async with self._lock:
+            record, zc = self._wanted, self._zc
+            if zc is None or record is None or record == self._advertised:
+                return
+            digest = hashlib.sha256(",".join(self.ips).encode()).hexdigest()[:6]
+            info = AsyncServiceInfo(
+                SERVICE_TYPE, instance_name(self.node_id), port=record.port,
+                properties=properties(record),
+                server=f"mesh-llm-{self.node_id[:16]}-{digest}.local.",
+                addresses=[socket.inet_aton(ip) for ip in self.ips])
+            try:
+                if self._advertised is None:
+                    await (await zc.async_register_service(info, cooperating_responders=True))
+                else:
+                    await (await zc.async_update_service(info))
+                self._advertised = record
+            except Exception as err:  # the LAN is best effort: say why, carry on
+                log.warning("--mdns: could not advertise on the LAN: %s",
+                            str(err) or type(err).__name__)
 
     # ------------------------------------------------------------- browsing
 
