@@ -94,7 +94,8 @@ def parse(props: Mapping[bytes | str, object], ips: Iterable[str], port: object
     nodes = _text(fields.get("nodes", "1"), 6)
     models = _text(fields.get("models", ""), MAX_MODELS * (MAX_MODEL_NAME + 1))
     if (tag is None or nodes is None or models is None or len(tag) != 2 * TAG_BYTES
-            or any(c not in "0123456789abcdef" for c in tag) or node_id is None or not is_node_id(node_id) or not nodes.isdigit()
+            or any(c not in "0123456789abcdef" for c in tag) or node_id is None
+            or not is_node_id(node_id) or not nodes.isdigit()
             or not isinstance(port, int) or not 0 < port < 65536):
         return None
     good = []
