@@ -3,11 +3,15 @@ model's group; the groups themselves are test_groups.py's) and leaving_since."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mesh_llm.inference.candidates import (
     Electorate,
     NodeView,
     elect_group,
+    far_peers,
     leaving_since,
+    too_far,
     view_of,
 )
 from mesh_llm.inference.election import Candidate
@@ -144,3 +148,53 @@ def test_a_client_follows_the_group_it_is_given() -> None:
     outcome = elect_group(None, [view("bb", vram_gb=2), view("cc", vram_gb=3)], group)
     assert outcome.host_id == "cc" and outcome.me is None
     assert elect_group(view("aa"), [], None).host_id is None
+
+
+def test_too_far_holds_a_link_over_the_limit_out_and_readmits_it_well_under() -> None:
+    assert too_far(81.0, 80.0, held=False) == "rtt 81 ms: over --max-split-rtt 80 ms"
+    assert too_far(80.0, 80.0, held=False) is None, "at the limit is allowed"
+    assert too_far(None, 80.0, held=False) is None, "not measured yet: nothing to say"
+    assert too_far(500.0, None, held=False) is None, "no limit (--max-split-rtt 0)"
+    # once held out, it takes an RTT under READMIT x the limit to come back
+    assert too_far(75.0, 80.0, held=True) is not None
+    assert too_far(71.0, 80.0, held=True) is None
+    assert far_peers([node("bb", rtt_ms=100.0), node("cc", rtt_ms=75.0),
+                      node("dd", rtt_ms=75.0), node("ee")], 80.0,
+                     frozenset({"cc"})) == {"bb", "cc"}
+
+
+def test_a_worker_behind_a_slow_link_is_excluded_with_its_rtt() -> None:
+    """A split never places a worker behind a link over --max-split-rtt; the status names
+    the peer and its RTT, and a near worker still serves."""
+    far, near = node("bb", 1, rpc_ready=True, rtt_ms=120.0), node("cc", 1, rpc_ready=True,
+                                                                   rtt_ms=20.0)
+    outcome = elect(node("aa", 2), [far, near])
+    assert ids(list(outcome.workers)) == ["bb", "cc"], "no limit given: everyone"
+    me, peers = node("aa", 2), [far, near]
+    groups = {g.key: g for g in model_groups(
+        [NodeOffer(v.node_id, v.vram_bytes, (OfferedModel("f1", "M", GB // 10),))
+         for v in [me, *peers]])}
+    limited = elect_group(me, peers, groups["f1"], max_rtt_ms=80.0)
+    assert ids(list(limited.workers)) == ["cc"]
+    assert limited.excluded == {"bb": "rtt 120 ms: over --max-split-rtt 80 ms"}
+    assert limited.far == {"bb"}
+    held = elect_group(me, [replace(far, rtt_ms=75.0), near], groups["f1"], 80.0,
+                       far_before=frozenset({"bb"}))
+    assert ids(list(held.workers)) == ["cc"], "75 ms is not under 72: still held out"
+    back = elect_group(me, [replace(far, rtt_ms=30.0), near], groups["f1"], 80.0,
+                       far_before=frozenset({"bb"}))
+    assert ids(list(back.workers)) == ["bb", "cc"] and back.excluded == {}
+
+
+def test_a_far_peer_still_counts_for_the_host_so_every_node_elects_the_same() -> None:
+    """B is biggest and far from A: A does not plan B as a worker, but B is still the host
+    on A as on every node (a node's own RTT must not give the mesh two hosts)."""
+    me, far = node("aa", 1), node("bb", 9, rpc_ready=True, rtt_ms=200.0)
+    groups = {g.key: g for g in model_groups(
+        [NodeOffer(v.node_id, v.vram_bytes, (OfferedModel("f1", "M", GB // 10),))
+         for v in (me, far)])}
+    outcome = elect_group(me, [far], groups["f1"], max_rtt_ms=80.0)
+    assert outcome.host_id == "bb" and outcome.workers == ()
+    assert outcome.excluded["bb"].startswith("rtt 200 ms")
+    client = elect_group(None, [far], groups["f1"], max_rtt_ms=80.0)
+    assert client.host_id == "bb" and client.excluded == {}, "a client splits nothing"

@@ -3,7 +3,7 @@ which workers, without which peers), as one table over small meshes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -132,3 +132,17 @@ def test_a_slot_in_no_group_has_no_host_and_serves_nothing() -> None:
 
 def test_a_node_without_slots_or_group_follows_no_one() -> None:
     assert decide(None, [], [], None, False).first.host_id is None
+
+
+def test_decide_keeps_a_worker_behind_a_slow_link_out_of_every_slot() -> None:
+    """--max-split-rtt reaches each model's election: our host plan leaves the far peer out
+    and the status's excluded names it with its RTT; the near one serves."""
+    far = Peer(BIG, 1, (CHAT,))
+    near = Peer(SMALL, 1, (CHAT,))
+    groups = {g.key: g for g in model_groups([Peer(ME, 4, (CHAT,)).offer(), far.offer(),
+                                              near.offer()])}
+    views = [replace(far.view(), rtt_ms=95.0), replace(near.view(), rtt_ms=5.0)]
+    got = decide(NodeView(ME, "worker", 4 * GB, rpc_version="3.0.0"), views,
+                 [SlotFacts("Chat", "fp-chat", groups["fp-chat"])], None, False, 80.0)
+    assert got.first.serve and [w.node_id for w in got.first.workers] == [SMALL]
+    assert dict(got.first.excluded) == {BIG: "rtt 95 ms: over --max-split-rtt 80 ms"}

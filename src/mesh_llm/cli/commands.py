@@ -1,5 +1,5 @@
 """The subcommands: `mesh-llm models|download|invite|bench|bundle|deploy|stop|status|doctor`,
-and the coding-agent launchers `claude|codex|opencode|goose` (agents.py).
+`discover` (discover.py), and the coding-agent launchers `claude|codex|opencode|goose` (agents.py).
 
 Each takes its own argv and returns an exit code; a user mistake is a UserError (one line).
 """
@@ -20,6 +20,7 @@ from ..netutil import bearer
 from ..node.config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, default_home
 from .agents import agent_commands
 from .args import Parser, port
+from .discover import cmd_discover
 
 
 def cmd_models(argv: Sequence[str]) -> int:
@@ -274,5 +275,5 @@ def cmd_doctor(argv: Sequence[str]) -> int:
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "models": cmd_models, "download": cmd_download, "status": cmd_status, "stop": cmd_stop,
     "doctor": cmd_doctor, "invite": cmd_invite, "bench": cmd_bench, "bundle": cmd_bundle,
-    "deploy": cmd_deploy, **agent_commands(),
+    "deploy": cmd_deploy, "discover": cmd_discover, **agent_commands(),
 }

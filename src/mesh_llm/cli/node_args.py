@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import UserError
+from ..inference.candidates import DEFAULT_MAX_SPLIT_RTT_MS
 from ..inference.llama import SPLIT_PARALLEL, owned_flag
 from ..mesh.identity import is_node_id
 from ..mesh.invites import TokenError, decode_token
@@ -122,6 +123,10 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--relay-limit", default="8", metavar="PAIRS[,MB/S]",
                    help="relay for at most PAIRS pairs of members, each at most MB/S "
                         "megabytes per second each way (default 8,8)")
+    p.add_argument("--mdns", action="store_true",
+                   help="LAN discovery: advertise this member on the local network (mDNS, a "
+                        "tag derived from the mesh secret) and find members there; off by "
+                        "default: without it nothing is sent to the LAN")
     p.add_argument("--port", type=port, default=DEFAULT_API_PORT,
                    help=f"OpenAI API port (default {DEFAULT_API_PORT})")
     p.add_argument("--console", type=port, nargs="?", const=DEFAULT_CONSOLE_PORT, default=None,
@@ -129,6 +134,9 @@ def node_parser() -> argparse.ArgumentParser:
                                         f"{DEFAULT_CONSOLE_PORT})")
     p.add_argument("--split", action="store_true",
                    help="always split the model over the workers, even if it fits the host")
+    p.add_argument("--max-split-rtt", type=float, default=DEFAULT_MAX_SPLIT_RTT_MS,
+                   metavar="MS", help="never split onto a worker whose link's measured RTT "
+                   f"is over MS milliseconds (default {DEFAULT_MAX_SPLIT_RTT_MS:g}; 0: no limit)")
     p.add_argument("--max-vram", type=positive_float, metavar="GB",
                    help="cap the memory this node offers for models")
     draft = p.add_mutually_exclusive_group()
@@ -202,6 +210,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         relay_limit = parse_relay_limit(args.relay_limit)
     except ValueError as err:
         raise UserError(f"--relay-limit {err}", 2) from None
+    if not 0 <= args.max_split_rtt < 1e6:
+        raise UserError("--max-split-rtt must be a number of milliseconds, 0 for no limit", 2)
     device_args = ("--device", args.device) if args.device else ()
     extra_args = llama_args(args.llama_arg)
     home = args.home or default_home()
@@ -209,7 +219,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         model=model, models=tuple(models), home=home, join=tuple(args.join),
         client=client, api_port=args.port, console_port=args.console,
         bind_host=args.bind_host, bind_port=args.bind_port, advertise=tuple(args.advertise),
-        no_relay=args.no_relay, relay_limit=relay_limit, split=args.split,
+        no_relay=args.no_relay, relay_limit=relay_limit, split=args.split, mdns=args.mdns,
+        max_split_rtt_ms=args.max_split_rtt or None,
         max_vram_gb=args.max_vram, draft=args.draft, no_draft=args.no_draft,
         draft_max=args.draft_max, parallel=args.parallel, bin_dir=args.bin_dir,
         device=args.device,

@@ -3,7 +3,7 @@
 Pure code. The node turns its own facts and each connected peer's announcement into a
 `NodeView`; `elect_group` then says, for one model's group (groups.py), who hosts, who may
 serve with us as a worker, and why every other serving peer may not (another model,
-another RPC protocol, leaving).
+another RPC protocol, leaving, or a link too slow for a split: `too_far`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from ..mesh.peers import PeerInfo
 from .election import Candidate, elect_host, rpc_incompatibility
 from .groups import Group
+
+DEFAULT_MAX_SPLIT_RTT_MS = 80.0  # --max-split-rtt: each token crosses a worker's link
+READMIT = 0.9  # a peer held out for its RTT comes back under this share of the limit
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Electorate:
     me: Candidate | None  # ourselves, when we may serve (None: a lite client, or leaving)
     workers: tuple[Candidate, ...]  # the others that may serve with us, ggml-rpc-server up
     excluded: Mapping[str, str]  # peer id → why it cannot serve with us
+    far: frozenset[str] = frozenset()  # those of them held out for their link's RTT
 
 
 def leaving_since(previous: Mapping[str, float], peers: Iterable[NodeView],
@@ -98,8 +102,32 @@ def _group_exclusion(me: NodeView | None, names: set[str], peer: NodeView,
     return rpc_incompatibility(me.rpc_version, peer.rpc_version)
 
 
-def elect_group(me: NodeView | None, peers: Sequence[NodeView],
-                group: Group | None) -> Electorate:
+def too_far(rtt_ms: float | None, max_rtt_ms: float | None, held: bool) -> str | None:
+    """Why a split must not place a worker behind this link, or None. Every decode step
+    crosses it, so the limit is the measured RTT's (`None`: no limit, or not measured yet).
+    A peer already held out (`held`) comes back only under READMIT × the limit, so an RTT
+    hovering at the limit does not restart llama-server at every sample."""
+    if max_rtt_ms is None or rtt_ms is None:
+        return None
+    if rtt_ms > max_rtt_ms:
+        return f"rtt {rtt_ms:.0f} ms: over --max-split-rtt {max_rtt_ms:g} ms"
+    if held and rtt_ms > READMIT * max_rtt_ms:
+        return (f"rtt {rtt_ms:.0f} ms: held out until under {READMIT * max_rtt_ms:g} ms "
+                f"(--max-split-rtt {max_rtt_ms:g} ms)")
+    return None
+
+
+def far_peers(peers: Iterable[NodeView], max_rtt_ms: float | None,
+              before: frozenset[str]) -> frozenset[str]:
+    """The peers whose link is too slow for a split now (`too_far`), given those that were
+    (`before`): the node re-decides when this set changes, RTT samples being no events."""
+    return frozenset(p.node_id for p in peers
+                     if too_far(p.rtt_ms, max_rtt_ms, p.node_id in before) is not None)
+
+
+def elect_group(me: NodeView | None, peers: Sequence[NodeView], group: Group | None,
+                max_rtt_ms: float | None = None,
+                far_before: frozenset[str] = frozenset()) -> Electorate:
     """One model's election as this node sees it: the group's members (groups.py, the
     same on every node) less the peers our exclusion rules leave out; the host is the
     group's rule (most VRAM given to the model, ties by id) among the rest.
@@ -116,13 +144,21 @@ def elect_group(me: NodeView | None, peers: Sequence[NodeView],
         why = _group_exclusion(me, names, peer, peer.node_id in members)
         if why is not None:
             excluded[peer.node_id] = why
+    far: set[str] = set()
+    if me is not None:
+        for peer in serving:
+            why = too_far(peer.rtt_ms, max_rtt_ms, peer.node_id in far_before)
+            if why is not None and peer.node_id not in excluded:
+                excluded[peer.node_id] = why
+                far.add(peer.node_id)
     if group is None:
-        return Electorate(None, None, (), excluded)
+        return Electorate(None, None, (), excluded, frozenset(far))
     me_id = me.node_id if me is not None and not me.leaving else None
     peer_ids = {p.node_id for p in serving}
-    candidates = [c for c in group.candidates if c.node_id not in excluded
+    candidates = [c for c in group.candidates if (c.node_id not in excluded or c.node_id in far)
                   and (c.node_id == me_id or c.node_id in peer_ids)]
     mine = next((c for c in candidates if c.node_id == me_id), None)
     rpc_ready = {p.node_id for p in serving if p.rpc_ready}
-    workers = tuple(c for c in candidates if c is not mine and c.node_id in rpc_ready)
-    return Electorate(elect_host(candidates), mine, workers, excluded)
+    workers = tuple(c for c in candidates if c is not mine and c.node_id in rpc_ready
+                    and c.node_id not in far)
+    return Electorate(elect_host(candidates), mine, workers, excluded, frozenset(far))

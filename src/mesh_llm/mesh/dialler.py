@@ -57,15 +57,18 @@ class Dialler:
         self._failed_at: dict[str, float] = {}
         self._told_by: dict[str, list[str]] = {}  # peer → members whose gossip named it
         self.on_unreachable: Callable[[str, list[str]], None] | None = None
+        self.lan_addrs: Callable[[str], list[str]] | None = None  # --mdns: a member's, there
 
     # ---------------------------------------------------------------- an address list
 
     async def dial(self, expected: str, addrs: list[str], timeout: float,
-                   invite: Invite | None = None) -> str:
+                   invite: Invite | None = None, replace: bool = False) -> str:
         """Connect to `expected` through any of `addrs`; returns its id once authenticated
         (with `invite`, or else our own credential). DialFailed if none works.
 
-        One dial per peer at a time (a second caller waits, then finds it connected)."""
+        One dial per peer at a time (a second caller waits, then finds it connected).
+        `replace`: dial even though connected (a path found on the LAN); the new link
+        replaces the old one (link_rule.py: the newest wins)."""
         lock = self._locks.setdefault(expected, asyncio.Lock())
         try:
             async with asyncio.timeout(timeout):
@@ -74,7 +77,7 @@ class Dialler:
             raise DialFailed([f"node {expected[:12]}: another dial is still running"]) \
                 from None
         try:
-            if expected in self._state.peer_links:
+            if expected in self._state.peer_links and not replace:
                 return expected
             if expected == self._state.node_id:
                 raise DialFailed([f"node {expected[:12]} is this node itself"])
@@ -206,6 +209,8 @@ class Dialler:
                     break
                 info = state.table.get(peer)
                 addrs = list(info.addrs) if info is not None else []
+                if self.lan_addrs is not None:  # where the LAN says it is now, first
+                    addrs = list(dict.fromkeys([*self.lan_addrs(peer), *addrs]))
                 observed = remote(old)
                 if observed not in addrs:
                     addrs.append(observed)

@@ -74,10 +74,24 @@ async def join_through(state: MeshState, dialler: Dialler, tokens: list[str],
     raise DialFailed(tried)
 
 
+async def _targets(state: MeshState, tok: InviteToken) -> list[tuple[str, list[str]]]:
+    """Whom to dial for `tok`, with which addresses: its node and via members, and (with
+    --mdns, for a token that carries the secret) the members of its mesh on the LAN, whose
+    LAN addresses go first."""
+    targets: dict[str, list[str]] = {tok.node_id: list(tok.addrs)}
+    for node, addrs in tok.via:
+        targets.setdefault(node, list(addrs))
+    if state.lan_members is not None and tok.secret:
+        for node, addrs in await state.lan_members(tok.secret):
+            if node != state.node_id:
+                targets[node] = list(dict.fromkeys([*addrs, *targets.get(node, [])]))
+    return list(targets.items())
+
+
 async def _first(state: MeshState, dialler: Dialler, tok: InviteToken, timeout: float) -> str:
     """Dial the token's node and its via members at once; the first that answers wins.
     While we dial them, a connection they open to us is a punched one (punch.py)."""
-    targets = [(tok.node_id, list(tok.addrs)), *((node, list(addrs)) for node, addrs in tok.via)]
+    targets = await _targets(state, tok)
     marked = [node for node, _ in targets if state.punching.setdefault(node, "dial") == "dial"]
     tasks = [asyncio.ensure_future(dialler.dial(node, addrs, timeout, tok.invite))
              for node, addrs in targets]

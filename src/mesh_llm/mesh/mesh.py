@@ -49,6 +49,7 @@ from .identity import Identity
 from .inbound import Inbound, StreamHandler
 from .invites import MAX_VIA, InviteKind, InviteToken, encode_token, mint_invite
 from .join import join_through
+from .lan_reach import LanReach
 from .membership import Membership
 from .peers import PeerTable, Subscription
 from .protocol import StreamType
@@ -99,6 +100,8 @@ class Mesh:
         self._membership = Membership(self._state, self._dialler, lambda: self._announcement,
                                       on_observed=self._refresh_addrs,
                                       on_intro=self._puncher.on_message)
+        self._lan = LanReach(self._state, self._dialler, bind_host, lambda: self._announcement,
+                             self._on_ips) if self.settings.mdns else None
         self._started = False
 
     # ------------------------------------------------------------------ public API
@@ -129,6 +132,11 @@ class Mesh:
         """What this node relays for others (pairs, bytes) and the pairs it could reach
         neither by punching nor through a relay, with why."""
         return {**self._relays.stats(), "unreachable": dict(self._puncher.unrelayed)}
+
+    def lan_status(self) -> dict[str, object] | None:
+        """--mdns: our tag, our mesh's members seen on the LAN, links found there (None:
+        LAN discovery is off)."""
+        return None if self._lan is None else self._lan.status()
 
     @property
     def introductions(self) -> int:
@@ -174,6 +182,8 @@ class Mesh:
                         "machine only (--advertise HOST:PORT names one others can reach)")
         log.info("mesh listening on UDP %s:%d as %s (batched UDP I/O: %s)",
                  self.bind_host, port, self.node_id[:12], transport.batched_io)
+        if self._lan is not None:
+            await self._lan.start(port)
 
     def token(self) -> str:
         """The worker invite that never expires: this node's id, addresses and the mesh
@@ -212,6 +222,8 @@ class Mesh:
         secret = self._state.secret
         if secret is not None and secret != before and self.on_secret is not None:
             self.on_secret(secret)
+        if self._lan is not None:
+            self._lan.refresh()  # our mesh's tag now
         await self._wait_for_announcement(peer, max(0.0, deadline - loop.time()))
         log.info("joined the mesh through %s", peer[:12])
         return peer
@@ -223,6 +235,8 @@ class Mesh:
         if new != self._announcement:
             self._announcement = new
             self._membership.schedule_broadcast()
+            if self._lan is not None:
+                self._lan.refresh()
 
     def subscribe(self, maxsize: int = 1024) -> Subscription:
         """Async stream of PeerEvents (added/updated/disconnected/reconnected/removed)."""
@@ -268,6 +282,8 @@ class Mesh:
         if state.stopping:
             return
         state.stopping = True
+        if self._lan is not None:
+            await self._lan.close()
         for link in list(state.links.values()):
             link.cancel_timers()
         if state.transport is not None:
@@ -287,6 +303,12 @@ class Mesh:
         log.info("mesh stopped (%s)", "goodbye sent" if graceful else "dropped")
 
     # ------------------------------------------------------------------ wiring
+
+    def _on_ips(self, ips: list[str]) -> None:
+        """This machine's addresses changed (--mdns watches them): hand out the new ones."""
+        if self.bind_host in WILDCARDS:
+            self._ips = ips
+            self._refresh_addrs()
 
     def _refresh_addrs(self) -> None:
         """Recompute our addresses (start, and when peers see us somewhere new): a NAT's

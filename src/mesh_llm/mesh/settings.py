@@ -24,6 +24,7 @@ class MeshSettings:
     punch_delay_ms: int = 300  # an introduction's start, from when it is sent
     relay_enabled: bool = True  # carry other members' packets where they cannot punch
     relay_max_pairs: int = 8  # relay.DEFAULT_PAIRS
+    mdns: bool = False  # --mdns: advertise on the LAN and find members there (lan_reach.py)
     relay_rate: int = 8_000_000  # bytes per second, each way, per pair (relay.DEFAULT_RATE)
     ping_interval_s: float = 2.0  # app-level ping on the gossip stream: RTT and liveness
     silence_timeout_s: float = 8.0  # nothing heard for this long: the connection is lost

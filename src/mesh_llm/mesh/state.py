@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,9 @@ class MeshState:
         self.refused = 0  # connections refused so far (tests wait on it, not on the log)
         self.stopping = False
         self.own_addrs: set[str] = set()  # addresses that reach this very node
+        # --mdns: the members of a secret's mesh seen on the LAN, (id, addresses) (join.py)
+        self.lan_members: Callable[[bytes], Awaitable[list[tuple[str, list[str]]]]] | None \
+            = None
         self.observed = ObservedAddrs()  # where peers see us
         # Peers we send to right now: "intro" (an introduction), "dial" (a gossip hint).
         self.punching: dict[str, str] = {}

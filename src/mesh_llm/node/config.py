@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..api.shared import ShareTarget
+from ..inference.candidates import DEFAULT_MAX_SPLIT_RTT_MS
 from ..mesh.settings import MeshSettings
 
 DEFAULT_API_PORT = 9337
@@ -32,6 +33,8 @@ class NodeConfig:
     no_relay: bool = False  # carry no other members' packets
     relay_limit: tuple[int, int] = (8, 8_000_000)  # pairs, bytes/s per pair
     split: bool = False
+    mdns: bool = False  # LAN discovery (mesh/lan_reach.py); a lite client never uses it
+    max_split_rtt_ms: float | None = DEFAULT_MAX_SPLIT_RTT_MS  # None: no limit
     max_vram_gb: float | None = None
     draft: str | None = None
     no_draft: bool = False
@@ -61,4 +64,5 @@ class NodeConfig:
     def mesh_settings(self) -> MeshSettings:
         """The mesh's timers and limits: the defaults, with this node's relay limits."""
         return MeshSettings(relay_enabled=not self.no_relay,
-                            relay_max_pairs=self.relay_limit[0], relay_rate=self.relay_limit[1])
+                            relay_max_pairs=self.relay_limit[0], relay_rate=self.relay_limit[1],
+                            mdns=self.mdns and not self.client)

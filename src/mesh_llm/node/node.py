@@ -26,7 +26,7 @@ from ..api.proxy import ApiProxy
 from ..changes import ChangeFeed
 from ..console.server import Console
 from ..errors import UserError
-from ..inference.candidates import NodeView, leaving_since, view_of
+from ..inference.candidates import NodeView, far_peers, leaving_since, view_of
 from ..inference.groups import Group, NodeOffer, local_allocation
 from ..inference.hosting import Hosting
 from ..inference.offers import offer_of
@@ -42,6 +42,7 @@ from ..models.split import model_stem
 from .config import NodeConfig
 from .groups_view import MeshModels
 from .home import HomeDir
+from .lending import plans_using
 from .listen import bind_problem, serve_http
 from .primary import primary
 from .reconcile import Decision, SlotFacts, decide
@@ -77,6 +78,7 @@ class Node:
         self._following = "starting"  # our state while another node hosts (or none does)
         self._remembered: list[tuple[str, list[str]]] = []
         self._leaving_since: Mapping[str, float] = {}
+        self._far: frozenset[str] = frozenset()  # peers too far for a split (--max-split-rtt)
         # One slot per --model, the first first; none without a model file.
         models = ([setup] if setup.model is not None else []) + list(setup.extras)
         self.slots: list[Slot] = [self._slot(each, first=i == 0)
@@ -180,7 +182,8 @@ class Node:
     def reach(self) -> dict[str, Any]:
         mesh = self.mesh
         return {"addresses": mesh.addresses() if mesh is not None else None,
-                "relay": mesh.relay_stats() if mesh is not None else None}
+                "relay": mesh.relay_stats() if mesh is not None else None,
+                "mdns": mesh.lan_status() if mesh is not None else None}
 
     def counters(self) -> Counters:
         return Counters(self.api.in_flight, self.api.queued, self.console.open_streams,
@@ -353,7 +356,9 @@ class Node:
                                             asyncio.get_running_loop().time())
         facts = [SlotFacts(s.name, s.file.fingerprint, s.group, s.hosting.active)
                  for s in self.slots]
-        self._apply(decide(me, views, facts, self._followed(), self.leaving))
+        self._far = far_peers(views, self.config.max_split_rtt_ms, self._far)
+        self._apply(decide(me, views, facts, self._followed(), self.leaving,
+                           self.config.max_split_rtt_ms, self._far))
         self._announce()
 
     def _apply(self, decision: Decision) -> None:
@@ -394,27 +399,22 @@ class Node:
 
     async def _gossip_counts(self) -> None:
         """Tell the mesh our request counts when they change (at most every few seconds:
-        a request must not cost a gossip round)."""
+        a request must not cost a gossip round); re-decide when a link's RTT crosses
+        --max-split-rtt (RTT samples are no peer events)."""
         while not self._stopping:
             await asyncio.sleep(COUNTS_EVERY_S)
             counts = self.router.requests.counts()
-            if counts != self._gossiped_counts and not self._stopping:
+            far = far_peers([view_of(p) for p in self.connected_peers()],
+                            self.config.max_split_rtt_ms, self._far)
+            if (counts != self._gossiped_counts or far != self._far) and not self._stopping:
                 self._gossiped_counts = counts
                 self._reconcile()  # our own counts count in our groups too; announces
 
     def _host_plan(self) -> object:
-        """The serving plans that may use our ggml-rpc-server, as one: our host's (None
-        when we host or there is none), and every other group's plan that names us."""
-        host_id = self.host_id
-        host = self.peer(host_id) if host_id != self.node_id else None
-        plan = host.announcement.plan if host is not None else None
-        others = [h.plan for p in self.connected_peers() for h in p.announcement.hosted
-                  if h.plan is not None and self.node_id in h.plan.get("workers", [])]
-        if not others:
-            return plan
-        workers = [w for each in [plan, *others] if isinstance(each, dict)
-                   for w in each.get("workers", [])]
-        return {**(plan if isinstance(plan, dict) else {}), "workers": workers}
+        """The serving plans that may use our ggml-rpc-server, as one (lending.py)."""
+        host = self.peer(self.host_id) if self.host_id != self.node_id else None
+        return plans_using(self.node_id, host.announcement.plan if host is not None else None,
+                           self.connected_peers())
 
     async def shutdown(self) -> None:
         if not self._stopping and self.mesh is not None and not self.config.client:

@@ -56,7 +56,8 @@ class Decision:
 
 
 def decide(me: NodeView | None, peers: Sequence[NodeView], slots: Sequence[SlotFacts],
-           joined: Group | None, leaving: bool) -> Decision:
+           joined: Group | None, leaving: bool, max_rtt_ms: float | None = None,
+           far_before: frozenset[str] = frozenset()) -> Decision:
     """Per slot: elect its group's host; serve it when that is us and we may (a host that
     is leaving keeps serving until it stops, but one that does not serve yet never starts
     on its way out). `me` is None on a lite client; `joined` is the group a node without
@@ -65,7 +66,7 @@ def decide(me: NodeView | None, peers: Sequence[NodeView], slots: Sequence[SlotF
     for slot in slots:
         view = None if me is None else replace(
             me, models=(slot.name,), fingerprint=slot.fingerprint, file_less=False)
-        outcome = elect_group(view, peers, slot.group)
+        outcome = elect_group(view, peers, slot.group, max_rtt_ms, far_before)
         serve = (view is not None and outcome.me is not None
                  and outcome.host_id == view.node_id and (slot.active or not leaving))
         actions.append(SlotAction(outcome.host_id, serve, outcome.me if serve else None,
@@ -75,5 +76,5 @@ def decide(me: NodeView | None, peers: Sequence[NodeView], slots: Sequence[SlotF
     view = None if me is None else replace(
         me, models=(joined.name,) if joined is not None and joined.host else (),
         fingerprint="", file_less=True)
-    outcome = elect_group(view, peers, joined)
+    outcome = elect_group(view, peers, joined, max_rtt_ms, far_before)
     return Decision((), SlotAction(outcome.host_id, excluded=dict(outcome.excluded)))

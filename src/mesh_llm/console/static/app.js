@@ -212,6 +212,18 @@ function joinCommands(s) {
   };
 }
 
+/** LAN discovery: on (the mesh's tag, members seen) or how to turn it on. */
+function lanText(s) {
+  const lan = s && s.mdns;
+  if (!lan) {
+    return "LAN discovery is off: start nodes with --mdns to find each other on the local " +
+      "network (mesh-llm discover lists the meshes there).";
+  }
+  const seen = list(lan.members_seen).length;
+  return `LAN discovery is on (--mdns, tag ${lan.tag || "–"}): ${seen} member(s) of this ` +
+    "mesh seen on the local network.";
+}
+
 function apiUrl(s, hostname) {
   if (!s || !s.api_port) return "–";
   return `http://${hostname || "127.0.0.1"}:${s.api_port}/v1`;
@@ -412,6 +424,7 @@ function render(s) {
   const commands = joinCommands(s);
   $("cmd-node").textContent = commands.node;
   $("cmd-client").textContent = commands.client;
+  $("lan").textContent = lanText(s);
   for (const button of document.querySelectorAll("button.copy")) button.disabled = !s.token;
 }
 
