@@ -24,6 +24,7 @@ from .errors import dialect_errors, json_error
 from .guard import LOOPBACK, AllowedHosts
 from .http1 import ResponseHead, request_bytes
 from .jsonbody import BodyError, decode_json_object, read_json_object
+from .metrics import MODEL_KEY, ApiMetrics, Scrape, Timing, metrics_handler
 from .middleware import host_guard
 from .name_match import ApiError, ServedModel
 from .request_counts import RouteCounts
@@ -90,7 +91,8 @@ class ApiProxy:
     own upstream connection."""
 
     def __init__(self, router: ModelRouter, *, api_key: str | None = None,
-                 allowed: AllowedHosts = LOOPBACK, changes: ChangeFeed | None = None) -> None:
+                 allowed: AllowedHosts = LOOPBACK, changes: ChangeFeed | None = None,
+                 metrics: ApiMetrics | None = None, scrape: Scrape | None = None) -> None:
         self._router = router
         self._api_key = api_key
         self._allowed = allowed
@@ -98,14 +100,20 @@ class ApiProxy:
         self.in_flight = 0
         self.queued = 0  # requests waiting for an upstream now
         self.requests = RouteCounts()  # per model and route, since start (status)
+        self.metrics = metrics  # None: nothing measured (--no-metrics)
+        self.scrape = scrape  # GET /metrics here too (--metrics-on-api)
 
     def app(self) -> web.Application:
         # dialect_errors answers every HTTP error in JSON (Anthropic's shape on its routes)
         middlewares = [dialect_errors, host_guard(self._allowed)]
+        if self.metrics is not None:  # outermost: every answer counts, errors included
+            middlewares.insert(0, self.metrics.middleware())
         if self._api_key:
             middlewares.append(self._auth)
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
         app.router.add_get("/health", self.health)
+        if self.scrape is not None:
+            app.router.add_get("/metrics", metrics_handler(self.scrape))
         # No HEAD: relayed, llama-server's body-less answer would read as a broken one.
         app.router.add_get(MODELS_PATH, self.models, allow_head=False)
         for path in POST_ROUTES:
@@ -156,14 +164,17 @@ class ApiProxy:
         """The request's model resolved (400/404 at once, 503 after the wait), then relayed
         to where that model runs."""
         loop = asyncio.get_running_loop()
+        arrived = self.metrics.clock() if self.metrics is not None else 0.0
         deadline = loop.time() + QUEUE_WAIT_S
         found = await self._resolve(requested, deadline)
         if isinstance(found, ApiError):
             return json_error(found.status, found.message, found.kind)
         self.requests.add(found.name, path)
+        request[MODEL_KEY] = found.name
+        timing = self.metrics.timing(found.name, arrived) if self.metrics is not None else None
         router = self._router
         return await self._relay(request, path, body, lambda: router.upstream_for(found),
-                                 deadline)
+                                 deadline, timing)
 
     async def _resolve(self, requested: object, deadline: float) -> ServedModel | ApiError:
         """The model a request names; a known one without a ready host is waited for
@@ -192,8 +203,8 @@ class ApiProxy:
         return found
 
     async def _relay(self, request: web.Request, path: str, body: bytes,
-                     pick: Callable[[], Upstream],
-                     deadline: float | None = None) -> web.StreamResponse:
+                     pick: Callable[[], Upstream], deadline: float | None = None,
+                     timing: Timing | None = None) -> web.StreamResponse:
         """Send one request upstream and pass the answer back as it arrives.
 
         With no upstream ready (a host loading, a re-plan, no host yet) the request waits
@@ -218,7 +229,8 @@ class ApiProxy:
                 seen = self._changes.version if self._changes is not None else 0
                 try:
                     return await self._forward(request, upstream.connect, path, body,
-                                               {**headers, **upstream.headers}, upstream.build)
+                                               {**headers, **upstream.headers}, upstream.build,
+                                               timing)
                 except OSError as err:
                     if _client_gone(request):
                         log.debug("client hung up (%s)", err)
@@ -274,7 +286,7 @@ class ApiProxy:
     async def _forward(self, request: web.Request, connect: Connect, path: str,
                        body: bytes, headers: dict[str, str],
                        build: Callable[[str, dict[str, str], bytes], bytes] | None = None,
-                       ) -> web.StreamResponse:
+                       timing: Timing | None = None) -> web.StreamResponse:
         raw = build(path, headers, body) if build is not None else \
             request_bytes("POST", "127.0.0.1", path, headers, body)
         exchange = await open_exchange(connect, raw, MAX_RESPONSE_BYTES)
@@ -287,14 +299,16 @@ class ApiProxy:
                 raise ConnectionResetError(str(err)) from err  # nothing answered: retry
             if not head.content_type.startswith("text/event-stream"):
                 data = await exchange.body()
+                if timing is not None:
+                    timing.whole(data, head.content_type)
                 return web.Response(status=head.status, body=data,
                                     headers={"Content-Type": head.content_type})
-            return await self._stream(request, exchange, head)
+            return await self._stream(request, exchange, head, timing)
         finally:
             exchange.close()
 
-    async def _stream(self, request: web.Request, exchange: Exchange,
-                      head: ResponseHead) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, exchange: Exchange, head: ResponseHead,
+                      timing: Timing | None = None) -> web.StreamResponse:
         out = web.StreamResponse(status=head.status, headers={
             "Content-Type": head.content_type, "Cache-Control": "no-cache",
         })
@@ -303,7 +317,7 @@ class ApiProxy:
         client = request.transport
         if client is None or client.is_closing():
             return out
-        exchange.splice_chunked(client)
+        exchange.splice_chunked(client, timing)
         try:
             await exchange.wait_done()
         except UpstreamClosed as err:
@@ -313,6 +327,9 @@ class ApiProxy:
             log.warning("upstream stream broke off: %s", err)
             await out.write(stream_error_event(dialect_of(request.path),
                                                f"the host's stream broke off: {err}"))
+        finally:
+            if timing is not None:
+                timing.ended()
         await out.write_eof()
         return out
 

@@ -159,14 +159,18 @@ class Exchange(asyncio.Protocol):
                 await asyncio.wait_for(asyncio.shield(self.done), READ_TIMEOUT_S - idle)
         await self.done
 
-    def splice_chunked(self, client: asyncio.Transport) -> None:
+    def splice_chunked(self, client: asyncio.Transport,
+                       watch: Callable[[bytes], None] | None = None) -> None:
         """From now on write each body piece to `client` as an HTTP chunk, straight from the
-        socket callback. The client's response head must already be sent, chunked."""
+        socket callback (and show it to `watch`, the API's metrics, after it is written).
+        The client's response head must already be sent, chunked."""
         def sink(piece: bytes) -> None:
             if client.is_closing():
                 self._fail(UpstreamClosed("the client went away"))
                 return
             client.write(frame_chunk(piece))
+            if watch is not None:
+                watch(piece)
             if client.get_write_buffer_size() > _HIGH_WATER and self._transport is not None:
                 self._transport.pause_reading()
                 self._loop.call_later(_RECHECK_S, self._resume_when_drained, client)

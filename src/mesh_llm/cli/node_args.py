@@ -164,6 +164,11 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen-all", action="store_true",
                    help="serve the API on 0.0.0.0 (requires --api-key)")
     p.add_argument("--api-key", metavar="KEY", help="Bearer key required by the API")
+    metrics = p.add_mutually_exclusive_group()
+    metrics.add_argument("--metrics-on-api", action="store_true",
+                         help="serve GET /metrics (Prometheus) on the API port too")
+    metrics.add_argument("--no-metrics", action="store_true",
+                         help="measure nothing: no /metrics, no console charts")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="the node's log on stderr: human-readable lines (default), or one "
@@ -227,6 +232,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         listen_all=args.listen_all, api_key=args.api_key, llama_args=(*device_args, *extra_args),
         standalone=args.standalone, new_mesh=args.new_mesh,
         trust_hosts=trusted_hosts(args.trust_hosts, home), shares=shares,
+        metrics=not args.no_metrics, metrics_on_api=args.metrics_on_api,
     )
 
 

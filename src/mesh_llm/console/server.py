@@ -16,10 +16,12 @@ from aiohttp import web
 from ..api.errors import json_error, json_errors
 from ..api.guard import LOOPBACK, AllowedHosts
 from ..api.jsonbody import BodyError, decode_json, read_body, read_json_object
+from ..api.metrics import Scrape, metrics_handler
 from ..api.middleware import host_guard
 from ..api.proxy import ApiProxy
 from ..changes import ChangeFeed
 from .auth import COOKIE, ConsoleKey, login_page
+from .charts import Sampler
 
 log = logging.getLogger("mesh_llm.console")
 
@@ -55,8 +57,12 @@ class Console:
 
     def __init__(self, status: Callable[[], dict[str, Any]], changes: ChangeFeed,
                  api: ApiProxy, heartbeat_s: float = HEARTBEAT_S, *,
-                 api_key: str | None = None, allowed: AllowedHosts = LOOPBACK) -> None:
+                 api_key: str | None = None, allowed: AllowedHosts = LOOPBACK,
+                 scrape: Scrape | None = None, sampler: Sampler | None = None) -> None:
         self._status = status
+        self._scrape = scrape  # GET /metrics
+        self._sampler = sampler  # the charts' samples, sent on the event stream
+        self._sampling: asyncio.Task[None] | None = None
         self._changes = changes
         self._api = api
         self._heartbeat_s = heartbeat_s
@@ -67,9 +73,15 @@ class Console:
 
     def app(self) -> web.Application:
         middlewares = [json_errors, host_guard(self._allowed)]
+        if self._api.metrics is not None:  # the chat's answers count with the API's
+            middlewares.insert(0, self._api.metrics.middleware(frozenset({"/api/chat"})))
         if self._key is not None:
             middlewares.append(self._login_required)
         app = web.Application(client_max_size=MAX_CHAT_BYTES, middlewares=middlewares)
+        if self._scrape is not None:
+            app.router.add_get("/metrics", metrics_handler(self._scrape))
+        if self._sampler is not None:
+            app.on_startup.append(self._start_sampling)
         app.router.add_get("/", self.index)
         app.router.add_get("/api/status", self.status)
         app.router.add_get("/api/session", self.session)
@@ -128,6 +140,12 @@ class Console:
         """Event streams never end by themselves: end them, or shutdown waits on them."""
         for task in list(self._streams):
             task.cancel()
+        if self._sampling is not None:
+            self._sampling.cancel()
+
+    async def _start_sampling(self, _app: web.Application) -> None:
+        assert self._sampler is not None
+        self._sampling = asyncio.get_running_loop().create_task(self._sampler.run())
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         if not self._authorised(request):
@@ -139,7 +157,8 @@ class Console:
         return web.json_response(self._status(), headers={"Cache-Control": "no-cache"})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        """SSE: the status now, again on every change, and a comment now and then."""
+        """SSE: the status now, again on every change, and a comment now and then; with
+        charts, their history at once (`samples`) and each new sample as it is taken."""
         out = web.StreamResponse(headers={
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
@@ -152,13 +171,22 @@ class Console:
         self.open_streams += 1
         try:
             await out.write(f"retry: {RETRY_MS}\n\n".encode())
-            seen = -1
+            seen, sampled = -1, -1
+            ring = self._sampler.ring if self._sampler is not None else None
+            wait_s = min(self._heartbeat_s, 1.0) if ring is not None else self._heartbeat_s
             while True:
                 if seen != self._changes.version:
                     seen = self._changes.version
                     payload = json.dumps(self._status(), separators=(",", ":"))
                     await out.write(f"event: status\ndata: {payload}\n\n".encode())
-                elif not await self._changes.wait_newer(seen, self._heartbeat_s):
+                elif ring is not None and sampled != ring.seq:
+                    whole = sampled < 0  # a new page: everything kept, to replace
+                    new = ring.history() if whole else ring.since(sampled)
+                    sampled = ring.seq
+                    payload = json.dumps({"history": whole, "samples": new},
+                                         separators=(",", ":"))
+                    await out.write(f"event: samples\ndata: {payload}\n\n".encode())
+                elif not await self._changes.wait_newer(seen, wait_s) and ring is None:
                     await out.write(b": keep-alive\n\n")
         except ConnectionResetError:
             pass  # the browser went away (the node runs with handler cancellation, so rare)

@@ -54,6 +54,7 @@ class Generation:
     tunnels: list[TunnelListener] = field(default_factory=list)
     stats: list[CodecStats] = field(default_factory=list)  # one per RPC tunnel connection
     open_requests: int = 0  # API requests it is answering, ours and tunnelled ones
+    starts: int = 0  # its llama-server's starts (more than one: it crashed and restarted)
     stopped: bool = False
     connections: set[asyncio.BaseTransport] = field(default_factory=set)  # to llama-server
     _idle: asyncio.Event = field(default_factory=asyncio.Event)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,13 @@ class Hosting:
         self._pool: int | None = None  # the KV cells the slots share (-c), read once
         self._pool_read = False
         self._replan_lock = asyncio.Lock()
+        # Since start, for the metrics: plans replaced by another, llama-server restarts
+        # after a crash, and seconds without a llama-server taking requests once one had.
+        self.plan_changes = 0
+        self.restarts = 0
+        self._stall_s = 0.0
+        self._stalled_since: float | None = None
+        self._served = False
 
     # --- what the API, the status and the announcement read ---
     @property
@@ -189,6 +197,8 @@ class Hosting:
                 self._spawn(gen.stop())
         if plan == self.plan:
             return
+        if self.plan is not None:
+            self.plan_changes += 1
         self.plan = plan
         if plan.mode == "waiting":
             log.warning("%s", plan.reason, extra={"event": "plan: waiting"})
@@ -202,6 +212,7 @@ class Hosting:
     def stand_down(self) -> None:
         """Not the host (any more): no llama-server here."""
         self.active = False
+        self._track_stall()
         if self.plan is not None or self.current is not None or self.next is not None:
             log.info("stopping llama-server (no longer the host)")
             self._spawn(self.stop_serving())
@@ -276,7 +287,8 @@ class Hosting:
                                parallel=spec.parallel, ctx_size=self._pool,
                                extra=spec.llama_args, **extra)
         gen.llama = self._launch(engine, llama_plan, self.log_path,
-                                 functools.partial(self.llama_changed, gen), gen.stats.clear)
+                                 functools.partial(self.llama_changed, gen),
+                                 functools.partial(self._before_start, gen))
         what = f"split over {len(plan.workers)} worker(s) {plan.tensor_split}" if plan.workers \
             else "solo"
         log.info("loading %s %s (llama-server log: %s)", model.name, what, self.log_path)
@@ -324,6 +336,31 @@ class Hosting:
         for gen in gens:
             await gen.stop()
 
+    def _before_start(self, gen: Generation) -> None:
+        """A llama-server (re)starts: a restart after a crash counts; its tunnels' counts
+        start afresh."""
+        if gen.starts:
+            self.restarts += 1
+        gen.starts += 1
+        gen.stats.clear()
+
+    def stall_seconds(self) -> float:
+        """Seconds, since start, that this model's requests had no llama-server here to go
+        to (a re-plan that stops before it starts, a CPU hold, a crash) after one served."""
+        since = self._stalled_since
+        return self._stall_s + (time.monotonic() - since if since is not None else 0.0)
+
+    def _track_stall(self) -> None:
+        """Called on every change of what serves: opens or closes a stall."""
+        serving = self.serving_port() is not None and not self.held
+        if serving:
+            self._served = True
+        if self._stalled_since is not None and (serving or not self.active):
+            self._stall_s += time.monotonic() - self._stalled_since
+            self._stalled_since = None
+        elif self._served and self.active and not serving and self._stalled_since is None:
+            self._stalled_since = time.monotonic()
+
     def llama_changed(self, gen: Generation | None) -> None:
         """A llama-server became ready or stopped being ready (None: we switched)."""
         if gen is not None and gen is self.next and gen.ready:
@@ -338,6 +375,7 @@ class Hosting:
             if gen.ready and self.spec.model is not None:
                 log.info("ready: %s answers on http://127.0.0.1:%d/v1", self.spec.model.name,
                          self.spec.api_port)
+        self._track_stall()
         self._announce()
 
     # --- the API tunnel other nodes' requests arrive through (node/router.py) ---

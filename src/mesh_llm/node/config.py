@@ -49,6 +49,8 @@ class NodeConfig:
     new_mesh: bool = False  # a fresh mesh secret instead of the one kept in the home
     trust_hosts: frozenset[str] | None = None  # only these node ids may host (None: any)
     shares: tuple[ShareTarget, ...] = ()  # --share: servers whose models this node shares
+    metrics: bool = True  # /metrics on the console and the console's charts (--no-metrics)
+    metrics_on_api: bool = False  # /metrics on the API port too
 
     @property
     def all_models(self) -> tuple[str, ...]:
