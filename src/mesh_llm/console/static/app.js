@@ -503,6 +503,9 @@ function connect() {
       followModels(s);
     }
   });
+  source.addEventListener("samples", (event) => {  // the charts (charts.js)
+    try { window.meshCharts.add(JSON.parse(event.data)); } catch { /* no charts */ }
+  });
   source.addEventListener("error", () => {
     setLive("reconnecting");
     // The browser retries by itself unless the stream is closed for good (e.g. a 5xx reply).
