@@ -102,6 +102,12 @@ class FakeLlama:
         self.ready = False
         self._on_change()
 
+    def restart(self) -> None:
+        """Its supervisor starts it again after a crash (on a new port, as the real one)."""
+        if self._socket is not None:
+            self._socket.close()
+        self.start()
+
     async def stop(self) -> None:
         self.rpc_listening_at_stop = [listening(e) for e in self.plan.rpc]
         if self._socket is not None:

@@ -71,6 +71,27 @@ async def test_a_crashed_llama_server_stops_serving_until_it_is_back(make_host: 
     assert h.hosting.state == "running" and h.hosting.serving_port() == fake.port
 
 
+async def test_restarts_replans_and_stalls_are_counted_for_the_metrics(
+        make_host: MakeHost) -> None:
+    h = make_host(split=True)
+    fake = await h.serving(me())
+    assert (h.hosting.plan_changes, h.hosting.restarts, h.hosting.stall_seconds()) == (0, 0, 0)
+    fake.crash()
+    fake.restart()
+    fake.load()
+    assert h.hosting.restarts == 1
+    stall = h.hosting.stall_seconds()
+    assert stall > 0
+    assert h.hosting.stall_seconds() == stall, "the stall ended once it served again"
+    h.converge(me(), worker(B))
+    assert h.hosting.plan_changes == 1
+    new = await h.launcher.next()
+    new = await h.launcher.next() if new is fake else new  # the restart's start came first
+    new.load()
+    await h.settle()
+    assert h.hosting.restarts == 1, "a new plan's llama-server is no restart"
+
+
 async def test_too_little_memory_waits_and_stops_what_served(make_host: MakeHost) -> None:
     h = make_host()
     fake = await h.serving(me())
