@@ -6,6 +6,7 @@
 const meshCharts = (() => {
   const KEEP = 900;
   const HEIGHT = 170;
+  const MIN_SPAN_S = 120;
   const COLORS = ["#4b3fd1", "#0f7a6b", "#b35309", "#b42318", "#1f6feb", "#8250df",
                   "#1a7f37", "#9a6700"];
   // Each chart: a sample field holding a series per name (model, peer), or fixed series.
@@ -46,7 +47,13 @@ const meshCharts = (() => {
       width: Math.max(box.clientWidth, 200), height: HEIGHT,
       legend: { show: true },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(1, max)] } },
+      scales: {
+        x: { time: true, range: (_u, min, max) => {  // at least the last two minutes
+          const end = max ?? Date.now() / 1000;
+          return [Math.min(min ?? end, end - MIN_SPAN_S), end];
+        } },
+        y: { range: (_u, _min, max) => [0, Math.max(1, max ?? 1)] },
+      },
       axes: [axis, { ...axis, size: 56, values: (_u, ticks) => ticks.map((v) => v + "") }],
       series: [{}, ...names.map((name, i) => ({
         label: name.length > 28 ? name.slice(0, 27) + "…" : name,
