@@ -12,12 +12,18 @@ measured too, after the chat route in the same run (targets: the chat route's).
 
 With --two-models the node serves a second model too (an F16 copy, made once), so each
 request is routed by its `model` among two.
+
+With --metrics, instead: two nodes, one with metrics (the default) and one with
+--no-metrics, alternated (gen tok/s ratio on/off, target ≥ 0.99; CPU per token of each),
+then --requests short requests (default 10,000) through the node with metrics, and its RSS
+growth over them (VmRSS after a warm-up vs after; target ≤ 5 MB).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -25,15 +31,59 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROUTES, added_ttft, compare, cpu_per_token
+import aiohttp
+
+from common import PROMPT, ROUTES, added_ttft, compare, cpu_per_token
 from nodes import NodeProcess
 
 
-def peak_rss_mb(pid: int) -> float:
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+async def many_requests(base: str, count: int, concurrency: int = 4) -> None:
+    """`count` one-token chat completions, every other one streamed, `concurrency` at once."""
+    todo = iter(range(count))
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        for i in todo:
+            body = {"messages": PROMPT, "max_tokens": 1, "stream": i % 2 == 0}
+            async with session.post(base + "/v1/chat/completions", json=body) as resp:
+                resp.raise_for_status()
+                await resp.read()
+
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+
+
+def relayed(node: NodeProcess) -> float:
+    """mesh_llm_relayed_requests_total of the node's one model, from its /metrics."""
+    import urllib.request
+    with urllib.request.urlopen(node.console + "/metrics", timeout=10) as resp:
+        page = resp.read().decode()
+    return sum(float(m) for m in re.findall(r"^mesh_llm_relayed_requests_total\{.*\} (\S+)$",
+                                            page, re.M))
+
+
+async def measure_metrics(on: NodeProcess, off: NodeProcess, reps: int, tokens: int,
+                          requests: int) -> None:
+    m = await compare({"no-metrics": off.api, "metrics": on.api}, reps, tokens)
+    print(f"  ratio (metrics / no-metrics) gen tok/s: "
+          f"{m['metrics'][0] / m['no-metrics'][0]:.3f}   (target ≥ 0.99)")
+    for name, node in (("no-metrics", off), ("metrics", on)):
+        cpu = await cpu_per_token({name: node.proc.pid}, node.api)
+        print(f"  {name} node CPU per streamed token: {cpu[name]:.3f} ms")
+    await many_requests(on.api, 200)  # warm-up: every lazily made object exists now
+    before, seen = peak_rss_mb(on.proc.pid, "VmRSS"), relayed(on)
+    await many_requests(on.api, requests)
+    after = peak_rss_mb(on.proc.pid, "VmRSS")
+    print(f"  {requests} requests (half streamed, 1 token): /metrics counted "
+          f"{relayed(on) - seen:.0f}; node RSS {before:.1f} → {after:.1f} MB, growth "
+          f"{after - before:+.1f} MB   (target ≤ 5 MB)")
 
 
 async def measure(node: NodeProcess, reps: int, tokens: int, route: str = "chat") -> None:
@@ -59,7 +109,23 @@ def main() -> None:
                     help="serve a second model beside SmolLM2 (routing among two)")
     ap.add_argument("--route", choices=ROUTES, default="chat",
                     help="also measure this API family (after the chat route)")
+    ap.add_argument("--metrics", action="store_true",
+                    help="compare a node with metrics to one with --no-metrics instead")
+    ap.add_argument("--requests", type=int, default=10_000,
+                    help="with --metrics: requests for the RSS growth")
     args = ap.parse_args()
+    if args.metrics:
+        with tempfile.TemporaryDirectory() as tmp:
+            on = NodeProcess(Path(tmp) / "on").start()
+            off = NodeProcess(Path(tmp) / "off", "--no-metrics").start()
+            try:
+                on.wait_ready()
+                off.wait_ready()
+                asyncio.run(measure_metrics(on, off, args.reps, args.tokens, args.requests))
+            finally:
+                on.stop()
+                off.stop()
+        return
     with tempfile.TemporaryDirectory() as tmp:
         extra: list[str] = []
         if args.two_models:

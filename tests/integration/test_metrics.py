@@ -5,15 +5,19 @@ Host check in front of the page."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodes import NodeProcess
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
 
 KEY = "metr1cs-key"
 MODEL = "SmolLM2-135M-Instruct"
@@ -175,3 +179,6 @@ def test_a_splits_rpc_round_trips_grow_with_generated_tokens(make_node) -> None:
     assert delta(start, more, "mesh_llm_generated_tokens_total", model=MODEL) == 28
     assert value(more, "mesh_llm_peer_rtt_seconds", peer=worker_id, role="worker",
                  link="direct") > 0
+    dashboard = DASHBOARD.read_text()
+    names = set(re.findall(r"mesh_llm_[a-z_]+", dashboard))
+    assert names and names <= {name for name, _ in more}, "the dashboard reads what we serve"
