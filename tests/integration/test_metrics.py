@@ -100,6 +100,11 @@ def test_metrics_count_exactly_what_was_sent(keyed_mesh: dict[str, NodeProcess],
     chat(node, 5)
     streamed = chat(node, 6, stream=True)
     assert streamed.rstrip().endswith(b"data: [DONE]")
+    for path, body in (("/v1/messages", {"max_tokens": 3, "messages": ASK}),
+                       ("/v1/responses", {"max_output_tokens": 2, "input": "Count."})):
+        status, answer = call(node.api + path, body={"model": MODEL, "stream": True,
+                                                     "ignore_eos": True, **body})
+        assert status == 200 and answer.startswith(b"event: "), answer[:200]
     assert call(node.api + "/v1/nothing")[0] == 404
     assert call(node.api + CHAT, key=None, body={"messages": ASK})[0] == 401
     after = scrape(node.console)
@@ -108,12 +113,15 @@ def test_metrics_count_exactly_what_was_sent(keyed_mesh: dict[str, NodeProcess],
     assert delta(before, after, requests, route=CHAT, code="200", model=MODEL) == 3
     assert delta(before, after, requests, route="unmatched", code="404", model="") == 1
     assert delta(before, after, requests, route=CHAT, code="401", model="") == 1
-    assert delta(before, after, "mesh_llm_relayed_requests_total", model=MODEL) == 3
-    assert delta(before, after, "mesh_llm_generated_tokens_total", model=MODEL) == 4 + 5 + 6
-    assert delta(before, after, "mesh_llm_prompt_tokens_total", model=MODEL) >= 3 * 5
+    for path in ("/v1/messages", "/v1/responses"):
+        assert delta(before, after, requests, route=path, code="200", model=MODEL) == 1
+    assert delta(before, after, "mesh_llm_relayed_requests_total", model=MODEL) == 5
+    assert delta(before, after, "mesh_llm_generated_tokens_total", model=MODEL) == \
+        4 + 5 + 6 + 3 + 2
+    assert delta(before, after, "mesh_llm_prompt_tokens_total", model=MODEL) >= 5 * 5
     ttft = "mesh_llm_time_to_first_token_seconds"
-    assert delta(before, after, f"{ttft}_count", model=MODEL) == 1  # the streamed one
-    assert delta(before, after, f"{ttft}_bucket", model=MODEL, le="+Inf") == 1
+    assert delta(before, after, f"{ttft}_count", model=MODEL) == 3  # the streamed ones
+    assert delta(before, after, f"{ttft}_bucket", model=MODEL, le="+Inf") == 3
     assert delta(before, after, f"{ttft}_sum", model=MODEL) > 0
     gaps = "mesh_llm_inter_token_latency_seconds_count"
     assert delta(before, after, gaps, model=MODEL) >= 5  # six tokens: at least five gaps

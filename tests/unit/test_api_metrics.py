@@ -43,6 +43,10 @@ def test_token_counts_read_each_api_familys_shape() -> None:
     assert token_counts([timings_only]) == TokenCounts(9, 24)
     anthropic = {"type": "message_delta", "usage": {"output_tokens": 11, "input_tokens": 8}}
     assert token_counts([anthropic]) == TokenCounts(11, 8)
+    start = {"type": "message_start", "message": {"usage": {"input_tokens": 9,
+                                                            "output_tokens": 1}}}
+    delta = {"type": "message_delta", "usage": {"output_tokens": 12}}
+    assert token_counts([start, delta]) == TokenCounts(12, 9), "each from its last event"
     responses = {"type": "response.completed",
                  "response": {"usage": {"input_tokens": 5, "output_tokens": 6}}}
     assert token_counts([responses]) == TokenCounts(6, 5)
@@ -71,6 +75,19 @@ def test_a_stream_records_its_first_token_gaps_and_reported_tokens() -> None:
     assert [round(t, 3) for t in metrics.ttft_since(60)] == [0.5]
     clock.now += 61
     assert metrics.ttft_since(60) == []
+
+
+def test_a_long_anthropic_stream_counts_the_input_tokens_of_its_first_event() -> None:
+    metrics = ApiMetrics(Clock())
+    timing = metrics.timing("m", 0.0)
+    timing(b"event: message_start\n" + sse({"type": "message_start", "message": {
+        "usage": {"input_tokens": 21, "output_tokens": 0}}}))
+    for _ in range(10):
+        timing(sse({"type": "content_block_delta", "delta": {"text": "x"}}))
+    timing(sse({"type": "message_delta", "usage": {"output_tokens": 10}}))
+    timing(sse({"type": "message_stop"}))
+    timing.ended()
+    assert (metrics.models["m"].generated, metrics.models["m"].prompt) == (10, 21)
 
 
 def test_a_stream_cut_off_counts_its_chunks() -> None:

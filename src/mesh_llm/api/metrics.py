@@ -90,8 +90,9 @@ def _int(value: object) -> int | None:
 
 
 def token_counts(events: list[dict[str, Any]]) -> TokenCounts | None:
-    """The tokens an answer reports, from its last event that says: OpenAI's and
-    Anthropic's `usage`, the Responses API's `response.usage`, llama-server's `timings`."""
+    """The tokens an answer reports, each figure from the last event that gives it: OpenAI's
+    and Anthropic's `usage` (Anthropic's input tokens are in its first event, under
+    `message`), the Responses API's `response.usage`, llama-server's `timings`."""
     found: TokenCounts | None = None
     for event in events:
         for obj in (event, event.get("response"), event.get("message")):
@@ -109,8 +110,12 @@ def token_counts(events: list[dict[str, Any]]) -> TokenCounts | None:
             if prompt is None and _int(timings.get("prompt_n")) is not None:
                 prompt = (_int(timings.get("prompt_n")) or 0) + \
                     (_int(timings.get("cache_n")) or 0)
-            found = TokenCounts(generated, prompt, _int(timings.get("draft_n")) or 0,
-                                _int(timings.get("draft_n_accepted")) or 0)
+            before = found or TokenCounts()
+            found = TokenCounts(
+                generated if generated is not None else before.generated,
+                prompt if prompt is not None else before.prompt,
+                _int(timings.get("draft_n")) or before.draft_proposed,
+                _int(timings.get("draft_n_accepted")) or before.draft_accepted)
     return found
 
 
@@ -130,7 +135,7 @@ def sse_events(data: bytes) -> Iterator[dict[str, Any]]:
 class Timing:
     """One relayed request: called with each streamed piece as it passes; `ended` once."""
 
-    __slots__ = ("_clock", "_last", "_metrics", "_stats", "_t0", "_tail", "chunks")
+    __slots__ = ("_clock", "_first", "_last", "_metrics", "_stats", "_t0", "_tail", "chunks")
 
     def __init__(self, metrics: ApiMetrics, stats: ModelStats, t0: float) -> None:
         self._metrics = metrics
@@ -138,6 +143,7 @@ class Timing:
         self._clock = metrics.clock
         self._t0 = t0
         self._last: float | None = None
+        self._first = b""
         self._tail: list[bytes] = [b""] * TAIL
         self.chunks = 0
 
@@ -145,6 +151,7 @@ class Timing:
         now = self._clock()
         stats = self._stats
         if self._last is None:
+            self._first = piece
             stats.ttft.observe(now - self._t0)
             self._metrics.recent_ttft.append((now, now - self._t0))
         else:
@@ -158,6 +165,8 @@ class Timing:
         """The stream is over (done or broken off): count the tokens it reported."""
         n = self.chunks
         tail = b"".join(self._tail[i % TAIL] for i in range(max(0, n - TAIL), n))
+        if n > TAIL:
+            tail = self._first + b"\n" + tail
         counts = token_counts(list(sse_events(tail)))
         if counts is None or counts.generated is None:
             counts = TokenCounts(n, counts.prompt if counts else None)
