@@ -10,7 +10,7 @@ conventions: `mesh_llm_` prefix, base units (seconds, bytes), `_total` for count
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,8 +28,12 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from .. import __version__
+from ..api.guard import AllowedHosts
 from ..api.metrics import ApiMetrics, Histogram, Scrape
+from ..api.proxy import ApiProxy
+from ..changes import ChangeFeed
 from ..console.charts import Reading, Sampler
+from ..console.server import Console
 from ..inference.hosting import tunnel_stats
 from .config import NodeConfig
 from .view import LocalNode
@@ -45,6 +49,15 @@ class ApiCounts(Protocol):
     queued: int
     metrics: ApiMetrics | None
     scrape: Scrape | None
+
+
+class ConsoleNode(LocalNode, Protocol):
+    """What the console reads of the node besides (node.py's Node)."""
+
+    @property
+    def changes(self) -> ChangeFeed: ...
+
+    def status(self) -> dict[str, Any]: ...
 
 
 def link_kind(link: str) -> str:
@@ -201,14 +214,18 @@ def chart_reading(node: LocalNode, metrics: ApiMetrics) -> Reading:
     )
 
 
-def observers(node: LocalNode, api: ApiCounts) -> tuple[Scrape | None, Sampler | None]:
-    """The /metrics page (also put on the API with --metrics-on-api) and the console's
-    chart sampler, for the API's metrics; (None, None) with --no-metrics."""
+def console_for(node: ConsoleNode, api: ApiProxy, allowed: AllowedHosts) -> Console:
+    """The node's console, and what the API measures for it: unless --no-metrics, the API
+    records per request, and the console serves /metrics (the API too with
+    --metrics-on-api) and the charts. The console shows the invite token: it needs the
+    API's key whenever there is one."""
     config: NodeConfig = node.config
-    metrics = api.metrics
-    if metrics is None:
-        return None, None
-    scrape = node_scrape(node, api, metrics)
-    if config.metrics_on_api:
-        api.scrape = scrape
-    return scrape, Sampler(lambda: chart_reading(node, metrics))
+    scrape, sampler = None, None
+    if config.metrics:
+        metrics = api.metrics = ApiMetrics()
+        scrape = node_scrape(node, api, metrics)
+        sampler = Sampler(lambda: chart_reading(node, metrics))
+        if config.metrics_on_api:
+            api.scrape = scrape
+    return Console(node.status, node.changes, api, api_key=config.api_key, allowed=allowed,
+                   scrape=scrape, sampler=sampler)

@@ -22,10 +22,8 @@ from aiohttp import web
 
 from .. import __version__
 from ..api.localnet import served_hosts
-from ..api.metrics import ApiMetrics
 from ..api.proxy import ApiProxy
 from ..changes import ChangeFeed
-from ..console.server import Console
 from ..errors import UserError
 from ..inference.candidates import NodeView, far_peers, leaving_since, view_of
 from ..inference.groups import Group, NodeOffer, local_allocation
@@ -45,7 +43,7 @@ from .groups_view import MeshModels
 from .home import HomeDir
 from .lending import plans_using
 from .listen import bind_problem, serve_http
-from .metrics import observers
+from .metrics import console_for
 from .primary import primary
 from .reconcile import Decision, SlotFacts, decide
 from .route import WAITING_FOR_A_HOST
@@ -97,12 +95,8 @@ class Node:
         self.shares = SharedServers(config.shares, on_change=self._announce)  # --share
         self.router = MeshRouter(self)
         self.api = ApiProxy(self.router, api_key=config.api_key, allowed=allowed,
-                            changes=self.changes,
-                            metrics=ApiMetrics() if config.metrics else None)
-        scrape, sampler = observers(self, self.api)  # /metrics and the console's charts
-        # The console shows the invite token: it needs the API's key whenever there is one.
-        self.console = Console(self.status, self.changes, self.api, api_key=config.api_key,
-                               allowed=allowed, scrape=scrape, sampler=sampler)
+                            changes=self.changes)
+        self.console = console_for(self, self.api, allowed)  # /metrics, charts: metrics.py
         self._counts_task: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[None]] = set()
