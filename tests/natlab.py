@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import subprocess
@@ -66,6 +67,7 @@ class NatLab:
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._nodes: list[LabNode] = []
         self._next_public = 10
+        self._lossy = False
 
     def ns(self, machine: str) -> str:
         return f"{self.prefix}-{machine}"
@@ -158,6 +160,37 @@ table inet filter {{
             self._ip(machine, "addr", "add", f"{addr}/24", "dev", "eth0")
             self._ip(machine, "link", "set", "eth0", "up")
         return addrs
+
+    def loss(self, percent: int) -> None:
+        """Drop `percent` % of the UDP datagrams the internet forwards, at random (an
+        nftables `numgen random` rule on the bridge: these kernels have no netem); 0 takes
+        the rule away. Needs `internet()`."""
+        self._nft_net("delete table bridge loss\n" if self._lossy else "")
+        self._lossy = False
+        if percent:
+            self._nft_net(f"""
+table bridge loss {{
+  chain lossy {{ type filter hook forward priority filter; policy accept;
+    meta l4proto udp counter;
+    meta l4proto udp numgen random mod 100 < {percent} counter drop; }}
+}}
+""")
+            self._lossy = True
+
+    def lost(self) -> tuple[int, int]:
+        """(UDP datagrams that reached the internet, of which dropped) since `loss()`."""
+        if not self._lossy:
+            return 0, 0
+        result = subprocess.run(["ip", "netns", "exec", self.ns("net"), "nft", "-j", "list",
+                                 "table", "bridge", "loss"], capture_output=True, text=True,
+                                timeout=30, check=True)
+        counts = [expr["counter"]["packets"] for item in json.loads(result.stdout)["nftables"]
+                  for expr in item.get("rule", {}).get("expr", []) if "counter" in expr]
+        return counts[0], counts[1]
+
+    def _nft_net(self, rules: str) -> None:
+        if rules:
+            self._sh("ip", "netns", "exec", self.ns("net"), "nft", "-f", "-", stdin=rules)
 
     # ------------------------------------------------------------------ using
 
