@@ -99,13 +99,29 @@ class NatLab:
         self._ip("net", "link", "set", "br0", "up")
         return self
 
-    def _attach(self, machine: str) -> str:
-        """`machine`'s `wan` on the internet; returns its address."""
+    def _attach(self, machine: str, wire: bool = False) -> str:
+        """`machine`'s `wan` on the internet; returns its address. With `wire`, the cable
+        runs through a namespace `w{machine}` whose interfaces `in` (towards the machine)
+        and `out` (towards the internet) nothing joins: frames cross only while a
+        user-space program there carries them (bench/wire.py adds a delay). Frames reach
+        it one datagram each (no GSO super-frames)."""
         ip = f"{INTERNET}.{self._next_public}"
         self._next_public += 1
         port = f"v-{machine}"[:15]
-        self._ip(machine, "link", "add", "wan", "type", "veth", "peer", "name", port,
-                 "netns", self.ns("net"))
+        if wire:
+            box = f"w{machine}"
+            self._machine(box)
+            self._ip(machine, "link", "add", "wan", "type", "veth", "peer", "name", "in",
+                     "netns", self.ns(box))
+            self._ip(box, "link", "add", "out", "type", "veth", "peer", "name", port,
+                     "netns", self.ns("net"))
+            for link in ("in", "out"):
+                self._ip(box, "link", "set", link, "up")
+            self._ip(machine, "link", "set", "wan", "gso_max_segs", "1")
+            self._ip("net", "link", "set", port, "gso_max_segs", "1")
+        else:
+            self._ip(machine, "link", "add", "wan", "type", "veth", "peer", "name", port,
+                     "netns", self.ns("net"))
         self._ip("net", "link", "set", port, "master", "br0", "up")
         self._ip(machine, "addr", "add", f"{ip}/24", "dev", "wan")
         self._ip(machine, "link", "set", "wan", "up")
@@ -117,12 +133,13 @@ class NatLab:
         self._machine(machine)
         return self._attach(machine)
 
-    def home(self, machine: str, index: int, *, fully_random: bool = False) -> str:
+    def home(self, machine: str, index: int, *, fully_random: bool = False,
+             wire: bool = False) -> str:
         """`machine` at 10.`index`.0.2 behind a NAT router `r{machine}`; returns the
-        router's public address."""
+        router's public address. `wire`: see `_attach`."""
         router = f"r{machine}"
         self._machine(router)
-        public = self._attach(router)
+        public = self._attach(router, wire)
         self._machine(machine)
         self._ip(router, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
                  "netns", self.ns(machine))
