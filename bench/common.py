@@ -24,8 +24,10 @@ ROUTES = ("chat", "messages", "responses")  # the API families a bench can strea
 MODEL = "SmolLM2-135M-Instruct"  # named where a family requires `model`
 
 
-def request_for(route: str, messages: list[dict[str, str]], tokens: int) -> tuple[str, dict]:
-    """The path and streamed, greedy body of one request of `tokens` tokens on `route`."""
+def request_for(route: str, messages: list[dict[str, str]], tokens: int,
+                model: str | None = None) -> tuple[str, dict]:
+    """The path and streamed, greedy body of one request of `tokens` tokens on `route`;
+    `model` names the model on the chat route too (a mesh of several models)."""
     greedy = {"temperature": 0, "stream": True, "ignore_eos": True}
     if route == "messages":
         system = [m["content"] for m in messages if m["role"] == "system"]
@@ -35,7 +37,9 @@ def request_for(route: str, messages: list[dict[str, str]], tokens: int) -> tupl
     if route == "responses":
         return "/v1/responses", {"model": MODEL, "max_output_tokens": tokens, **greedy,
                                  "input": messages}
-    return "/v1/chat/completions", {"messages": messages, "max_tokens": tokens, **greedy}
+    named = {"model": model} if model is not None else {}
+    return "/v1/chat/completions", {**named, "messages": messages, "max_tokens": tokens,
+                                    **greedy}
 
 
 def token_text(data: dict[str, Any]) -> str:
@@ -71,10 +75,10 @@ class Run:
 
 async def stream_once(session: aiohttp.ClientSession, base: str, tokens: int = 128,
                       messages: list[dict[str, str]] | None = None,
-                      route: str = "chat") -> Run:
+                      route: str = "chat", model: str | None = None) -> Run:
     """One streamed completion of exactly `tokens` tokens on `route` (chat completions,
     Anthropic messages or responses), timed on the client side."""
-    path, body = request_for(route, messages or PROMPT, tokens)
+    path, body = request_for(route, messages or PROMPT, tokens, model)
     start = time.perf_counter()
     stamps: list[float] = []
     timings: dict[str, Any] | None = None

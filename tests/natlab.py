@@ -67,6 +67,7 @@ class NatLab:
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._nodes: list[LabNode] = []
         self._next_public = 10
+        self._lossy = False
 
     def ns(self, machine: str) -> str:
         return f"{self.prefix}-{machine}"
@@ -98,13 +99,29 @@ class NatLab:
         self._ip("net", "link", "set", "br0", "up")
         return self
 
-    def _attach(self, machine: str) -> str:
-        """`machine`'s `wan` on the internet; returns its address."""
+    def _attach(self, machine: str, wire: bool = False) -> str:
+        """`machine`'s `wan` on the internet; returns its address. With `wire`, the cable
+        runs through a namespace `w{machine}` whose interfaces `in` (towards the machine)
+        and `out` (towards the internet) nothing joins: frames cross only while a
+        user-space program there carries them (bench/wire.py adds a delay). Frames reach
+        it one datagram each (no GSO super-frames)."""
         ip = f"{INTERNET}.{self._next_public}"
         self._next_public += 1
         port = f"v-{machine}"[:15]
-        self._ip(machine, "link", "add", "wan", "type", "veth", "peer", "name", port,
-                 "netns", self.ns("net"))
+        if wire:
+            box = f"w{machine}"
+            self._machine(box)
+            self._ip(machine, "link", "add", "wan", "type", "veth", "peer", "name", "in",
+                     "netns", self.ns(box))
+            self._ip(box, "link", "add", "out", "type", "veth", "peer", "name", port,
+                     "netns", self.ns("net"))
+            for link in ("in", "out"):
+                self._ip(box, "link", "set", link, "up")
+            self._ip(machine, "link", "set", "wan", "gso_max_segs", "1")
+            self._ip("net", "link", "set", port, "gso_max_segs", "1")
+        else:
+            self._ip(machine, "link", "add", "wan", "type", "veth", "peer", "name", port,
+                     "netns", self.ns("net"))
         self._ip("net", "link", "set", port, "master", "br0", "up")
         self._ip(machine, "addr", "add", f"{ip}/24", "dev", "wan")
         self._ip(machine, "link", "set", "wan", "up")
@@ -116,12 +133,13 @@ class NatLab:
         self._machine(machine)
         return self._attach(machine)
 
-    def home(self, machine: str, index: int, *, fully_random: bool = False) -> str:
+    def home(self, machine: str, index: int, *, fully_random: bool = False,
+             wire: bool = False) -> str:
         """`machine` at 10.`index`.0.2 behind a NAT router `r{machine}`; returns the
-        router's public address."""
+        router's public address. `wire`: see `_attach`."""
         router = f"r{machine}"
         self._machine(router)
-        public = self._attach(router)
+        public = self._attach(router, wire)
         self._machine(machine)
         self._ip(router, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
                  "netns", self.ns(machine))
@@ -181,6 +199,37 @@ table bridge loss {{
             self._ip(machine, "addr", "add", f"{addr}/24", "dev", "eth0")
             self._ip(machine, "link", "set", "eth0", "up")
         return addrs
+
+    def loss(self, percent: int) -> None:
+        """Drop `percent` % of the UDP datagrams the internet forwards, at random (an
+        nftables `numgen random` rule on the bridge: these kernels have no netem); 0 takes
+        the rule away. Needs `internet()`."""
+        self._nft_net("delete table bridge loss\n" if self._lossy else "")
+        self._lossy = False
+        if percent:
+            self._nft_net(f"""
+table bridge loss {{
+  chain lossy {{ type filter hook forward priority filter; policy accept;
+    meta l4proto udp counter;
+    meta l4proto udp numgen random mod 100 < {percent} counter drop; }}
+}}
+""")
+            self._lossy = True
+
+    def lost(self) -> tuple[int, int]:
+        """(UDP datagrams that reached the internet, of which dropped) since `loss()`."""
+        if not self._lossy:
+            return 0, 0
+        result = subprocess.run(["ip", "netns", "exec", self.ns("net"), "nft", "-j", "list",
+                                 "table", "bridge", "loss"], capture_output=True, text=True,
+                                timeout=30, check=True)
+        counts = [expr["counter"]["packets"] for item in json.loads(result.stdout)["nftables"]
+                  for expr in item.get("rule", {}).get("expr", []) if "counter" in expr]
+        return counts[0], counts[1]
+
+    def _nft_net(self, rules: str) -> None:
+        if rules:
+            self._sh("ip", "netns", "exec", self.ns("net"), "nft", "-f", "-", stdin=rules)
 
     # ------------------------------------------------------------------ using
 
