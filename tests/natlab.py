@@ -165,28 +165,6 @@ table inet filter {{
         self._sh("ip", "netns", "exec", self.ns(router), "nft", "-f", "-", stdin=rules)
         return public
 
-    def lossy(self, percent: int) -> None:
-        """Drop `percent` % of the UDP packets the internet carries, at random (nftables
-        numgen: these kernels have no netem)."""
-        rules = f"""
-table bridge loss {{
-  chain forward {{ type filter hook forward priority 0; policy accept;
-    meta l4proto udp numgen random mod 100 < {int(percent)} counter drop; }}
-}}
-"""
-        self._sh("ip", "netns", "exec", self.ns("net"), "nft", "-f", "-", stdin=rules)
-
-    def dropped(self) -> int:
-        """Packets `lossy` has dropped so far."""
-        out = subprocess.run(["ip", "netns", "exec", self.ns("net"), "nft", "-j", "list",
-                              "table", "bridge", "loss"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout
-        for item in json.loads(out)["nftables"]:
-            for expr in item.get("rule", {}).get("expr", []):
-                if "counter" in expr:
-                    return int(expr["counter"]["packets"])
-        raise RuntimeError(f"no loss counter in {out!r}")
-
     def pair(self, left: str, right: str, subnet: str = "10.77.0") -> tuple[str, str]:
         """Two machines on one link and nothing else: no default route (the found bug's
         setting). Returns their addresses."""
