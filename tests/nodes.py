@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mesh_llm.netutil import free_port
+from ports import free_port
 from waiting import wait_until
 
 READY_TIMEOUT_S = 120.0

@@ -18,7 +18,7 @@ from mesh_llm.api.proxy import ApiProxy, Upstream
 from mesh_llm.api.serving import EdgeRunner
 from mesh_llm.changes import ChangeFeed
 from mesh_llm.console.server import Console
-from mesh_llm.netutil import free_port
+from ports import free_port
 from upstreams import OneUpstream, tcp_upstream
 
 CHROMIUM = "/usr/bin/chromium"

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from test_bundle import session_bundle
 
-from mesh_llm.netutil import free_port
 from mesh_llm.node.home import running_pid
+from ports import free_port
 from waiting import wait_until
 
 SSHD = Path("/usr/sbin/sshd")

@@ -20,9 +20,9 @@ import pytest
 from gguf import GGUFReader
 
 from hub import LoopbackHub
-from mesh_llm.netutil import free_port
 from modelgen import smollm2_path, split_gguf
 from nodes import NodeProcess, greedy
+from ports import free_port
 from waiting import wait_until
 
 REPO = "test-org/SmolLM2-135M-Instruct-GGUF"

@@ -21,9 +21,9 @@ import pytest
 from aiohttp import web
 
 from mesh_llm.inference.engine import find_engine
-from mesh_llm.netutil import free_port
 from modelgen import dequantize_to_f16, smollm2_path
 from nodes import NodeProcess, http_json, openai_client
+from ports import free_port
 from waiting import wait_until
 
 PROMPT = [{"role": "system", "content": "You are a helpful assistant."},

@@ -20,7 +20,7 @@ import pytest
 from mesh_llm.inference.dedupe import WeightMismatchError
 from mesh_llm.inference.rpc_wire import Command, DataPiece, RpcStreamParser
 from mesh_llm.models.weights import ModelWeights, _sample_offsets
-from mesh_llm.netutil import free_port
+from ports import free_port
 from waiting import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
