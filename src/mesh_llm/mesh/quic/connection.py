@@ -137,6 +137,10 @@ class QuicConnection:
             der = peer.public_bytes() if peer is not None else b""
         return hashlib.sha256(der).digest()
 
+    def stream_ids(self) -> list[int]:
+        """The ids of the streams still open on this connection (either direction)."""
+        return self._streams.ids()
+
     # ---- application calls
 
     async def open_stream(self, timeout: float = 10.0) -> Stream:
@@ -231,6 +235,16 @@ class QuicConnection:
             self._timers.rearm(held)
         else:
             self._transmit()
+
+    def _follow(self, addr: Any) -> None:
+        """QUIC follows a peer whose NAT moved it to a new address (same connection ids):
+        `remote_address` names where our packets go now, so what we tell the peer about
+        where we see it stays true."""
+        if self._connected.done() and isinstance(addr, tuple) and len(addr) >= 2:
+            now = (str(addr[0]), int(addr[1]))
+            if now != self.remote_address:
+                log.debug("%r moved to %s:%d", self, now[0], now[1])
+                self.remote_address = now
 
     def _waiting_ack(self) -> tuple[str, float] | None:
         """qh3's next deadline, when it is an ACK that may wait instead of being sent now.
@@ -348,6 +362,7 @@ class QuicConnection:
                 batch.append(data)
                 batch_addr = addr
             self._router.send_many(batch, batch_addr)
+            self._follow(batch_addr)
         self._timers.rearm(qh3_adapter.next_timer(self._quic))
         if self._streams.any_blocked:
             self._streams.check_blocked()
