@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .addresses import is_loopback, remote, shareable
+from .addresses import current, is_loopback, shareable
 from .dialler import DialFailed
 from .gossip import MAX_INTRO_ADDRS, Intro, IntroRequest, intro_message, intro_request
 from .invites import parse_addr
@@ -157,10 +157,10 @@ class Puncher:
                   MAX_PAIRS):
             return
         info_a, info_t = state.table.get(asker), state.table.get(target)
-        asker_addrs = [a for a in [remote(asker_link.conn),
+        asker_addrs = [a for a in [current(asker_link.conn),
                                    *shareable(info_a.addrs if info_a else [], False)]
                        if not is_virtual(a)] or ["0.0.0.0:1"]
-        target_addrs = [a for a in [remote(target_link.conn),
+        target_addrs = [a for a in [current(target_link.conn),
                                     *shareable(info_t.addrs if info_t else [], False)]
                         if not is_virtual(a)] or ["0.0.0.0:1"]
         to_asker, to_target = introductions(asker, list(dict.fromkeys(asker_addrs)), target,

@@ -68,6 +68,7 @@ class QuicConnection:
         self._settings = settings
         self._loop = asyncio.get_running_loop()
         self.remote_address: tuple[str, int] = (str(addr[0]), int(addr[1]))
+        self.path_address = self.remote_address  # where the peer is now (`_follow`)
         self.is_client = is_client
         self._server_cert_der = server_cert_der
         self.on_stream: Callable[[Stream], None] | None = None
@@ -238,13 +239,12 @@ class QuicConnection:
 
     def _follow(self, addr: Any) -> None:
         """QUIC follows a peer whose NAT moved it to a new address (same connection ids):
-        `remote_address` names where our packets go now, so what we tell the peer about
-        where we see it stays true."""
-        if self._connected.done() and isinstance(addr, tuple) and len(addr) >= 2:
+        `path_address` names where our packets go now (`remote_address` stays the one the
+        connection began with)."""
+        if isinstance(addr, tuple) and len(addr) >= 2:
             now = (str(addr[0]), int(addr[1]))
-            if now != self.remote_address:
-                log.debug("%r moved to %s:%d", self, now[0], now[1])
-                self.remote_address = now
+            if now != self.path_address:
+                self.path_address = now
 
     def _waiting_ack(self) -> tuple[str, float] | None:
         """qh3's next deadline, when it is an ACK that may wait instead of being sent now.
