@@ -7,6 +7,9 @@ the smaller id dials, the other sends small datagrams from its mesh socket to th
 address, which opens its NAT's mapping for the dialler's QUIC packets. The handshake and
 authentication are the ordinary ones; the link is labelled "punched".
 
+A relayed link asks again on a timer (link_move.py): an introduction for a peer we reach
+only through a relay punches as above, and the punched link replaces the relayed one.
+
 A link also counts as punched when it is accepted while we dial its peer ourselves (both
 ends sending at once open both NATs); the label is gossiped, so both ends agree.
 
