@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from mesh_llm.mesh import Mesh, MeshSettings, Stream
 from waiting import wait_until_async
@@ -82,3 +83,25 @@ async def test_a_stream_that_outlives_the_drain_bound_ends_with_the_old_link(
     fresh = await b.open_stream(a.node_id, ECHO)
     await round_trip(fresh, b"the peer is still there")
     assert b.peers[a.node_id].connected
+
+
+async def test_a_replaced_link_whose_far_end_is_gone_closes_without_waiting_for_its_streams(
+        make_mesh: MakeMesh, tmp_path: Path) -> None:
+    # b restarts (same identity, new port) while a's stream to it is open: the old
+    # connection answers nothing, so its drain ends at once, not at the 60 s bound.
+    settings = MeshSettings(drain_s=60.0)
+    a = await make_mesh(settings=settings)
+    b = await make_mesh(settings=settings, secret=a.secret, home=tmp_path / "b")
+    b.add_stream_handler(ECHO, echo)
+    await b.join([a.token()])
+    await wait_until_async(lambda: b.node_id in a.peers, "a to see b", 5)
+    old = a.connections_to(b.node_id)[-1]
+    stream = await a.open_stream(b.node_id, ECHO)
+    await round_trip(stream, b"to the first b")
+    await b.stop(graceful=False)
+    b2 = await make_mesh(settings=settings, secret=a.secret, home=tmp_path / "b")
+    b2.add_stream_handler(ECHO, echo)
+    await b2.join([a.token()])
+    await asyncio.wait_for(old.wait_closed(), 5)
+    fresh = await a.open_stream(b2.node_id, ECHO)
+    await round_trip(fresh, b"to the restarted b")

@@ -6,7 +6,8 @@ punch that succeeds adopts a direct ("punched") link, as a LAN address found by 
 does. Whichever link the one-connection-per-pair rule (link_rule.py) keeps takes new
 streams at once; the loser is not closed but drained: out of the peer's links (so nothing
 sees the peer lost or relinked), it keeps carrying the streams open on it and closes when
-they are done, or after `drain_s` at the most (`drain_over`).
+they are done, or after `drain_s` at the most (`drain_over`), or as soon as its far end
+stops answering pings.
 """
 
 from __future__ import annotations
@@ -64,16 +65,29 @@ def drain(state: MeshState, link: Link) -> None:
 
 
 async def _drain(state: MeshState, link: Link) -> None:
+    """Close `link` when `drain_over` says so, or at once when its far end stops answering
+    a PING (a restarted peer, a relay gone): its streams would only hang."""
     loop = asyncio.get_running_loop()
-    start = loop.time()
+    start = next_ping = loop.time()
+    peer = link.peer_id or "?"
     while not link.conn.is_closed:
         elapsed = loop.time() - start
         if drain_over(busy_streams(link), elapsed, state.settings.drain_s):
-            log.info("closing the old link to %s (%s) after %.1f s of draining",
-                     (link.peer_id or "?")[:12], link.kind, elapsed)
+            log.info("closing the old link to %s (%s) after %.1f s of draining", peer[:12],
+                     link.kind, elapsed)
             state.close_link(link, CLOSE_DUPLICATE, "moved to a newer connection")
             return
-        await asyncio.sleep(DRAIN_CHECK_S)
+        if loop.time() < next_ping:
+            await asyncio.sleep(DRAIN_CHECK_S)
+            continue
+        info = state.table.get(peer)
+        rtt_s = ((info.rtt_ms if info is not None else None) or 0.0) / 1000.0
+        if not await link.conn.ping(max(state.settings.probe_timeout_s, 4 * rtt_s)):
+            log.info("the old link to %s (%s) no longer answers; closing it", peer[:12],
+                     link.kind)
+            state.close_link(link, CLOSE_DUPLICATE, "stale connection")
+            return
+        next_ping = loop.time() + state.settings.ping_interval_s
 
 
 class PunchRetry:
