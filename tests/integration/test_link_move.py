@@ -127,6 +127,7 @@ def test_a_relayed_link_moves_to_a_punched_one_without_breaking_its_stream(
         wait_until(lambda: a.link(id_c) == via, "A–C relayed", 40)
         wait_until(lambda: c.link(id_a) == via, "C–A relayed", 10)
         relayed = c.connection(id_a)
+        assert p.loop.call(p.mesh.relay_stats)["pairs"] == 1
         a.events_about(id_c), c.events_about(id_a)  # what came before the move
 
         # A stream open on the relayed link, carrying a chunk every 50 ms.
@@ -157,6 +158,8 @@ def test_a_relayed_link_moves_to_a_punched_one_without_breaking_its_stream(
         # Its stream done, the relayed link closes (long before the 60 s drain bound).
         wait_until(lambda: relayed.is_closed, "the relayed link closed", 10)
         assert c.connection(id_a) is not relayed
+        wait_until(lambda: p.loop.call(p.mesh.relay_stats)["pairs"] == 0,
+                   "the relay freeing the pair", 10)
         # Nobody saw the peer go: the move is an update, not a loss.
         for machine, peer in ((a, id_c), (c, id_a)):
             kinds = machine.events_about(peer)

@@ -399,6 +399,8 @@ class Mesh:
 
     def _on_conn_closed(self, conn: Connection) -> None:
         link = self._state.links.pop(conn, None)
+        if link is not None and link.via is not None:
+            self._relays.release(remote(conn))  # the relay frees the pair
         verdict = None if link is None else adoption.release(self._state, link)
         if link is None or verdict is None:
             return
