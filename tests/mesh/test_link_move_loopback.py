@@ -88,8 +88,9 @@ async def test_a_stream_that_outlives_the_drain_bound_ends_with_the_old_link(
 async def test_a_replaced_link_whose_far_end_is_gone_closes_without_waiting_for_its_streams(
         make_mesh: MakeMesh, tmp_path: Path) -> None:
     # b restarts (same identity, new port) while a's stream to it is open: the old
-    # connection answers nothing, so its drain ends at once, not at the 60 s bound.
-    settings = MeshSettings(drain_s=60.0)
+    # connection answers no ping, so its drain ends after the silence timeout (1.5 s
+    # here), not at the 60 s bound.
+    settings = MeshSettings(drain_s=60.0, ping_interval_s=0.3, silence_timeout_s=1.5)
     a = await make_mesh(settings=settings)
     b = await make_mesh(settings=settings, secret=a.secret, home=tmp_path / "b")
     b.add_stream_handler(ECHO, echo)

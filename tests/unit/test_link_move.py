@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh_llm.mesh.link_move import drain_over, retry_delays
+from mesh_llm.mesh.link_move import drain_end, retry_delays
 from mesh_llm.mesh.settings import MeshSettings
 
 
@@ -30,16 +30,17 @@ def test_the_defaults_retry_for_a_bounded_time() -> None:
 
 
 @pytest.mark.parametrize(
-    ("busy", "elapsed", "bound", "over"),
+    ("busy", "elapsed", "silent", "why"),
     [
-        (0, 0.0, 30.0, True),  # nothing open: close at once
-        (1, 0.0, 30.0, False),  # a stream open: wait for it
-        (3, 29.9, 30.0, False),
-        (1, 30.0, 30.0, True),  # the bound: close whatever is still open
-        (2, 31.0, 30.0, True),
-        (1, 0.0, 0.0, True),  # no drain at all
+        (0, 0.0, 0.0, "streams done"),  # nothing open: close at once
+        (1, 0.0, 0.0, None),  # a stream open: wait for it
+        (3, 29.9, 7.9, None),  # still within the bound, and the far end answers
+        (1, 30.0, 0.0, "drain bound"),  # the bound: close whatever is still open
+        (2, 31.0, 9.0, "drain bound"),
+        (1, 5.0, 8.1, "no answer"),  # the far end is gone: its streams would only hang
+        (0, 5.0, 9.0, "streams done"),
     ],
 )
-def test_a_replaced_link_closes_when_its_streams_are_done_or_its_time_is_up(
-        busy: int, elapsed: float, bound: float, over: bool) -> None:
-    assert drain_over(busy, elapsed, bound) is over
+def test_a_replaced_link_closes_when_its_streams_are_done_its_time_is_up_or_its_peer_is_gone(
+        busy: int, elapsed: float, silent: float, why: str | None) -> None:
+    assert drain_end(busy, elapsed, silent, bound_s=30.0, silence_s=8.0) == why

@@ -6,8 +6,8 @@ punch that succeeds adopts a direct ("punched") link, as a LAN address found by 
 does. Whichever link the one-connection-per-pair rule (link_rule.py) keeps takes new
 streams at once; the loser is not closed but drained: out of the peer's links (so nothing
 sees the peer lost or relinked), it keeps carrying the streams open on it and closes when
-they are done, or after `drain_s` at the most (`drain_over`), or as soon as its far end
-stops answering pings.
+they are done, or after `drain_s` at the most, or once its far end has not answered a ping
+for `silence_timeout_s` (`drain_end`).
 """
 
 from __future__ import annotations
@@ -38,9 +38,18 @@ def retry_delays(first_s: float, max_s: float, count: int) -> list[float]:
     return [min(first_s * 2 ** i, max(first_s, max_s)) for i in range(count)]
 
 
-def drain_over(busy_streams: int, elapsed_s: float, bound_s: float) -> bool:
-    """Whether a replaced link may close now: its streams are done, or it had its time."""
-    return busy_streams <= 0 or elapsed_s >= bound_s
+def drain_end(busy_streams: int, elapsed_s: float, silent_s: float, bound_s: float,
+              silence_s: float) -> str | None:
+    """Why a replaced link may close now (None: keep draining): its streams are done, it
+    had its time, or its far end has not answered a ping for `silence_s` (gone: its streams
+    would only hang)."""
+    if busy_streams <= 0:
+        return "streams done"
+    if elapsed_s >= bound_s:
+        return "drain bound"
+    if silent_s > silence_s:
+        return "no answer"
+    return None
 
 
 def busy_streams(link: Link) -> int:
@@ -53,10 +62,10 @@ def busy_streams(link: Link) -> int:
 
 def drain(state: MeshState, link: Link) -> None:
     """`link` lost to a newer link to its peer (taken out of its links already): close it
-    once its streams are done or after `drain_s`."""
+    once `drain_end` says so."""
     link.replaced = True
-    link.cancel_timers()  # no more pings on it; the peer's are still answered
-    if drain_over(busy_streams(link), 0.0, state.settings.drain_s):
+    link.cancel_timers()  # no more gossip pings on it; the peer's are still answered
+    if busy_streams(link) == 0:
         state.close_link(link, CLOSE_DUPLICATE, "duplicate connection")
         return
     log.info("moving %s off %s (%s): draining its open streams",
@@ -65,29 +74,27 @@ def drain(state: MeshState, link: Link) -> None:
 
 
 async def _drain(state: MeshState, link: Link) -> None:
-    """Close `link` when `drain_over` says so, or at once when its far end stops answering
-    a PING (a restarted peer, a relay gone): its streams would only hang."""
-    loop = asyncio.get_running_loop()
-    start = next_ping = loop.time()
+    """Check `drain_end` every DRAIN_CHECK_S; ping the far end every `ping_interval_s`."""
+    settings, loop = state.settings, asyncio.get_running_loop()
+    start = answered = next_ping = loop.time()
     peer = link.peer_id or "?"
     while not link.conn.is_closed:
-        elapsed = loop.time() - start
-        if drain_over(busy_streams(link), elapsed, state.settings.drain_s):
-            log.info("closing the old link to %s (%s) after %.1f s of draining", peer[:12],
-                     link.kind, elapsed)
+        now = loop.time()
+        why = drain_end(busy_streams(link), now - start, now - answered, settings.drain_s,
+                        settings.silence_timeout_s)
+        if why is not None:
+            log.info("closing the old link to %s (%s) after %.1f s of draining: %s",
+                     peer[:12], link.kind, now - start, why)
             state.close_link(link, CLOSE_DUPLICATE, "moved to a newer connection")
             return
-        if loop.time() < next_ping:
+        if now < next_ping:
             await asyncio.sleep(DRAIN_CHECK_S)
             continue
         info = state.table.get(peer)
         rtt_s = ((info.rtt_ms if info is not None else None) or 0.0) / 1000.0
-        if not await link.conn.ping(max(state.settings.probe_timeout_s, 4 * rtt_s)):
-            log.info("the old link to %s (%s) no longer answers; closing it", peer[:12],
-                     link.kind)
-            state.close_link(link, CLOSE_DUPLICATE, "stale connection")
-            return
-        next_ping = loop.time() + state.settings.ping_interval_s
+        if await link.conn.ping(max(settings.probe_timeout_s, 4 * rtt_s)):
+            answered = loop.time()
+        next_ping = loop.time() + settings.ping_interval_s
 
 
 class PunchRetry:
