@@ -149,21 +149,27 @@ class NatLab:
         self._ip(machine, "link", "set", "eth0", "up")
         self._ip(machine, "route", "add", "default", "via", f"10.{index}.0.1")
         self._sysctl(router, "net.ipv4.ip_forward=1")
-        random = " fully-random" if fully_random else ""
-        rules = f"""
-table ip nat {{
-  chain post {{ type nat hook postrouting priority srcnat; policy accept;
-    oifname "wan" masquerade{random}; }}
-}}
-table inet filter {{
-  chain input {{ type filter hook input priority filter; policy accept;
-    iifname "wan" ct state new drop; }}
-  chain forward {{ type filter hook forward priority filter; policy accept;
-    iifname "wan" ct state new drop; }}
-}}
+        rules = _nat_rules(fully_random) + """
+table inet filter {
+  chain input { type filter hook input priority filter; policy accept;
+    iifname "wan" ct state new drop; }
+  chain forward { type filter hook forward priority filter; policy accept;
+    iifname "wan" ct state new drop; }
+}
 """
         self._sh("ip", "netns", "exec", self.ns(router), "nft", "-f", "-", stdin=rules)
         return public
+
+    def renat(self, machine: str, *, fully_random: bool) -> None:
+        """Switch home `machine`'s NAT to randomise ports per destination or to keep them,
+        as a router reconfigured and restarted would: its mappings are forgotten too (its
+        `wan` goes down and up, which drops the connections masqueraded through it)."""
+        router = f"r{machine}"
+        self._sh("ip", "netns", "exec", self.ns(router), "nft", "-f", "-",
+                 stdin="delete table ip nat\n" + _nat_rules(fully_random))
+        self._ip(router, "link", "set", "wan", "down")
+        self._ip(router, "link", "set", "wan", "up")
+        self._ip(router, "route", "replace", "default", "via", GATEWAY)
 
     def pair(self, left: str, right: str, subnet: str = "10.77.0") -> tuple[str, str]:
         """Two machines on one link and nothing else: no default route (the found bug's
@@ -246,6 +252,16 @@ table bridge loss {{
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _nat_rules(fully_random: bool) -> str:
+    random = " fully-random" if fully_random else ""
+    return f"""
+table ip nat {{
+  chain post {{ type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" masquerade{random}; }}
+}}
+"""
 
 
 def leftover_namespaces(prefix: str) -> list[str]:

@@ -116,6 +116,12 @@ def remote(conn: Connection) -> str:
     return format_addr(*conn.remote_address)
 
 
+def current(conn: Connection) -> str:
+    """Where the peer is now (HOST:PORT): as `remote`, unless its NAT moved it since the
+    connection began (a router that restarted). What an introducer hands out."""
+    return format_addr(*conn.path_address)
+
+
 def source(conn: Connection) -> str:
     """The remote host (not port): what a flood of refusals is counted by."""
     return str(conn.remote_address[0])

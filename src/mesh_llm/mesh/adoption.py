@@ -1,5 +1,6 @@
 """Applying the link rule (link_rule.py) to the links we hold: adopt an authenticated link,
-close duplicates, probe older ones, and say what the loss of a link means."""
+drain duplicates (link_move.py), probe older ones (a dead one closes at once), and say
+what the loss of a link means."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import logging
 
 from .addresses import remote
+from .link_move import drain
 from .link_rule import LinkFacts, Verdict, after_close, resolve
 from .quic import CLOSE_DUPLICATE
 from .state import Link, MeshState
@@ -34,9 +36,8 @@ def _apply(state: MeshState, peer: str, *, grace_over: bool) -> None:
     keep = links[rule.use]
     for old in [links[i] for i in rule.close]:
         log.debug("closing duplicate connection to %s (%s)", peer[:12], remote(old.conn))
-        old.replaced = True
         links.remove(old)
-        state.close_link(old, CLOSE_DUPLICATE, "duplicate connection")
+        drain(state, old)  # its open streams finish first (link_move.py)
     if rule.probe:
         older = [links[i] for i in rule.probe]
         state.spawn(_probe_older(state, peer, older), "mesh-probe")

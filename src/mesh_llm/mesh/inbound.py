@@ -120,6 +120,7 @@ class Inbound:
         kind = head[0]
         if kind == StreamType.GOSSIP:
             if link.session is not None:
+                link.control.add(stream.stream_id)
                 await link.session.read(stream)
             else:
                 stream.abort(RESET_REFUSED)

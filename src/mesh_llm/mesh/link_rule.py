@@ -6,7 +6,8 @@ id decides: it keeps the newest and closes the others as duplicates. The larger 
 its newest too, probes the older ones (a PING: a dead one is dropped at once) and, after a
 grace period, closes whatever is left as the smaller end would. Keeping the newest makes a
 restarted or reconnecting peer win over a stale connection; letting one end decide keeps
-the two ends from each dropping a different one. Who dialled plays no part.
+the two ends from each dropping a different one. Who dialled plays no part. "Close" means
+drain: a closed duplicate finishes the streams open on it first (link_move.py).
 """
 
 from __future__ import annotations

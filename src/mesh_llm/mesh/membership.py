@@ -44,7 +44,7 @@ class Membership:
         """The gossip session for a newly adopted link."""
         state, peer = self._state, link.peer_id
         assert peer is not None
-        return GossipSession(
+        session = GossipSession(
             link.conn, peer, state.settings, state=lambda: self._state_message(link),
             on_state=lambda msg: self._on_state(link, msg),
             on_goodbye=lambda: self._on_goodbye(link),
@@ -52,6 +52,8 @@ class Membership:
             on_bad=lambda reason: state.close_link(link, CLOSE_PROTOCOL_ERROR, reason),
             on_intro=None if self._on_intro is None else (
                 lambda msg: self._on_intro(link, msg)))  # type: ignore[misc]
+        session.on_stream = link.control.add  # not a stream a replaced link waits for
+        return session
 
     def forget(self, peer: str, reason: str) -> None:
         """Remove `peer` for good (and tell the others)."""

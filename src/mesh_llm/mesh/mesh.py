@@ -18,7 +18,9 @@ Life of a connection, and the module that does each step:
      success → gossip again, failure → the peer is removed.
   6. Reach: each peer's gossip says where it sees us (observed.py), which puts a NAT's
      public address first in our token; two members that cannot dial each other are
-     introduced by one linked to both and punch through their NATs (punch.py).
+     introduced by one linked to both and punch through their NATs (punch.py), or else
+     talk through it (relay.py); a relayed link retries punching on a timer, and a peer
+     that gets a better link moves to it while the old one drains (link_move.py).
 Our addresses (token, announcement): addresses.py. Shared state: state.py.
 """
 
@@ -50,6 +52,7 @@ from .inbound import Inbound, StreamHandler
 from .invites import MAX_VIA, InviteKind, InviteToken, encode_token, mint_invite
 from .join import join_through
 from .lan_reach import LanReach
+from .link_move import PunchRetry
 from .membership import Membership
 from .peers import PeerTable, Subscription
 from .protocol import StreamType
@@ -97,6 +100,7 @@ class Mesh:
         self._inbound.add_handler(StreamType.RELAY, self._relays.serve, True)  # it checks
         self._puncher = Puncher(self._state, self._dialler.dial, self._relays.open_path)
         self._dialler.on_unreachable = self._puncher.unreachable
+        self._retry = PunchRetry(self._state, self._puncher.retry)
         self._membership = Membership(self._state, self._dialler, lambda: self._announcement,
                                       on_observed=self._refresh_addrs,
                                       on_intro=self._puncher.on_message)
@@ -372,9 +376,9 @@ class Mesh:
         if state.stopping:
             state.close_link(link, CLOSE_SHUTDOWN, "shutting down")
             return False
+        link.via = self._relays.paths.get(remote(conn))
         link.kind = path_kind(state.punched_paths, peer, remote(conn),
-                              state.punching.get(peer), link.dialed,
-                              self._relays.paths.get(remote(conn)))
+                              state.punching.get(peer), link.dialed, link.via)
         if link.kind == "punched":
             remember_path(state.punched_paths, peer, remote(conn))
         adoption.adopt(state, link)
@@ -387,6 +391,7 @@ class Mesh:
                  ", client invite" if result.grant == "client" else "")
         link.session = self._membership.session(link)
         state.spawn(link.session.start(), "mesh-gossip-out")
+        self._retry.adopted(link)
         pending, link.pending = link.pending, []
         for stream in pending:
             self._inbound.serve_soon(link, stream)
@@ -394,6 +399,8 @@ class Mesh:
 
     def _on_conn_closed(self, conn: Connection) -> None:
         link = self._state.links.pop(conn, None)
+        if link is not None and link.via is not None:
+            self._relays.release(remote(conn))  # the relay frees the pair
         verdict = None if link is None else adoption.release(self._state, link)
         if link is None or verdict is None:
             return

@@ -7,6 +7,9 @@ the smaller id dials, the other sends small datagrams from its mesh socket to th
 address, which opens its NAT's mapping for the dialler's QUIC packets. The handshake and
 authentication are the ordinary ones; the link is labelled "punched".
 
+A relayed link asks again on a timer (link_move.py): an introduction for a peer we reach
+only through a relay punches as above, and the punched link replaces the relayed one.
+
 A link also counts as punched when it is accepted while we dial its peer ourselves (both
 ends sending at once open both NATs); the label is gossiped, so both ends agree.
 
@@ -23,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .addresses import is_loopback, remote, shareable
+from .addresses import current, is_loopback, shareable
 from .dialler import DialFailed
 from .gossip import MAX_INTRO_ADDRS, Intro, IntroRequest, intro_message, intro_request
 from .invites import parse_addr
@@ -39,7 +42,7 @@ MAX_PUNCHES = 4  # introductions acted on at once
 MAX_INTRODUCERS = 2  # members asked for one introduction
 MAX_PAIRS = 256  # pairs remembered by an introducer (rate limit)
 
-Dial = Callable[[str, list[str], float], Awaitable[str]]
+Dial = Callable[..., Awaitable[str]]  # (peer, addrs, timeout, replace=) → its id
 OpenPath = Callable[[str, str, float], Awaitable[str]]  # (relay, peer, timeout) → address
 
 
@@ -157,10 +160,10 @@ class Puncher:
                   MAX_PAIRS):
             return
         info_a, info_t = state.table.get(asker), state.table.get(target)
-        asker_addrs = [a for a in [remote(asker_link.conn),
+        asker_addrs = [a for a in [current(asker_link.conn),
                                    *shareable(info_a.addrs if info_a else [], False)]
                        if not is_virtual(a)] or ["0.0.0.0:1"]
-        target_addrs = [a for a in [remote(target_link.conn),
+        target_addrs = [a for a in [current(target_link.conn),
                                     *shareable(info_t.addrs if info_t else [], False)]
                         if not is_virtual(a)] or ["0.0.0.0:1"]
         to_asker, to_target = introductions(asker, list(dict.fromkeys(asker_addrs)), target,
@@ -174,13 +177,15 @@ class Puncher:
 
     def _on_intro(self, introducer: str, msg: Intro) -> None:
         state, peer = self._state, msg.peer
-        if peer == state.node_id or peer in state.peer_links \
+        if peer == state.node_id or state.linked_directly(peer) \
                 or state.punching.get(peer) == "intro":
-            return  # (a gossip dial of it may run: the introduction takes over)
+            return  # (a gossip dial of it may run: the introduction takes over; a relayed
+            # link is moved to the punched one, link_move.py)
         if sum(1 for mode in state.punching.values() if mode == "intro") >= MAX_PUNCHES:
             return
         addrs = punch_targets(msg.addrs, state.own_addrs)
-        if not addrs and not (msg.dial and self._open_path is not None):
+        relayed = peer in state.peer_links
+        if not addrs and (relayed or not (msg.dial and self._open_path is not None)):
             return
         log.info("punching through to %s at %s (introduced by %s)", peer[:12],
                  ", ".join(addrs), introducer[:12])
@@ -193,32 +198,35 @@ class Puncher:
         state = self._state
         loop = asyncio.get_running_loop()
         try:
-            await state.wait_active(peer, delay)
+            relayed = peer in state.peer_links  # a retry: the new link replaces that one
+            await state.wait_active(peer, delay, direct=True)
             end = loop.time() + state.settings.punch_window_s
             if dial:
                 # The other end's first datagrams open its NAT; ours follow a moment later.
-                await state.wait_active(peer, PUNCH_INTERVAL_S * 2)
-                if peer not in state.peer_links and addrs:
+                await state.wait_active(peer, PUNCH_INTERVAL_S * 2, direct=True)
+                if not state.linked_directly(peer) and addrs:
                     with contextlib.suppress(DialFailed):
-                        await self._dial(peer, addrs, max(0.1, end - loop.time()))
+                        await self._dial(peer, addrs, max(0.1, end - loop.time()),
+                                         replace=relayed)
                 if peer not in state.peer_links and self._open_path is not None:
                     await self._relay(peer, introducer)
                 return
             targets = [parse_addr(a) for a in addrs]
-            while peer not in state.peer_links and not state.stopping and loop.time() < end:
+            while not state.linked_directly(peer) and not state.stopping \
+                    and loop.time() < end:
                 transport = state.transport
                 if transport is None:
                     return
                 for host, port in targets:
                     transport.send_raw(PUNCH_PAYLOAD, (host, port))
-                await state.wait_active(peer, PUNCH_INTERVAL_S)
+                await state.wait_active(peer, PUNCH_INTERVAL_S, direct=True)
         except Exception as err:  # a failed punch is an outcome, not an error
             log.info("punching through to %s failed: %s", peer[:12], err)
         finally:
             if state.punching.get(peer) == "intro":
                 del state.punching[peer]
-            if peer not in state.peer_links and not state.stopping:
-                log.info("no link to %s after punching", peer[:12])
+            if not state.linked_directly(peer) and not state.stopping:
+                log.info("no direct link to %s after punching", peer[:12])
 
     async def _relay(self, peer: str, relay: str) -> None:
         """Punching failed: ask the introducer to carry our packets to `peer`."""
@@ -232,6 +240,11 @@ class Puncher:
             log.info("no relay to %s through %s: %s", peer[:12], relay[:12], err)
         else:
             self.unrelayed.pop(peer, None)
+
+    def retry(self, peer: str, relay: str) -> bool:
+        """Our link to `peer` runs through `relay`: ask it to introduce us again (a NAT
+        that changed since may let a punch through now; link_move.py times it)."""
+        return self._send(relay, intro_request(peer))
 
     def _send(self, peer: str, message: dict[str, Any]) -> bool:
         link = self._state.active_link(peer)

@@ -174,6 +174,7 @@ class Relays:
         self._open = open_stream
         self._pairs: set[frozenset[str]] = set()
         self.paths: dict[str, str] = {}  # our virtual path's address → its relay
+        self._ends: dict[str, Stream] = {}  # our virtual path's address → its stream
         self.forwarded_bytes = 0
         self.dropped = 0
         self.refused = 0
@@ -285,6 +286,17 @@ class Relays:
                                   f"{reason[:200] if isinstance(reason, str) else 'no reason'}")
         return self._attach(relay, peer, stream)
 
+    def release(self, addr: str) -> None:
+        """A connection over our virtual path `addr` closed (its peer moved to a direct
+        link, or left): end the path unless another connection uses it, so the relay frees
+        the pair."""
+        if any(format_addr(*link.conn.remote_address) == addr and not link.conn.is_closed
+               for link in self._state.links.values()):
+            return
+        stream = self._ends.pop(addr, None)
+        if stream is not None:
+            stream.close()
+
     def _path_end(self, relay: str, peer: str, stream: Stream) -> None:
         link = self._state.active_link(relay)
         if link is None or link.grant != "member" or peer == self._state.node_id:
@@ -314,9 +326,12 @@ class Relays:
                 transport.inject(datagrams, key)
 
         def on_end(_: BaseException | None) -> None:
-            transport.remove_virtual(key)
+            if self._ends.get(addr) is stream:  # (not a newer path to the same peer)
+                del self._ends[addr]
+                transport.remove_virtual(key)
             stream.abort()
 
         transport.add_virtual(key, pipe.write)
+        self._ends[addr] = stream
         stream.set_receiver(on_data, on_end)
         return addr

@@ -62,6 +62,7 @@ class GossipSession:
         self._ping_timer: asyncio.TimerHandle | None = None
         self._stopped = False
         self.last_heard = time.monotonic()
+        self.on_stream: Callable[[int], None] | None = None  # our GOSSIP stream's id
 
     async def start(self) -> None:
         """Open our GOSSIP stream and send our state; pings follow."""
@@ -72,6 +73,8 @@ class GossipSession:
             log.debug("no gossip stream to %s: %s", self.peer_id[:12], err)
             return
         self._out = stream
+        if self.on_stream is not None:
+            self.on_stream(stream.stream_id)
         self.send_state()
         if self._stopped:
             return

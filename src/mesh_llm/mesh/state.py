@@ -42,7 +42,9 @@ class Link:
     goodbye: bool = False
     deliberate: bool = False  # we closed it on purpose: no reconnect
     replaced: bool = False  # lost the duplicate tie-break
-    kind: str = "direct"  # how the path was found: "direct" or "punched"
+    kind: str = "direct"  # how the path was found: "direct", "punched", "relayed (via X)"
+    via: str | None = None  # the relaying member, for a relayed link
+    control: set[int] = field(default_factory=set)  # its gossip streams' ids
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
     def cancel_timers(self) -> None:
@@ -102,6 +104,10 @@ class MeshState:
         links = self.peer_links.get(peer)
         return links[-1] if links else None
 
+    def linked_directly(self, peer: str) -> bool:
+        """Whether we hold a link to `peer` that no relay carries."""
+        return any(link.via is None for link in self.peer_links.get(peer, []))
+
     def adopted_links(self) -> list[Link]:
         return [link for links in self.peer_links.values() for link in links]
 
@@ -115,9 +121,10 @@ class MeshState:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def wait_active(self, peer: str, timeout: float) -> None:
-        """Wait up to `timeout` s for a link to `peer` to be adopted (either direction)."""
-        if peer in self.peer_links:
+    async def wait_active(self, peer: str, timeout: float, direct: bool = False) -> None:
+        """Wait up to `timeout` s for a link to `peer` to be adopted (either direction;
+        `direct`: one that no relay carries)."""
+        if self.linked_directly(peer) if direct else peer in self.peer_links:
             return
         waiter = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(peer, [])

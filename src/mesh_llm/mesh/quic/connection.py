@@ -68,6 +68,7 @@ class QuicConnection:
         self._settings = settings
         self._loop = asyncio.get_running_loop()
         self.remote_address: tuple[str, int] = (str(addr[0]), int(addr[1]))
+        self.path_address = self.remote_address  # where the peer is now (`_follow`)
         self.is_client = is_client
         self._server_cert_der = server_cert_der
         self.on_stream: Callable[[Stream], None] | None = None
@@ -136,6 +137,10 @@ class QuicConnection:
             peer = self._quic.get_peercert()
             der = peer.public_bytes() if peer is not None else b""
         return hashlib.sha256(der).digest()
+
+    def stream_ids(self) -> list[int]:
+        """The ids of the streams still open on this connection (either direction)."""
+        return self._streams.ids()
 
     # ---- application calls
 
@@ -231,6 +236,15 @@ class QuicConnection:
             self._timers.rearm(held)
         else:
             self._transmit()
+
+    def _follow(self, addr: Any) -> None:
+        """QUIC follows a peer whose NAT moved it to a new address (same connection ids):
+        `path_address` names where our packets go now (`remote_address` stays the one the
+        connection began with)."""
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            now = (str(addr[0]), int(addr[1]))
+            if now != self.path_address:
+                self.path_address = now
 
     def _waiting_ack(self) -> tuple[str, float] | None:
         """qh3's next deadline, when it is an ACK that may wait instead of being sent now.
@@ -348,6 +362,7 @@ class QuicConnection:
                 batch.append(data)
                 batch_addr = addr
             self._router.send_many(batch, batch_addr)
+            self._follow(batch_addr)
         self._timers.rearm(qh3_adapter.next_timer(self._quic))
         if self._streams.any_blocked:
             self._streams.check_blocked()

@@ -80,6 +80,9 @@ class StreamSet:
     def __repr__(self) -> str:
         return self._label
 
+    def ids(self) -> list[int]:
+        return list(self._streams)
+
     def open(self, stream_id: int) -> QuicStream:
         """The stream for an id we just opened."""
         stream = QuicStream(self, stream_id)
