@@ -6,8 +6,8 @@ punch that succeeds adopts a direct ("punched") link, as a LAN address found by 
 does. Whichever link the one-connection-per-pair rule (link_rule.py) keeps takes new
 streams at once; the loser is not closed but drained: out of the peer's links (so nothing
 sees the peer lost or relinked), it keeps carrying the streams open on it and closes when
-they are done, or after `drain_s` at the most, or once its far end has not answered a ping
-for `silence_timeout_s` (`drain_end`).
+they are done, or after `drain_s` where one is set, or once its far end has not answered a
+ping for `silence_timeout_s` (`drain_end`).
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ def retry_delays(first_s: float, max_s: float, count: int) -> list[float]:
 def drain_end(busy_streams: int, elapsed_s: float, silent_s: float, bound_s: float,
               silence_s: float) -> str | None:
     """Why a replaced link may close now (None: keep draining): its streams are done, it
-    had its time, or its far end has not answered a ping for `silence_s` (gone: its streams
-    would only hang)."""
+    had its time (`bound_s`; 0: no bound), or its far end has not answered a ping for
+    `silence_s` (gone: its streams would only hang)."""
     if busy_streams <= 0:
         return "streams done"
-    if elapsed_s >= bound_s:
+    if 0 < bound_s <= elapsed_s:
         return "drain bound"
     if silent_s > silence_s:
         return "no answer"

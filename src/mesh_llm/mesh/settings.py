@@ -25,9 +25,10 @@ class MeshSettings:
     punch_retry_s: float = 60.0  # a relayed link asks to punch again after this (0: never)
     punch_retry_max_s: float = 600.0  # the retry interval doubles up to this
     punch_retries: int = 8  # retries of one relayed link, at most
-    # A replaced link with streams open is closed after this at most. Long: a split's RPC
-    # tunnel lives as long as the split, and cutting it restarts the split.
-    drain_s: float = 600.0
+    # A replaced link with streams open is closed after this at most; 0: as long as its far
+    # end answers pings. A split's RPC tunnel lives as long as the split, and cutting it
+    # restarts the split, so no time bound by default.
+    drain_s: float = 0.0
     relay_enabled: bool = True  # carry other members' packets where they cannot punch
     relay_max_pairs: int = 8  # relay.DEFAULT_PAIRS
     mdns: bool = False  # --mdns: advertise on the LAN and find members there (lan_reach.py)

@@ -44,3 +44,10 @@ def test_the_defaults_retry_for_a_bounded_time() -> None:
 def test_a_replaced_link_closes_when_its_streams_are_done_its_time_is_up_or_its_peer_is_gone(
         busy: int, elapsed: float, silent: float, why: str | None) -> None:
     assert drain_end(busy, elapsed, silent, bound_s=30.0, silence_s=8.0) == why
+
+
+def test_without_a_bound_a_replaced_link_drains_while_its_far_end_answers() -> None:
+    """The default (drain_s 0): a split's tunnel on the old link is never cut by time."""
+    assert drain_end(1, 86_400.0, 1.0, bound_s=0.0, silence_s=8.0) is None
+    assert drain_end(1, 86_400.0, 8.5, bound_s=0.0, silence_s=8.0) == "no answer"
+    assert drain_end(0, 1.0, 0.0, bound_s=0.0, silence_s=8.0) == "streams done"
