@@ -118,15 +118,26 @@ def greedy(node: NodeProcess, messages: list[dict[str, str]], max_tokens: int,
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
-def post_chat(node: NodeProcess, messages: list[dict[str, str]],
-              max_tokens: int) -> tuple[int, Any]:
-    """POST a chat completion with urllib: (status, JSON body), error statuses included."""
-    body = json.dumps({"messages": messages, "max_tokens": max_tokens,
-                       "temperature": 0}).encode()
-    req = urllib.request.Request(node.api + "/v1/chat/completions", data=body,
+def post_json(url: str, body: dict[str, Any], timeout: float = 60) -> tuple[int, Any]:
+    """POST `body` as JSON with urllib: (status, JSON body), error statuses included."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.load(resp)
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+        return err.code, json.loads(err.read() or b"null")
+
+
+def post_chat(node: NodeProcess, messages: list[dict[str, str]],
+              max_tokens: int) -> tuple[int, Any]:
+    """A greedy chat completion of the node's default model, by urllib."""
+    return post_json(node.api + "/v1/chat/completions",
+                     {"messages": messages, "max_tokens": max_tokens, "temperature": 0})
+
+
+def listed(node: NodeProcess) -> dict[str, dict[str, Any]]:
+    """The node's /v1/models, by id."""
+    code, body = http_json(node.api + "/v1/models")
+    assert code == 200, body
+    return {m["id"]: m for m in body["data"]}

@@ -3,16 +3,13 @@ goes where its `model` runs. Real nodes, real llama.cpp, on 127.0.0.1."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modelgen import dequantize_to_f16, smollm2_path
-from nodes import NodeProcess, http_json, openai_client
+from nodes import NodeProcess, listed, openai_client, post_json
 
 PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
           {"role": "user", "content": "Write one sentence about the sea."}]
@@ -32,20 +29,7 @@ def chat(node: NodeProcess, model: str, tokens: int = 24) -> str:
 
 
 def post(node: NodeProcess, body: dict[str, Any]) -> tuple[int, Any]:
-    req = urllib.request.Request(node.api + "/v1/chat/completions",
-                                 data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
-
-
-def listed(node: NodeProcess) -> dict[str, dict[str, Any]]:
-    code, body = http_json(node.api + "/v1/models")
-    assert code == 200, body
-    return {m["id"]: m for m in body["data"]}
+    return post_json(node.api + "/v1/chat/completions", body)
 
 
 def all_ready(node: NodeProcess, names: set[str]) -> bool:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from mesh_llm.inference.engine import find_engine
 from modelgen import dequantize_to_f16, smollm2_path
-from nodes import NodeProcess, http_json, openai_client
+from nodes import NodeProcess, http_json, listed, openai_client, post_json
 from ports import free_port
 from waiting import wait_until
 
@@ -94,22 +94,6 @@ def chat_body(model: str) -> dict[str, Any]:
     return {"model": model, "messages": PROMPT, "temperature": 0, "max_tokens": 24}
 
 
-def post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
-
-
-def listed(node: NodeProcess) -> dict[str, dict[str, Any]]:
-    code, body = http_json(node.api + "/v1/models")
-    assert code == 200, body
-    return {m["id"]: m for m in body["data"]}
-
-
 def served_requests(home: Path) -> int:
     """Requests A's llama-server finished, from its own log (one timing line each)."""
     path = home / "logs" / "llama-server.log"
@@ -139,7 +123,7 @@ def test_a_shared_server_serves_the_mesh_leaves_when_stopped_and_returns(
                 shared_meta["ready"], shared_meta["default"]) == ("shared", b_id, None, True, False)
         assert (gguf_meta["kind"], gguf_meta["default"]) == ("gguf", True)
 
-        code, direct = post(external.url + "/chat/completions", chat_body(SHARED))
+        code, direct = post_json(external.url + "/chat/completions", chat_body(SHARED))
         assert code == 200, direct
         expected = direct["choices"][0]["message"]["content"]
         tokens, a_served = external.predicted_tokens(), served_requests(a.home)
@@ -165,7 +149,7 @@ def test_a_shared_server_serves_the_mesh_leaves_when_stopped_and_returns(
         for node in (a, c):
             node.wait_for(lambda n=node: SHARED not in listed(n), "the shared model to leave",
                           max(0.1, LEAVE_S - (time.monotonic() - stopped)))
-        code, body = post(c.api + "/v1/chat/completions", chat_body(SHARED))
+        code, body = post_json(c.api + "/v1/chat/completions", chat_body(SHARED))
         assert code == 404 and f"model '{SHARED}' is not served" in body["error"]["message"]
         assert b.proc is not None and b.proc.poll() is None, "B keeps running"
         shared = b.status()["shared"][0]
@@ -241,7 +225,7 @@ def test_the_share_key_reaches_the_server_and_nowhere_else(make_node, tmp_path: 
         b.wait_for(lambda: b.status()["shared"][0]["ok"], "the server read", 30)
         c = make_node("c", "--client", "--join", b.status()["invites"]["client"])
         c.wait_for(lambda: KeyRecorder.NAME in listed(c), "the shared model on C", 60)
-        code, body = post(c.api + "/v1/chat/completions",
+        code, body = post_json(c.api + "/v1/chat/completions",
                           {"model": "keyed-model@shared", "messages": PROMPT})
         assert code == 200 and body["choices"][0]["message"]["content"] == "recorded", body
         posts = [s for s in server.seen if s[0] == "POST"]
